@@ -1,0 +1,131 @@
+"""Choosing the accelerator: KVM only when a guest has been seen to boot under it.
+
+``/dev/kvm`` existing proves nothing (on some hosts KVM aborts or hangs the guest before
+its kernel runs), so the evidence is a real boot of the default guest under KVM, made
+once per host boot and QEMU version and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from filelock import FileLock
+
+from .errors import AcceleratorError, ConfigError, LabError
+from .qemu import MachineConfig, QemuMachine, find_qemu
+
+log = logging.getLogger(__name__)
+
+ACCEL_CHOICES = ("auto", "kvm", "tcg")
+PROBE_TIMEOUT = 10.0
+
+
+@dataclass(frozen=True)
+class AccelDecision:
+    """Which accelerator guests use, and why."""
+
+    accel: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.accel} ({self.reason})"
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return "unknown"
+
+
+def _qemu_version() -> str:
+    out = subprocess.run([find_qemu(), "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
+def kvm_device_usable() -> str | None:
+    """``None`` if /dev/kvm can be opened, else why not."""
+    try:
+        fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return f"/dev/kvm: {exc.strerror}"
+    os.close(fd)
+    return None
+
+
+def probe_kvm(timeout: float = PROBE_TIMEOUT) -> str | None:
+    """Boot the default guest under KVM; ``None`` if it came up, else what went wrong."""
+    from .image import default_image
+
+    image = default_image()
+    with tempfile.TemporaryDirectory(prefix="netlab-kvm-probe-") as tmp:
+        machine = QemuMachine(
+            MachineConfig(
+                name="kvm-probe", kernel=image.kernel, initrd=image.initrd,
+                cmdline=image.cmdline + " netlab.name=kvm-probe", accel="kvm", management=False,
+            ),
+            Path(tmp),
+        )
+        started = time.monotonic()
+        try:
+            machine.launch()
+            machine.wait_ready(timeout)
+        except LabError as exc:
+            first = str(exc).splitlines()[0]
+            return f"a guest did not boot under KVM: {first}"
+        finally:
+            machine.shutdown(timeout=1.0)
+        log.info("KVM probe: guest ready in %.2f s", time.monotonic() - started)
+    return None
+
+
+def decide_accelerator(requested: str = "auto", cache_dir: Path | None = None) -> AccelDecision:
+    """Resolve *requested* (``auto``, ``kvm`` or ``tcg``) to the accelerator to use.
+
+    Raises:
+        ConfigError: *requested* is not one of the choices.
+        AcceleratorError: ``kvm`` was requested but a guest does not boot under it.
+    """
+    if requested not in ACCEL_CHOICES:
+        raise ConfigError(
+            f"accelerator {requested!r} is not accepted: use one of {', '.join(ACCEL_CHOICES)}"
+        )
+    if requested == "tcg":
+        return AccelDecision("tcg", "requested")
+    unusable = kvm_device_usable()
+    if unusable is None:
+        unusable = _cached_probe(cache_dir)
+    if unusable is None:
+        return AccelDecision("kvm", "a guest booted under KVM" if requested == "auto" else "requested")
+    if requested == "kvm":
+        raise AcceleratorError(
+            f"accelerator 'kvm' was requested but cannot be used: {unusable}; "
+            "use --netlab-accel=tcg or auto"
+        )
+    return AccelDecision("tcg", f"KVM not usable: {unusable}")
+
+
+def _cached_probe(cache_dir: Path | None) -> str | None:
+    from .image import cache_root
+
+    root = cache_dir or cache_root()
+    root.mkdir(parents=True, exist_ok=True)
+    path = root / "kvm-probe.json"
+    key = {"boot_id": _boot_id(), "qemu": _qemu_version()}
+    with FileLock(str(path) + ".lock"):
+        try:
+            cached = json.loads(path.read_text())
+            if cached.get("key") == key:
+                return cached.get("unusable")  # type: ignore[no-any-return]
+        except (OSError, ValueError):
+            pass
+        unusable = probe_kvm()
+        path.write_text(json.dumps({"key": key, "unusable": unusable}))
+        return unusable

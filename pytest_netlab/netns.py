@@ -1,0 +1,322 @@
+"""Network namespaces, bridges and TAP devices of one lab, through netlink (pyroute2).
+
+A :class:`LabNamespace` owns one network namespace and everything made inside it. The
+TAP devices are not persistent: each is held open by file descriptors that are handed to
+QEMU, so a TAP disappears by itself when its QEMU process ends, however it ends.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import shlex
+import signal
+import struct
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+from pyroute2 import IPRoute, NetlinkError, netns
+
+from .errors import CommandError, CommandTimeout, NamespaceError
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+NETNS_RUN_DIR = Path("/run/netns")
+CLONE_NEWNET = 0x40000000
+TUNSETIFF = 0x400454CA
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_MULTI_QUEUE = 0x0100
+IFF_VNET_HDR = 0x4000
+PR_SET_PDEATHSIG = 1
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for children that must not outlive the process that started them.
+
+    The kernel sends SIGKILL when the thread that forked the child exits, so children
+    are started from the long-lived thread that owns the lab, never from a pool thread.
+    """
+    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        os._exit(126)
+
+
+def owner_environment() -> dict[str, str]:
+    """The environment of child processes: marked with their owner's pid, so that a
+    cleanup after a crash knows whose they are (see :mod:`pytest_netlab.cleanup`)."""
+    return {**os.environ, "NETLAB_OWNER": str(os.getpid())}
+
+
+def _setns(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns({path}): {os.strerror(err)}")
+    finally:
+        os.close(fd)
+
+
+def run_in_netns(name: str, func: Callable[[], _T]) -> _T:
+    """Run *func* in a short-lived thread that has entered network namespace *name*.
+
+    Sockets and TAP devices that *func* creates belong to that namespace, and stay
+    there when used from other threads.
+    """
+    result: list[_T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            _setns(NETNS_RUN_DIR / name)
+            result.append(func())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name=f"netns-{name}", daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def open_tap(ifname: str, queues: int = 1) -> list[int]:
+    """Create TAP *ifname* in the calling thread's namespace; return one fd per queue.
+
+    The device lives as long as one of the returned descriptors is open.
+    """
+    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
+    fds: list[int] = []
+    try:
+        for _ in range(queues):
+            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+            fds.append(fd)
+            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), flags))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
+
+
+@dataclass
+class HostCommandResult:
+    """What a command run in the lab namespace did."""
+
+    command: str
+    status: int
+    stdout: str
+    stderr: str
+    duration: float
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 0
+
+
+class LabNamespace:
+    """One network namespace of a lab, and the bridges, TAPs and daemons made in it.
+
+    ``close()`` removes only what this object made, is safe to call twice, and is
+    what the lab calls at teardown, however the test ended.
+    """
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._ipr: IPRoute | None = None
+        self._daemons: list[tuple[str, subprocess.Popen[bytes]]] = []
+        self._created = False
+        self._closed = False
+        self.log = log.getChild(name)
+
+    # -- life cycle -------------------------------------------------------------------
+    def create(self) -> None:
+        """Create the namespace and bring its loopback up.
+
+        Raises:
+            NamespaceError: the namespace exists already or cannot be made.
+        """
+        if (NETNS_RUN_DIR / self.name).exists():
+            raise NamespaceError(f"network namespace {self.name!r} exists already")
+        try:
+            netns.create(self.name)
+        except (OSError, NetlinkError) as exc:
+            raise NamespaceError(
+                f"cannot create network namespace {self.name!r}: {exc} "
+                "(pytest-netlab needs root or CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+            ) from exc
+        self._created = True
+        try:
+            self._ipr = IPRoute(netns=self.name)
+            self._ipr.link("set", index=self._index("lo"), state="up")
+        except (OSError, NetlinkError) as exc:
+            self.close()
+            raise NamespaceError(f"cannot set up namespace {self.name!r}: {exc}") from exc
+
+    def close(self) -> None:
+        """Stop the daemons started here and remove the namespace with all its links."""
+        if self._closed:
+            return
+        self._closed = True
+        for what, proc in reversed(self._daemons):
+            _stop_process(proc, what, self.log)
+        self._daemons.clear()
+        if self._ipr is not None:
+            self._ipr.close()
+            self._ipr = None
+        if self._created:
+            try:
+                netns.remove(self.name)
+            except OSError as exc:
+                if exc.errno != errno.ENOENT:
+                    raise NamespaceError(
+                        f"cannot remove namespace {self.name!r}: {exc}"
+                    ) from exc
+
+    @property
+    def created(self) -> bool:
+        return self._created and not self._closed
+
+    @property
+    def ipr(self) -> IPRoute:
+        if self._ipr is None:
+            raise NamespaceError(f"namespace {self.name!r} is not open")
+        return self._ipr
+
+    def _index(self, ifname: str) -> int:
+        found = self.ipr.link_lookup(ifname=ifname)
+        if not found:
+            raise NamespaceError(f"no link {ifname!r} in namespace {self.name!r}")
+        return int(found[0])
+
+    # -- links ------------------------------------------------------------------------
+    def add_bridge(self, ifname: str) -> int:
+        """Create bridge *ifname*, up, STP off; return its index."""
+        try:
+            self.ipr.link("add", ifname=ifname, kind="bridge", br_stp_state=0)
+            index = self._index(ifname)
+            self.ipr.link("set", index=index, state="up")
+        except NetlinkError as exc:
+            raise NamespaceError(
+                f"cannot create bridge {ifname!r} in {self.name!r}: {os.strerror(exc.code)}"
+            ) from exc
+        return index
+
+    def add_tap(self, ifname: str, bridge: str, queues: int = 1, mtu: int | None = None) -> list[int]:
+        """Create TAP *ifname* enslaved to *bridge* and up; return its file descriptors."""
+        try:
+            fds = run_in_netns(self.name, lambda: open_tap(ifname, queues))
+        except OSError as exc:
+            raise NamespaceError(
+                f"cannot create TAP {ifname!r} in {self.name!r}: {exc.strerror}"
+            ) from exc
+        try:
+            index = self._index(ifname)
+            settings: dict[str, object] = {"master": self._index(bridge), "state": "up"}
+            if mtu is not None:
+                settings["mtu"] = mtu
+            self.ipr.link("set", index=index, **settings)
+        except (NetlinkError, NamespaceError) as exc:
+            for fd in fds:
+                os.close(fd)
+            raise NamespaceError(f"cannot attach TAP {ifname!r} to {bridge!r}: {exc}") from exc
+        return fds
+
+    def add_address(self, ifname: str, address: str, prefixlen: int) -> None:
+        try:
+            self.ipr.addr("add", index=self._index(ifname), address=address, prefixlen=prefixlen)
+        except NetlinkError as exc:
+            raise NamespaceError(
+                f"cannot add {address}/{prefixlen} to {ifname!r}: {os.strerror(exc.code)}"
+            ) from exc
+
+    def links(self) -> list[str]:
+        """Names of the links in the namespace."""
+        return [str(link.get("ifname")) for link in self.ipr.get_links()]
+
+    # -- commands ---------------------------------------------------------------------
+    def _argv(self, command: str | Sequence[str]) -> list[str]:
+        args = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        return ["nsenter", f"--net={NETNS_RUN_DIR / self.name}", "--", *args]
+
+    def run(
+        self, command: str | Sequence[str], *, check: bool = True, timeout: float = 30.0
+    ) -> HostCommandResult:
+        """Run *command* (a shell string or an argv list) inside the namespace.
+
+        Raises:
+            CommandError: with ``check=True``, the command exited non-zero.
+            CommandTimeout: it did not finish within *timeout* seconds.
+        """
+        text = command if isinstance(command, str) else shlex.join(command)
+        started = time.monotonic()
+        try:
+            proc = subprocess.run(
+                self._argv(command), capture_output=True, timeout=timeout, check=False
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise CommandTimeout(
+                f"lab namespace {self.name}", text, timeout,
+                _text(exc.stdout), _text(exc.stderr),
+            ) from None
+        result = HostCommandResult(
+            text, proc.returncode, _text(proc.stdout), _text(proc.stderr),
+            time.monotonic() - started,
+        )
+        self.log.debug("%s -> %d (%.3f s)", text, result.status, result.duration)
+        if check and result.status != 0:
+            raise CommandError(
+                f"lab namespace {self.name}", text, result.status, result.stdout, result.stderr
+            )
+        return result
+
+    def spawn(self, command: str | Sequence[str], *, log_path: Path | None = None) -> subprocess.Popen[bytes]:
+        """Start a long-running *command* (a daemon kept in the foreground) in the namespace.
+
+        It is stopped when the namespace is closed, and killed if this process dies.
+        """
+        text = command if isinstance(command, str) else shlex.join(command)
+        out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+        try:
+            proc = subprocess.Popen(
+                self._argv(command), stdin=subprocess.DEVNULL, stdout=out,
+                stderr=subprocess.STDOUT, env=owner_environment(),
+                preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl() call
+            )
+        finally:
+            if log_path and not isinstance(out, int):
+                out.close()
+        self._daemons.append((text, proc))
+        return proc
+
+
+def _text(data: bytes | str | None) -> str:
+    if data is None:
+        return ""
+    return data if isinstance(data, str) else data.decode(errors="replace")
+
+
+def _stop_process(
+    proc: subprocess.Popen[bytes], what: str, logger: logging.Logger, grace: float = 2.0
+) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            logger.warning("%s did not stop on SIGTERM within %.1f s; killing it", what, grace)
+            proc.kill()
+            proc.wait()

@@ -1,0 +1,91 @@
+"""pytest glue: options, the header line, and the ``netlab`` fixture.
+
+The work is done in plain modules that know nothing of pytest (:mod:`.lab`,
+:mod:`.session`); this file only connects them to pytest.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .accel import ACCEL_CHOICES
+from .errors import NetlabError
+from .lab import Lab
+from .session import NetlabSession
+
+log = logging.getLogger(__name__)
+
+_SESSION_KEY = pytest.StashKey[NetlabSession]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("netlab", "pytest-netlab: network labs of QEMU guests")
+    group.addoption(
+        "--netlab-accel", choices=ACCEL_CHOICES, default=None,
+        help="accelerator for guests: auto (KVM if a guest boots under it, else TCG), "
+        "kvm or tcg (default: ini netlab_accel, else auto)",
+    )
+    group.addoption(
+        "--netlab-boot-timeout", type=float, default=None, metavar="SECONDS",
+        help="how long a guest may take to answer SSH (default: ini netlab_boot_timeout, else 120)",
+    )
+    parser.addini("netlab_accel", "accelerator: auto, kvm or tcg", default="auto")
+    parser.addini("netlab_boot_timeout", "seconds a guest may take to answer SSH", default="120")
+    parser.addini("netlab_command_timeout", "default timeout of vm.ssh() in seconds", default="60")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    accel = config.getoption("--netlab-accel") or config.getini("netlab_accel")
+    if accel not in ACCEL_CHOICES:
+        raise pytest.UsageError(
+            f"netlab_accel = {accel!r} is not accepted: use one of {', '.join(ACCEL_CHOICES)}"
+        )
+    timeouts = {}
+    for name, option in (("boot", "--netlab-boot-timeout"), ("command", None)):
+        raw = (config.getoption(option) if option else None) or config.getini(f"netlab_{name}_timeout")
+        try:
+            timeouts[name] = float(raw)
+            if timeouts[name] <= 0:
+                raise ValueError
+        except ValueError:
+            raise pytest.UsageError(
+                f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
+            ) from None
+    config.stash[_SESSION_KEY] = NetlabSession(
+        accel_request=accel, boot_timeout=timeouts["boot"], command_timeout=timeouts["command"]
+    )
+    config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    session = config.stash.get(_SESSION_KEY, None)
+    if session is not None:
+        session.close()
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    session = config.stash[_SESSION_KEY]
+    try:
+        return [f"netlab: accelerator {session.accel}, guest image {session.image.initrd.parent}"]
+    except NetlabError as exc:
+        return [f"netlab: not usable: {exc}"]
+
+
+@pytest.fixture(scope="session")
+def netlab_session(pytestconfig: pytest.Config) -> NetlabSession:
+    """What every lab of this test process shares (image, accelerator, SSH key)."""
+    return pytestconfig.stash[_SESSION_KEY]
+
+
+@pytest.fixture
+def netlab(netlab_session: NetlabSession, tmp_path: Path) -> Iterator[Lab]:
+    """An isolated network lab for one test, torn down after it, pass or fail."""
+    lab = netlab_session.new_lab(tmp_path / "netlab")
+    try:
+        yield lab
+    finally:
+        lab.close()

@@ -1,0 +1,340 @@
+"""One QEMU process and everything it owns: its QMP and console sockets, its log files.
+
+Launch, wait, QMP and shutdown are separate steps; ``shutdown()`` asks QMP ``quit``,
+then kills, and is safe to call twice and after QEMU died by itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import QMPError
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from .errors import BootTimeout, ConfigError, GuestGoneError, QemuError
+from .netns import die_with_parent, owner_environment
+
+log = logging.getLogger(__name__)
+
+QEMU_BINARY = "qemu-system-x86_64"
+READY_MARK = "NETLAB-READY"
+HOSTKEY_MARK = "NETLAB-HOSTKEY "
+ERROR_MARK = "NETLAB-ERROR "
+MGMT_NET = "100.127.255.0/24"
+MGMT_GUEST_ADDR = "100.127.255.15/24"
+MGMT_MAC = "02:6e:6c:00:00:01"
+_USERNET_FWD = re.compile(
+    r"TCP\[HOST_FORWARD\]\s+\d+\s+(?P<haddr>[\d.]+)\s+(?P<hport>\d+)\s+[\d.]+\s+(?P<gport>\d+)"
+)
+
+
+def find_qemu() -> str:
+    """Path of ``qemu-system-x86_64``.
+
+    Raises:
+        ConfigError: it is not installed.
+    """
+    path = os.environ.get("NETLAB_QEMU") or shutil.which(QEMU_BINARY)
+    if not path or not os.access(path, os.X_OK):
+        raise ConfigError(
+            f"QEMU binary {os.environ.get('NETLAB_QEMU') or QEMU_BINARY!r} not found: "
+            "install it with 'apt-get install qemu-system-x86' or set NETLAB_QEMU to its path"
+        )
+    return path
+
+
+@dataclass
+class NicConfig:
+    """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""
+
+    mac: str
+    model: str = "virtio-net-pci"
+    fds: list[int] = field(default_factory=list)
+    vectors: int | None = None
+
+
+@dataclass
+class MachineConfig:
+    """Everything needed to start one guest."""
+
+    name: str
+    kernel: Path
+    initrd: Path | None
+    cmdline: str
+    memory_mib: int = 128
+    cpus: int = 1
+    accel: str = "tcg"
+    nics: list[NicConfig] = field(default_factory=list)
+    management: bool = True
+    extra_args: list[str] = field(default_factory=list)
+    drives: list[str] = field(default_factory=list)
+
+
+class QemuMachine:
+    """One running QEMU process.
+
+    Attributes give the guest's console lines as they arrive (``console_lines``), the
+    host key it printed at boot (``host_key``) and the path of its logs.
+    """
+
+    def __init__(self, config: MachineConfig, workdir: Path) -> None:
+        self.config = config
+        self.name = config.name
+        self.workdir = workdir
+        self.console_log = workdir / "console.log"
+        self.qemu_log = workdir / "qemu.log"
+        self.log = log.getChild(config.name)
+        self.argv: list[str] = []
+        self.host_key: str | None = None
+        self.console_lines: list[str] = []
+        self.errors: list[str] = []
+        self._ready = threading.Event()
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._qmp: QEMUMonitorProtocol | None = None
+        self._console_sock: socket.socket | None = None
+        self._reader: threading.Thread | None = None
+        self._closed = False
+        self.launched_at = 0.0
+        self.ready_at = 0.0
+
+    # -- launch -----------------------------------------------------------------------
+    def build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+        c = self.config
+        accel = "tcg,thread=multi" if c.accel == "tcg" and c.cpus > 1 else c.accel
+        argv = [
+            find_qemu(), "-name", f"{c.name},debug-threads=on",
+            "-machine", "pc,usb=off,vmport=off", "-accel", accel,
+            "-cpu", "max" if c.accel == "tcg" else "host",
+            "-smp", str(c.cpus), "-m", str(c.memory_mib),
+            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            "-kernel", str(c.kernel), "-append", c.cmdline,
+            "-chardev", f"socket,id=mon,fd={qmp_fd}", "-mon", "chardev=mon,mode=control",
+            "-chardev", f"socket,id=con,fd={console_fd}", "-serial", "chardev:con",
+        ]
+        if c.initrd is not None:
+            argv += ["-initrd", str(c.initrd)]
+        for i, nic in enumerate(c.nics):
+            if len(nic.fds) > 1:
+                argv += ["-netdev", f"tap,id=lab{i},fds={':'.join(map(str, nic.fds))},vhost=off"]
+            else:
+                argv += ["-netdev", f"tap,id=lab{i},fd={nic.fds[0]},vhost=off"]
+            device = f"{nic.model},netdev=lab{i},mac={nic.mac},romfile="
+            if nic.model == "virtio-net-pci" and len(nic.fds) > 1:
+                vectors = nic.vectors if nic.vectors is not None else 2 * len(nic.fds) + 2
+                device += f",mq=on,vectors={vectors}"
+            argv += ["-device", device]
+        if c.management:
+            argv += [
+                "-netdev",
+                f"user,id=mgmt,net={MGMT_NET},restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
+                "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC},romfile=",
+            ]
+        for drive in c.drives:
+            argv += ["-drive", drive]
+        argv += c.extra_args
+        return argv
+
+    def launch(self) -> None:
+        """Start QEMU. Call from the thread that owns the lab (see ``die_with_parent``).
+
+        Raises:
+            QemuError: QEMU could not be started.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        qmp_ours, qmp_theirs = socket.socketpair()
+        con_ours, con_theirs = socket.socketpair()
+        tap_fds = [fd for nic in self.config.nics for fd in nic.fds]
+        self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno())
+        self.log.debug("launch: %s", shlex.join(self.argv))
+        try:
+            with open(self.qemu_log, "wb") as out:
+                self._proc = subprocess.Popen(
+                    self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds],
+                    env=owner_environment(),
+                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl() call
+                )
+        except OSError as exc:
+            qmp_ours.close()
+            con_ours.close()
+            raise QemuError(f"{self.name}: cannot start {self.argv[0]}: {exc}") from exc
+        finally:
+            qmp_theirs.close()
+            con_theirs.close()
+            # QEMU holds the TAPs now: they vanish with it, however it ends
+            for nic in self.config.nics:
+                for fd in nic.fds:
+                    os.close(fd)
+                nic.fds = []
+        self.launched_at = time.monotonic()
+        (self.workdir / "qemu.pid").write_text(f"{self._proc.pid}\n")
+        (self.workdir / "cmdline").write_text(shlex.join(self.argv) + "\n")
+        self._console_sock = con_ours
+        self._reader = threading.Thread(
+            target=self._read_console, name=f"console-{self.name}", daemon=True
+        )
+        self._reader.start()
+        self._qmp = QEMUMonitorProtocol(qmp_ours, nickname=self.name)
+        try:
+            self._qmp.connect()
+        except (QMPError, OSError) as exc:
+            raise self._died_error(f"QMP handshake failed ({exc})") from exc
+
+    def _read_console(self) -> None:
+        assert self._console_sock is not None
+        buffer = b""
+        with open(self.console_log, "wb") as out:
+            while True:
+                try:
+                    data = self._console_sock.recv(65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                out.write(data)
+                out.flush()
+                buffer += data
+                *lines, buffer = buffer.split(b"\n")
+                for raw in lines:
+                    self._console_line(raw.decode(errors="replace").rstrip("\r"))
+        if buffer:
+            self._console_line(buffer.decode(errors="replace"))
+
+    def _console_line(self, line: str) -> None:
+        self.console_lines.append(line)
+        self.log.debug("console: %s", line)
+        if line.startswith(HOSTKEY_MARK):
+            self.host_key = line[len(HOSTKEY_MARK):].strip()
+        elif line.startswith(ERROR_MARK):
+            self.errors.append(line[len(ERROR_MARK):])
+            self.log.warning("guest reported: %s", line[len(ERROR_MARK):])
+        elif line.strip() == READY_MARK:
+            self.ready_at = time.monotonic()
+            self._ready.set()
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def is_running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def exitcode(self) -> int | None:
+        return self._proc.poll() if self._proc else None
+
+    def console_tail(self, lines: int = 30) -> str:
+        tail = self.console_lines[-lines:]
+        return "\n".join(f"  {self.name}| {line}" for line in tail) or "  (no console output)"
+
+    def _died_error(self, what: str) -> QemuError:
+        output = self.qemu_log.read_text(errors="replace").strip() if self.qemu_log.exists() else ""
+        return QemuError(
+            f"{self.name}: {what}; QEMU exit status {self.exitcode()}\n"
+            f"command: {shlex.join(self.argv)}\n"
+            f"QEMU output:\n{output or '(none)'}\n"
+            f"console (last lines):\n{self.console_tail()}"
+        )
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until the guest printed its ready mark (its SSH server is listening).
+
+        Raises:
+            QemuError: QEMU exited first.
+            BootTimeout: no ready mark within *timeout* seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while not self._ready.wait(0.02):
+            if not self.is_running():
+                raise self._died_error("QEMU exited before the guest was ready")
+            if time.monotonic() > deadline:
+                raise BootTimeout(
+                    f"{self.name}: guest did not print {READY_MARK} within {timeout:g} s "
+                    f"(accelerator {self.config.accel}); console log {self.console_log}, "
+                    f"last lines:\n{self.console_tail()}"
+                )
+        if self.host_key is None:
+            raise BootTimeout(f"{self.name}: guest was ready but printed no host key")
+
+    # -- QMP --------------------------------------------------------------------------
+    def qmp(self, command: str, **arguments: Any) -> Any:
+        """Run a QMP command and return its ``return`` value.
+
+        Raises:
+            GuestGoneError: QEMU is not running.
+            QemuError: QEMU answered with an error.
+        """
+        if self._qmp is None or not self.is_running():
+            raise GuestGoneError(
+                f"{self.name}: QEMU is not running (exit status {self.exitcode()}); "
+                f"console log {self.console_log}"
+            )
+        try:
+            return self._qmp.cmd(command, **arguments)
+        except QMPError as exc:
+            if not self.is_running():
+                raise GuestGoneError(f"{self.name}: QEMU died during QMP {command}") from exc
+            raise QemuError(f"{self.name}: QMP {command} {arguments} failed: {exc}") from exc
+
+    def hmp(self, command: str) -> str:
+        return str(self.qmp("human-monitor-command", **{"command-line": command}))
+
+    def host_forwards(self) -> dict[int, int]:
+        """Forwarded TCP ports of the management NIC: guest port -> host port."""
+        return {
+            int(m["gport"]): int(m["hport"])
+            for m in _USERNET_FWD.finditer(self.hmp("info usernet"))
+        }
+
+    # -- shutdown ---------------------------------------------------------------------
+    def request_quit(self, timeout: float = 2.0) -> None:
+        """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
+        proc = self._proc
+        if self._closed or proc is None or proc.poll() is not None or self._qmp is None:
+            return
+        try:
+            self._qmp.settimeout(timeout)
+            self._qmp.cmd("quit")
+        except (QMPError, OSError, TimeoutError, EOFError, RuntimeError) as exc:
+            self.log.debug("QMP quit failed (%s); it will be killed", exc)
+
+    def shutdown(self, timeout: float = 3.0) -> None:
+        """Stop QEMU: QMP ``quit``, then SIGKILL after *timeout*; release its sockets.
+
+        Idempotent, and safe after QEMU died by itself. QMP is used from the thread
+        that launched the machine only (its event loop lives there).
+        """
+        if self._closed:
+            return
+        self.request_quit(timeout)
+        self._closed = True
+        proc = self._proc
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.log.warning("QEMU did not quit within %.1f s; killing it", timeout)
+                proc.kill()
+                proc.wait()
+        if self._qmp is not None:
+            try:
+                self._qmp.close()
+            except Exception as exc:  # noqa: BLE001 - closing a dead socket must not mask the run
+                self.log.debug("closing QMP: %s", exc)
+            self._qmp = None
+        if self._console_sock is not None:
+            if self._reader is not None:
+                self._reader.join(2.0)  # ends by itself: QEMU held the other end
+            self._console_sock.close()

@@ -1,0 +1,83 @@
+"""What the labs of one test session share: the guest image, the accelerator decision,
+the SSH key pair, and a private runtime directory removed at the end."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .accel import AccelDecision, decide_accelerator
+from .image import GuestImage, default_image
+from .lab import Lab, LabSettings
+from .ssh import SessionKey
+
+log = logging.getLogger(__name__)
+
+
+def runtime_base() -> Path:
+    """Where private runtime directories go: /run/netlab as root, else the user's runtime dir."""
+    if os.geteuid() == 0:
+        base = Path("/run/netlab")
+    else:
+        base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "netlab"
+    base.mkdir(mode=0o755, parents=True, exist_ok=True)
+    return base
+
+
+@dataclass
+class NetlabSession:
+    """Created once per pytest process; ``close()`` removes the key and runtime dir."""
+
+    accel_request: str = "auto"
+    boot_timeout: float = 120.0
+    command_timeout: float = 60.0
+    _runtime: Path | None = None
+    _key: SessionKey | None = None
+    _image: GuestImage | None = None
+    _accel: AccelDecision | None = None
+    labs_made: int = field(default=0)
+
+    @property
+    def runtime_dir(self) -> Path:
+        if self._runtime is None:
+            # mkdtemp makes it 0700: the private key lives here
+            self._runtime = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=runtime_base()))
+        return self._runtime
+
+    @property
+    def key(self) -> SessionKey:
+        if self._key is None:
+            self._key = SessionKey.generate(self.runtime_dir)
+        return self._key
+
+    @property
+    def image(self) -> GuestImage:
+        if self._image is None:
+            self._image = default_image()
+        return self._image
+
+    @property
+    def accel(self) -> AccelDecision:
+        if self._accel is None:
+            self._accel = decide_accelerator(self.accel_request)
+        return self._accel
+
+    def settings(self) -> LabSettings:
+        return LabSettings(
+            accel=self.accel.accel, boot_timeout=self.boot_timeout,
+            command_timeout=self.command_timeout,
+        )
+
+    def new_lab(self, workdir: Path) -> Lab:
+        self.labs_made += 1
+        return Lab(workdir, self.image, self.key, self.settings())
+
+    def close(self) -> None:
+        if self._runtime is not None:
+            shutil.rmtree(self._runtime, ignore_errors=True)
+            self._runtime = None
+            self._key = None

@@ -1,0 +1,107 @@
+"""What a lab is made of, as plain data: bridges, NICs and guests, validated on entry.
+
+Nothing here touches the system; :mod:`pytest_netlab.lab` turns it into a running lab.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import validation
+from .errors import ConfigError
+
+MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
+CPU_RANGE = (1, 64)
+QUEUE_RANGE = (1, 16)
+
+
+@dataclass(frozen=True)
+class NicSpec:
+    """One guest NIC: a TAP on *bridge*, seen in the guest as ``ethN`` in list order."""
+
+    bridge: str
+    model: str = "virtio-net-pci"
+    mac: str | None = None
+    tap: str | None = None
+    queues: int = 1
+    vectors: int | None = None
+
+    def validated(self) -> NicSpec:
+        validation.nic_model(self.model)
+        if self.mac is not None:
+            validation.mac_address(self.mac)
+        if self.tap is not None:
+            validation.interface_name(self.tap, "TAP name")
+        validation.int_in_range(self.queues, *QUEUE_RANGE, what="queue count")
+        if self.queues > 1 and self.model != "virtio-net-pci":
+            raise ConfigError(
+                f"queues={self.queues} is not accepted for NIC model {self.model!r}: "
+                "only virtio-net-pci has multiqueue"
+            )
+        if self.vectors is not None:
+            validation.int_in_range(self.vectors, 1, 1024, what="MSI-X vector count")
+        return self
+
+
+@dataclass
+class GuestSpec:
+    """One guest: its NICs in order, its size, and optionally its own kernel and disk."""
+
+    name: str
+    role: str = "host"
+    nics: list[NicSpec] = field(default_factory=list)
+    memory: int = 128
+    cpus: int = 1
+    kernel: Path | None = None
+    initrd: Path | None = None
+    rootfs: Path | None = None
+    append: str = ""
+    disks: list[Path] = field(default_factory=list)
+
+    def validated(self) -> GuestSpec:
+        validation.guest_name(self.name)
+        validation.int_in_range(self.memory, *MEMORY_RANGE, what=f"memory of {self.name!r}", unit=" MiB")
+        validation.int_in_range(self.cpus, *CPU_RANGE, what=f"CPU count of {self.name!r}")
+        for nic in self.nics:
+            nic.validated()
+        if self.initrd is not None and self.kernel is None:
+            raise ConfigError(f"{self.name}: initrd={str(self.initrd)!r} needs kernel= as well")
+        if self.rootfs is not None and self.kernel is None:
+            raise ConfigError(
+                f"{self.name}: rootfs={str(self.rootfs)!r} needs kernel= as well "
+                "(the documents' -kernel bzImage -drive file=rootfs.ext4 boot)"
+            )
+        for what, path in (("kernel", self.kernel), ("initrd", self.initrd), ("rootfs", self.rootfs),
+                           *(("disk", d) for d in self.disks)):
+            if path is not None:
+                readable_file(path, f"{what} of {self.name!r}")
+        if "\n" in self.append:
+            raise ConfigError(f"{self.name}: append={self.append!r} must be one line")
+        return self
+
+
+def readable_file(path: Path, what: str) -> Path:
+    """Return *path* if it is a readable regular file."""
+    if not path.is_file():
+        raise ConfigError(
+            f"{what} {str(path)!r} does not exist or is not a file: give the path of an existing file"
+        )
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ConfigError(f"{what} {str(path)!r} cannot be read: {exc.strerror}") from None
+    return path
+
+
+def tap_name(bridge_number: int, port_number: int) -> str:
+    """The documents' TAP names: ``vport11``, ``vport12`` on br1, ``vport21`` on br2..."""
+    if bridge_number < 10 and port_number < 10:
+        return f"vport{bridge_number}{port_number}"
+    return f"vp{bridge_number}.{port_number}"
+
+
+def lab_mac(guest_number: int, nic_number: int) -> str:
+    """A MAC unique within a lab, from the guest's and the NIC's positions."""
+    return f"52:54:00:00:{guest_number:02x}:{nic_number:02x}"

@@ -1,0 +1,20 @@
+#!/bin/sh
+# Sets up everything pytest-netlab needs on a fresh Debian/Ubuntu machine, as root:
+# system packages (QEMU and what the guest image recipe takes its programs from), the
+# Python package with its dependencies in ./.venv, and the guest image (in the cache).
+set -eu
+cd "$(dirname "$0")"
+export DEBIAN_FRONTEND=noninteractive
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup.sh: run it as root (sudo ./setup.sh): it installs packages with apt-get" >&2
+    exit 1
+fi
+apt-get update -q
+# shellcheck disable=SC2046
+apt-get install -y -q --no-install-recommends \
+    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux \
+    $(grep -v '^[[:space:]]*#' images/packages.txt)
+python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[dev]'
+.venv/bin/netlab image build
