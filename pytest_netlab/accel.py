@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock
 
 from .errors import AcceleratorError, ConfigError, LabError
-from .qemu import MachineConfig, QemuMachine, find_qemu
+from .qemu import MachineConfig, QemuMachine, qemu_version
 
 log = logging.getLogger(__name__)
 
@@ -43,11 +42,6 @@ def _boot_id() -> str:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
         return "unknown"
-
-
-def _qemu_version() -> str:
-    out = subprocess.run([find_qemu(), "--version"], capture_output=True, text=True, check=False)
-    return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
 def kvm_device_usable() -> str | None:
@@ -118,7 +112,7 @@ def _cached_probe(cache_dir: Path | None) -> str | None:
     root = cache_dir or cache_root()
     root.mkdir(parents=True, exist_ok=True)
     path = root / "kvm-probe.json"
-    key = {"boot_id": _boot_id(), "qemu": _qemu_version()}
+    key = {"boot_id": _boot_id(), "qemu": qemu_version()}
     with FileLock(str(path) + ".lock"):
         try:
             cached = json.loads(path.read_text())

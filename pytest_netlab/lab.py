@@ -26,14 +26,15 @@ from .errors import ConfigError, GuestGoneError, LabError, NetlabError
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
 from .ping import PingResult, parse_ping
-from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, MachineConfig, NicConfig, QemuMachine
+from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine
 from .ssh import CommandResult, SessionKey, SSHSession
+from .templates import Layout, NicLayout, TemplateStore, config_line, guest_cmdline, nic_modules
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
 
 log = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "netlab-"
-MODEL_MODULES = {"virtio-net-pci": "", "e1000": "e1000", "rtl8139": "8139cp"}
+BOOT_MODES = ("snapshot", "cold")
 _lab_numbers = itertools.count(1)
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 
@@ -43,6 +44,8 @@ class LabSettings:
     """How a lab boots its guests; the plugin fills it from options and ini values."""
 
     accel: str = "tcg"
+    boot: str = "snapshot"  # or "cold": see pytest_netlab.templates
+    templates: TemplateStore | None = None
     boot_timeout: float = 120.0
     ssh_timeout: float = 30.0
     command_timeout: float = 60.0
@@ -340,22 +343,37 @@ class Lab:
 
     # -- booting ----------------------------------------------------------------------
     def _machine_config(self, vm: VM) -> MachineConfig:
+        """How *vm* is started: resumed from a template when it runs the default image,
+        else a cold boot of its own kernel."""
         spec = vm.spec
-        image = self.image
-        kernel = spec.kernel or image.kernel
-        initrd = spec.initrd if spec.kernel else image.initrd
-        modules = sorted({MODEL_MODULES[n.model] for n in spec.nics} - {""})
-        params = [
-            image.cmdline if spec.kernel is None else "console=ttyS0",
-            f"netlab.name={spec.name}",
-            f"netlab.nics={','.join(vm.macs)}",
-            f"netlab.mgmt={MGMT_MAC}",
-            f"netlab.mgmt_addr={MGMT_GUEST_ADDR}",
-            f"netlab.keytype={self.key.keytype}",
-            f"netlab.key={self.key.blob}",
-        ]
-        if modules:
-            params.append(f"netlab.modules={','.join(modules)}")
+        store = self.settings.templates
+        if spec.kernel is None and not spec.disks and self.settings.boot == "snapshot" and store:
+            layout = Layout(
+                spec.memory, spec.cpus, self.settings.accel,
+                tuple(NicLayout(n.model, n.queues, n.vectors) for n in spec.nics),
+            )
+            image = self._image_for(vm)
+            config = store.machine_config(layout, image, spec.name)
+            config.incoming = store.state(layout, image, self.settings.boot_timeout)
+        else:
+            config = self._cold_config(vm)
+        for nic, spec_nic, tap in zip(config.nics, spec.nics, vm.taps, strict=True):
+            nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues)
+        return config
+
+    def _image_for(self, vm: VM) -> GuestImage:
+        """The default image, or its variant whose kernel drives the VM's NIC models."""
+        return self.image.for_modules(nic_modules([n.model for n in vm.spec.nics]))
+
+    def _cold_config(self, vm: VM) -> MachineConfig:
+        spec = vm.spec
+        models = [n.model for n in spec.nics]
+        image = self._image_for(vm) if spec.kernel is None else self.image
+        cmdline = guest_cmdline(image, spec.name, vm.macs, models)
+        if spec.kernel is not None:
+            # a kernel of the user's own: only the console and the netlab.* contract
+            cmdline = cmdline.replace(image.cmdline, "console=ttyS0", 1)
+        params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
         drives = []
         if spec.rootfs is not None:
             params.append("root=/dev/vda rw")
@@ -364,13 +382,12 @@ class Lab:
             drives.append(f"file={disk},if=virtio,format={_disk_format(disk)},snapshot=on")
         if spec.append:
             params.append(spec.append)
-        nics = []
-        for nic, mac, tap in zip(spec.nics, vm.macs, vm.taps, strict=True):
-            fds = self.namespace.add_tap(tap, nic.bridge, nic.queues)
-            nics.append(NicConfig(mac=mac, model=nic.model, fds=fds, vectors=nic.vectors))
         return MachineConfig(
-            name=spec.name, kernel=kernel, initrd=initrd, cmdline=" ".join(params),
-            memory_mib=spec.memory, cpus=spec.cpus, accel=self.settings.accel, nics=nics,
+            name=spec.name, kernel=spec.kernel or image.kernel,
+            initrd=spec.initrd if spec.kernel else image.initrd, cmdline=" ".join(params),
+            memory_mib=spec.memory, cpus=spec.cpus, accel=self.settings.accel,
+            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors)
+                  for mac, n in zip(vm.macs, spec.nics, strict=True)],
             drives=drives,
         )
 
@@ -391,9 +408,15 @@ class Lab:
         self._ensure_namespace()
         boot_timeout = timeout or self.settings.boot_timeout
         started = time.monotonic()
+        machines = []
         for vm in pending:
             vm.machine = QemuMachine(self._machine_config(vm), self.workdir / vm.name)
             vm.machine.launch()
+            machines.append(vm.machine)
+        for vm, machine in zip(pending, machines, strict=True):
+            if machine.config.incoming is not None:
+                machine.finish_incoming()
+                machine.write_console(config_line(vm.name, vm.macs, self.key.keytype, self.key.blob))
         self.log.info("launched %s in %.2f s", ", ".join(v.name for v in pending), time.monotonic() - started)
         ports = {vm.name: vm.host_port(22) for vm in pending}
 

@@ -14,7 +14,7 @@ import pytest
 
 from .accel import ACCEL_CHOICES
 from .errors import NetlabError
-from .lab import Lab
+from .lab import BOOT_MODES, Lab
 from .session import NetlabSession
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "kvm or tcg (default: ini netlab_accel, else auto)",
     )
     group.addoption(
+        "--netlab-boot", choices=BOOT_MODES, default=None,
+        help="how default-image guests start: snapshot (resumed from a saved boot, made once "
+        "per device layout and cached) or cold (a full kernel boot each time) "
+        "(default: ini netlab_boot, else snapshot)",
+    )
+    group.addoption(
         "--netlab-boot-timeout", type=float, default=None, metavar="SECONDS",
         help="how long a guest may take to answer SSH (default: ini netlab_boot_timeout, else 120)",
     )
     parser.addini("netlab_accel", "accelerator: auto, kvm or tcg", default="auto")
+    parser.addini("netlab_boot", "how guests start: snapshot or cold", default="snapshot")
     parser.addini("netlab_boot_timeout", "seconds a guest may take to answer SSH", default="120")
     parser.addini("netlab_command_timeout", "default timeout of vm.ssh() in seconds", default="60")
 
@@ -43,6 +50,11 @@ def pytest_configure(config: pytest.Config) -> None:
     if accel not in ACCEL_CHOICES:
         raise pytest.UsageError(
             f"netlab_accel = {accel!r} is not accepted: use one of {', '.join(ACCEL_CHOICES)}"
+        )
+    boot = config.getoption("--netlab-boot") or config.getini("netlab_boot")
+    if boot not in BOOT_MODES:
+        raise pytest.UsageError(
+            f"netlab_boot = {boot!r} is not accepted: use one of {', '.join(BOOT_MODES)}"
         )
     timeouts = {}
     for name, option in (("boot", "--netlab-boot-timeout"), ("command", None)):
@@ -56,7 +68,8 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
             ) from None
     config.stash[_SESSION_KEY] = NetlabSession(
-        accel_request=accel, boot_timeout=timeouts["boot"], command_timeout=timeouts["command"]
+        accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
+        command_timeout=timeouts["command"],
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
 
@@ -70,7 +83,10 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[_SESSION_KEY]
     try:
-        return [f"netlab: accelerator {session.accel}, guest image {session.image.initrd.parent}"]
+        return [
+            f"netlab: accelerator {session.accel}, {session.boot} boot, "
+            f"guest image {session.image.initrd.parent}"
+        ]
     except NetlabError as exc:
         return [f"netlab: not usable: {exc}"]
 

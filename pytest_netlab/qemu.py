@@ -6,6 +6,7 @@ then kills, and is safe to call twice and after QEMU died by itself.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -15,7 +16,6 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +55,13 @@ def find_qemu() -> str:
     return path
 
 
+@functools.cache
+def qemu_version() -> str:
+    """The first line of ``qemu-system-x86_64 --version``."""
+    out = subprocess.run([find_qemu(), "--version"], capture_output=True, text=True, check=False)
+    return out.stdout.splitlines()[0] if out.stdout else "unknown"
+
+
 @dataclass
 class NicConfig:
     """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""
@@ -80,6 +87,7 @@ class MachineConfig:
     management: bool = True
     extra_args: list[str] = field(default_factory=list)
     drives: list[str] = field(default_factory=list)
+    incoming: Path | None = None  # a saved state to resume instead of booting
 
 
 class QemuMachine:
@@ -143,6 +151,10 @@ class QemuMachine:
             ]
         for drive in c.drives:
             argv += ["-drive", drive]
+        # a new generation id on every start makes a resumed Linux guest reseed its RNG
+        argv += ["-device", "vmgenid,guid=auto"]
+        if c.incoming is not None:
+            argv += ["-incoming", f"exec:cat {shlex.quote(str(c.incoming))}"]
         argv += c.extra_args
         return argv
 
@@ -267,6 +279,57 @@ class QemuMachine:
                 )
         if self.host_key is None:
             raise BootTimeout(f"{self.name}: guest was ready but printed no host key")
+
+    def wait_console(self, mark: str, timeout: float) -> None:
+        """Wait until the console showed a line equal to *mark*.
+
+        Raises:
+            QemuError: QEMU exited first.
+            BootTimeout: no such line within *timeout* seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while mark not in self.console_lines:
+            if not self.is_running():
+                raise self._died_error(f"QEMU exited before the guest printed {mark}")
+            if time.monotonic() > deadline:
+                raise BootTimeout(
+                    f"{self.name}: guest did not print {mark} within {timeout:g} s; "
+                    f"console log {self.console_log}, last lines:\n{self.console_tail()}"
+                )
+            time.sleep(0.02)
+
+    def write_console(self, text: str) -> None:
+        """Type *text* on the guest's serial console."""
+        if self._console_sock is None:
+            raise GuestGoneError(f"{self.name}: no console (QEMU not launched)")
+        self._console_sock.sendall(text.encode())
+
+    def finish_incoming(self, timeout: float = 30.0) -> None:
+        """Wait for the saved state given as ``incoming`` to load, then resume the guest.
+
+        Raises:
+            QemuError: the state could not be loaded (QEMU exited or migration failed).
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            status = self.qmp("query-migrate").get("status")
+            if status == "completed":
+                break
+            if status == "failed" or time.monotonic() > deadline:
+                what = status or "stalled"
+                raise self._died_error(f"loading the saved state {self.config.incoming}: {what}")
+            time.sleep(0.005)
+        self.qmp("cont")
+
+    def save_state(self, path: Path, timeout: float = 60.0) -> None:
+        """Pause the guest and write its whole state to *path* (for ``incoming``)."""
+        self.qmp("stop")
+        self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
+        deadline = time.monotonic() + timeout
+        while (status := self.qmp("query-migrate").get("status")) != "completed":
+            if status in ("failed", "cancelled") or time.monotonic() > deadline:
+                raise QemuError(f"{self.name}: saving the guest state to {path} {status}")
+            time.sleep(0.01)
 
     # -- QMP --------------------------------------------------------------------------
     def qmp(self, command: str, **arguments: Any) -> Any:

@@ -11,9 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accel import AccelDecision, decide_accelerator
-from .image import GuestImage, default_image
+from .image import GuestImage, cache_root, default_image
 from .lab import Lab, LabSettings
+from .qemu import qemu_version
 from .ssh import SessionKey
+from .templates import TemplateStore
 
 log = logging.getLogger(__name__)
 
@@ -33,12 +35,14 @@ class NetlabSession:
     """Created once per pytest process; ``close()`` removes the key and runtime dir."""
 
     accel_request: str = "auto"
+    boot: str = "snapshot"
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
     _accel: AccelDecision | None = None
+    _templates: TemplateStore | None = None
     labs_made: int = field(default=0)
 
     @property
@@ -67,9 +71,11 @@ class NetlabSession:
         return self._accel
 
     def settings(self) -> LabSettings:
+        if self._templates is None:
+            self._templates = TemplateStore(cache_root() / "templates", qemu_version())
         return LabSettings(
-            accel=self.accel.accel, boot_timeout=self.boot_timeout,
-            command_timeout=self.command_timeout,
+            accel=self.accel.accel, boot=self.boot, templates=self._templates,
+            boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
         )
 
     def new_lab(self, workdir: Path) -> Lab:

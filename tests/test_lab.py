@@ -1,0 +1,123 @@
+"""The core lab in real guests: names, MACs, SSH results, teardown, failures."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import time
+
+import pytest
+
+from pytest_netlab import CommandError, CommandTimeout, ConfigError, GuestGoneError
+from pytest_netlab.netns import NETNS_RUN_DIR
+
+
+def _listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_guest_sees_lab_nics_in_order_with_distinct_macs(netlab):
+    br1, br2 = netlab.bridge("br1"), netlab.bridge("br2")
+    h1 = netlab.vm("h1", nics=[br1, br2, br1.nic(mac="12:34:56:AB:CD:7B")])
+    lonely = netlab.vm("lonely", nics=[])
+    netlab.start()
+
+    links = {
+        line.split()[0]: line.split()[2]
+        for line in h1.ssh("ip -br link").stdout.splitlines()
+    }
+    assert links["eth0"] == h1.macs[0] and links["eth1"] == h1.macs[1]
+    assert links["eth2"] == "12:34:56:ab:cd:7b"
+    assert len(set(h1.macs)) == 3
+    # the management NIC is extra: not ethN, no default route
+    assert "mgmt0" in links and not any(n.startswith("eth") for n in ["mgmt0"])
+    assert h1.ssh("ip route show default").stdout.strip() == ""
+    assert sorted(lonely.ssh("ls /sys/class/net").stdout.split()) == ["lo", "mgmt0"]
+    assert h1.ssh("hostname").stdout.strip() == "h1"
+    # the TAPs are in the lab namespace, on their bridges, named as in the documents
+    bridge_links = netlab.run("bridge -o link").stdout
+    assert "vport11" in bridge_links and "master br1" in bridge_links
+    assert h1.taps == ["vport11", "vport21", "vport12"]
+
+
+def test_ssh_result_and_failures_carry_command_status_and_streams(netlab):
+    vm = netlab.vm("h1")
+    netlab.start()
+
+    result = vm.ssh("echo out; echo err >&2; exit 3", check=False)
+    assert (result.status, result.stdout, result.stderr) == (3, "out\n", "err\n")
+    assert not result
+
+    with pytest.raises(CommandError) as info:
+        vm.ssh("echo visible; echo why >&2; false")
+    message = str(info.value)
+    assert "h1" in message and "'echo visible; echo why >&2; false'" in message
+    assert "status 1" in message and "visible" in message and "why" in message
+
+    with pytest.raises(CommandTimeout, match=r"did not finish within 0\.5 s"):
+        vm.ssh("sleep 5", timeout=0.5)
+    # the connection survives a failed command and stays the same connection
+    assert vm.ssh("echo again").stdout == "again\n"
+    assert [r.status for r in vm.history][-2:] == [None, 0]
+
+
+def test_ssh_port_is_forwarded_on_loopback_only_and_gone_after_teardown(netlab):
+    vm = netlab.vm("h1")
+    netlab.start()
+    port = vm.host_port(22)
+    assert _listening(port)
+    listeners = subprocess.run(
+        ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+    ).stdout
+    assert "127.0.0.1:" in listeners and "0.0.0.0" not in listeners
+    assert vm.ssh("ip -4 -o addr show mgmt0").stdout.split()[3] == "100.127.255.15/24"
+    pid = vm.machine.pid
+    namespace = netlab.name
+
+    netlab.close()
+
+    assert not _listening(port)
+    assert not (NETNS_RUN_DIR / namespace).exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    netlab.close()  # idempotent
+
+
+def test_a_guest_that_powered_off_fails_fast(netlab):
+    vm = netlab.vm("h1")
+    netlab.start()
+    vm.ssh("poweroff -f >/dev/null 2>&1 &", check=False)
+    deadline = time.monotonic() + 30
+    while vm.machine.is_running() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(GuestGoneError, match="not running any more"):
+        vm.ssh("true")
+    assert time.monotonic() - started < 1
+
+
+def test_bad_input_is_refused_before_anything_is_created(netlab, netlab_session, tmp_path):
+    with pytest.raises(ConfigError, match="'a-very-long-bridge' is 18 bytes long"):
+        netlab.bridge("a-very-long-bridge")
+    assert not (NETNS_RUN_DIR / netlab.name).exists()
+    br1 = netlab.bridge("br1")
+    with pytest.raises(ConfigError, match="bridge 'br1' exists already"):
+        netlab.bridge("br1")
+    other = netlab_session.new_lab(tmp_path / "other")
+    try:
+        with pytest.raises(ConfigError, match="belongs to lab"):
+            other.vm("h1", nics=[br1])
+        assert not (NETNS_RUN_DIR / other.name).exists()
+    finally:
+        other.close()
+    netlab.vm("h1", nics=[br1.nic(mac="52:54:00:aa:bb:cc")])
+    with pytest.raises(ConfigError, match="guest 'h1' exists already"):
+        netlab.vm("h1")
+    with pytest.raises(ConfigError, match="52:54:00:aa:bb:cc of 'h2' is already used"):
+        netlab.vm("h2", nics=[br1.nic(mac="52:54:00:AA:BB:CC")])
+    with pytest.raises(ConfigError, match="bad-mac"):
+        br1.nic(mac="bad-mac")
+    with pytest.raises(ConfigError, match="ping destination"):
+        netlab.vms["h1"].ping("10.0.0.1; reboot")
