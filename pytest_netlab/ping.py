@@ -37,8 +37,16 @@ class PingResult:
     def __bool__(self) -> bool:
         return self.received > 0
 
+    def __repr__(self) -> str:
+        # what an `assert vm.ping(...)` failure shows: the summary, not every field
+        return f"<PingResult {self}>"
+
     def __str__(self) -> str:
         rtt = f", rtt avg {self.rtt_avg:.2f} ms" if self.rtt_avg is not None else ""
+        if self.sent == 0:
+            # nothing went out: say why (e.g. "connect: Network is unreachable")
+            reason = self.output.strip().splitlines()[-1] if self.output.strip() else "no output"
+            return f"ping {self.destination}: nothing sent ({reason})"
         return (
             f"ping {self.destination}: {self.received}/{self.sent} replies "
             f"({self.loss_percent:g}% loss){rtt}"

@@ -39,10 +39,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--netlab-boot-timeout", type=float, default=None, metavar="SECONDS",
         help="how long a guest may take to answer SSH (default: ini netlab_boot_timeout, else 120)",
     )
-    parser.addini("netlab_accel", "accelerator: auto, kvm or tcg", default="auto")
-    parser.addini("netlab_boot", "how guests start: snapshot or cold", default="snapshot")
-    parser.addini("netlab_boot_timeout", "seconds a guest may take to answer SSH", default="120")
-    parser.addini("netlab_command_timeout", "default timeout of vm.ssh() in seconds", default="60")
+    parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
+    parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
+    parser.addini(
+        "netlab_boot_timeout", "seconds a guest may take to answer SSH (default 120)", default="120"
+    )
+    parser.addini(
+        "netlab_command_timeout", "default timeout of vm.ssh() in seconds (default 60)", default="60"
+    )
 
 
 def pytest_configure(config: pytest.Config) -> None:

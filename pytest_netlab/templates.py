@@ -79,7 +79,7 @@ def config_line(name: str, macs: Sequence[str], keytype: str, key: str) -> str:
     """The line typed on a clone's console: who it is now."""
     return (
         f"NETLAB-CONFIG name={name} nics={','.join(macs)} keytype={keytype} key={key} "
-        f"seed={secrets.token_hex(32)} time={time.time():.3f}\n"
+        f"seed={secrets.token_hex(32)} time={int(time.time())}\n"
     )
 
 

@@ -71,7 +71,8 @@ def test_ssh_port_is_forwarded_on_loopback_only_and_gone_after_teardown(netlab):
     listeners = subprocess.run(
         ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
     ).stdout
-    assert "127.0.0.1:" in listeners and "0.0.0.0" not in listeners
+    local_addresses = [line.split()[3] for line in listeners.splitlines()]
+    assert local_addresses == [f"127.0.0.1:{port}"]
     assert vm.ssh("ip -4 -o addr show mgmt0").stdout.split()[3] == "100.127.255.15/24"
     pid = vm.machine.pid
     namespace = netlab.name

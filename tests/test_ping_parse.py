@@ -49,3 +49,4 @@ def test_busybox_summary_is_understood():
 def test_output_without_summary_counts_as_unreachable():
     result = parse_ping("10.9.9.9", "ping: connect: Network is unreachable\n", status=2)
     assert not result and result.sent == 0 and result.loss_percent == 100.0
+    assert str(result) == "ping 10.9.9.9: nothing sent (ping: connect: Network is unreachable)"
