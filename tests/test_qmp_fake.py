@@ -1,0 +1,105 @@
+"""QemuMachine's QMP use, against a fake QMP server over a socketpair (no QEMU)."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from qemu.qmp.legacy import QEMUMonitorProtocol
+
+from pytest_netlab import GuestGoneError, QemuError
+from pytest_netlab.qemu import MachineConfig, QemuMachine
+
+USERNET = (
+    "Hub -1 (mgmt):\r\n"
+    "  Protocol[State]    FD  Source Address  Port   Dest. Address  Port RecvQ SendQ\r\n"
+    "  TCP[HOST_FORWARD]  13       127.0.0.1 37617 100.127.255.15    22     0     0\r\n"
+    "  TCP[HOST_FORWARD]  14       127.0.0.1 41005 100.127.255.15    80     0     0\r\n"
+)
+
+
+def _requests(sock: socket.socket) -> Iterator[dict[str, Any]]:
+    """The JSON objects the client sends (QMP has no line framing)."""
+    decoder = json.JSONDecoder()
+    buffer = ""
+    while data := sock.recv(65536):
+        buffer += data.decode()
+        while buffer.strip():
+            try:
+                obj, end = decoder.raw_decode(buffer.lstrip())
+            except ValueError:
+                break
+            buffer = buffer.lstrip()[end:]
+            yield obj
+
+
+def _serve(sock: socket.socket, seen: list[str]) -> None:
+    """Answer like QEMU: greeting, then one reply per command."""
+    greeting = {
+        "QMP": {"version": {"qemu": {"major": 7, "minor": 2, "micro": 0}, "package": ""},
+                "capabilities": []}
+    }
+    sock.sendall(json.dumps(greeting).encode() + b"\n")
+    for request in _requests(sock):
+        seen.append(request["execute"])
+        if request["execute"] == "human-monitor-command":
+            reply: dict[str, object] = {"return": USERNET}
+        elif request["execute"] == "query-status":
+            reply = {"error": {"class": "GenericError", "desc": "fake failure"}}
+        else:
+            reply = {"return": {}}
+        reply["id"] = request.get("id")
+        sock.sendall(json.dumps(reply).encode() + b"\n")
+        if request["execute"] == "quit":
+            break
+    sock.close()
+
+
+@pytest.fixture
+def machine(tmp_path: Path):
+    ours, theirs = socket.socketpair()
+    seen: list[str] = []
+    server = threading.Thread(target=_serve, args=(theirs, seen), daemon=True)
+    server.start()
+    m = QemuMachine(MachineConfig("fake", Path("/k"), None, ""), tmp_path)
+    m._proc = subprocess.Popen(["sleep", "30"])  # stands in for the QEMU process
+    m._qmp = QEMUMonitorProtocol(ours, nickname="fake")
+    m._qmp.connect()
+    yield m, seen
+    m._proc.kill()
+    m._proc.wait()
+    with contextlib.suppress(EOFError, OSError):
+        m._qmp.close()  # the fake may have hung up after "quit", as QEMU does
+
+
+def test_forwarded_ports_are_read_from_info_usernet(machine):
+    m, seen = machine
+    assert m.host_forwards() == {22: 37617, 80: 41005}
+    assert seen == ["qmp_capabilities", "human-monitor-command"]
+
+
+def test_a_qmp_error_names_the_command(machine):
+    m, _ = machine
+    with pytest.raises(QemuError, match=r"fake: QMP query-status .* failed: fake failure"):
+        m.qmp("query-status")
+
+
+def test_qmp_on_a_dead_process_fails_fast_with_the_console_log(machine):
+    m, _ = machine
+    m._proc.kill()
+    m._proc.wait()
+    with pytest.raises(GuestGoneError, match="QEMU is not running"):
+        m.qmp("query-status")
+
+
+def test_quit_is_asked_once(machine):
+    m, seen = machine
+    m.request_quit()
+    assert seen[-1] == "quit"
