@@ -36,7 +36,7 @@ def test_nothing_is_left_after_the_lab(netlab):
 
     netlab.close()
 
-    assert netlab.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert netlab.name not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
     assert not os.path.exists(f"/run/netns/{netlab.name}")
     assert not os.path.exists(f"/proc/{pid}")
     assert not _listening(port)
