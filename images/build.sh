@@ -232,7 +232,10 @@ export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PS1='\h:\w\$ '
 EOF
 cat > "$ST/etc/inittab" << 'EOF'
-# busybox init after /init has set everything up: no getty, just reaping.
+# busybox init after /init has set everything up: it reaps orphans and keeps a root
+# shell on the serial console, the command channel of a guest without any network
+# (VM.console_run); only the lab's owner holds the other end of that console.
+ttyS0::respawn:/bin/sh
 ::ctrlaltdel:/sbin/reboot -f
 ::shutdown:/bin/sync
 EOF

@@ -93,18 +93,23 @@ class VM:
         self.taps = taps
         self.machine: QemuMachine | None = None
         self._ssh: SSHSession | None = None
+        self._console_ready = False  # a guest without network: booted, console only
         self.log = log.getChild(spec.name)
 
     # -- state ------------------------------------------------------------------------
     @property
     def started(self) -> bool:
-        return self._ssh is not None
+        return self._ssh is not None or self._console_ready
 
     @property
     def console_log(self) -> Path:
         return self.lab.workdir / self.name / "console.log"
 
     def _session(self) -> SSHSession:
+        if not self.spec.network:
+            raise LabError(
+                f"{self.name} has no network (network=False), so no SSH: use vm.console_run()"
+            )
         if self._ssh is None or self.machine is None:
             raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
         if not self.machine.is_running():
@@ -172,6 +177,49 @@ class VM:
         result = self.ssh(shlex.join(argv), check=False, timeout=deadline)
         return parse_ping(dest, result.stdout + result.stderr, result.status)
 
+    def console_run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
+        """Run *command* in a root shell on the guest's serial console, not over the
+        network: the command channel of a guest made with ``network=False``. Works on
+        any started guest. stdout and stderr come back together, as ``stdout``.
+
+        Raises:
+            CommandError: with ``check=True``, the command exited non-zero.
+            CommandTimeout: it did not finish within *timeout* seconds.
+            GuestGoneError: the guest is not running.
+            LabError: the guest is not started.
+        """
+        if self.machine is None or not self.started:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        started = time.monotonic()
+        status, output = self.machine.console_run(command, timeout or self.lab.settings.command_timeout)
+        result = CommandResult(command, status, output, "", time.monotonic() - started, self.name)
+        self.log.debug("console: %s -> %d", command, status)
+        if check:
+            result.check()
+        return result
+
+    def forward_port(self, guest_port: int) -> int:
+        """Forward a new port on the host's 127.0.0.1 (chosen by the kernel) to TCP
+        *guest_port* of the guest (through its management NIC, like the SSH port);
+        return the host port. ``netlab.vm(..., forwards=[80])`` does this at start.
+
+        Raises:
+            ConfigError: a port out of range, or a guest without network.
+            LabError: the guest is not started.
+            QemuError: QEMU refused the forward.
+        """
+        validation.int_in_range(guest_port, 1, 65535, what="guest port")
+        if not self.spec.network:
+            raise ConfigError(f"{self.name} has no network (network=False): no port can be forwarded to it")
+        if self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        forwards = self.machine.host_forwards()
+        if guest_port in forwards:
+            return forwards[guest_port]
+        port = self.machine.add_host_forward(guest_port)
+        self.log.info("guest port %d forwarded from 127.0.0.1:%d", guest_port, port)
+        return port
+
     def host_port(self, guest_port: int = 22) -> int:
         """The port on 127.0.0.1 of the host that is forwarded to *guest_port* of the guest.
 
@@ -180,6 +228,8 @@ class VM:
         """
         if self.machine is None:
             raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        if not self.spec.network:
+            raise LabError(f"{self.name} has no network (network=False): no port is forwarded")
         forwards = self.machine.host_forwards()
         if guest_port not in forwards:
             raise LabError(
@@ -261,17 +311,35 @@ class Lab:
         self.bridges[name] = bridge
         return bridge
 
+    def nat(self, *, model: str = "virtio-net-pci", mac: str | None = None) -> NicSpec:
+        """A user-mode (slirp) NAT NIC, for ``nics=[...]``: the guest gets 10.0.2.15 by
+        DHCP from QEMU (e.g. ``udhcpc -i eth0``), its default route points at the
+        gateway 10.0.2.2, and 10.0.2.2 reaches the host's 127.0.0.1. A guest with such a
+        NIC cold-boots (no saved state). Point it only at 10.0.2.2, never outside.
+
+        Raises:
+            ConfigError: an unknown model or a malformed MAC.
+        """
+        return NicSpec(None, model, mac).validated()
+
     def vm(
         self, name: str, nics: Sequence[Bridge | NicSpec] = (), *, role: str = "host",
         memory: int = 128, cpus: int = 1, kernel: str | Path | None = None,
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
-        append: str = "", disks: Sequence[str | Path] = (),
+        append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
+        forwards: Sequence[int] = (), numa: bool = False,
     ) -> VM:
         """Declare guest *name*; it boots at the next ``start()``.
 
         Each entry of *nics* is a bridge of this lab (a virtio-net NIC on a new TAP of
-        it) or ``bridge.nic(...)`` with options. In the guest they are ``eth0``,
-        ``eth1``... in this order.
+        it), ``bridge.nic(...)`` with options, or ``netlab.nat()``. In the guest they
+        are ``eth0``, ``eth1``... in this order.
+
+        *forwards*: guest TCP ports reachable from the host's 127.0.0.1 (see
+        :meth:`VM.forward_port`). ``network=False``: no NIC at all, not even the
+        management NIC, so no SSH; the guest is driven with :meth:`VM.console_run`.
+        ``numa=True``: the guest's memory comes from a memory backend given to one NUMA
+        node (``-object memory-backend-ram -numa node,memdev=``).
 
         Raises:
             ConfigError: bad or duplicate name, a bridge of another lab, duplicate MACs
@@ -289,7 +357,7 @@ class Lab:
                     )
                 specs.append(NicSpec(nic.name))
             elif isinstance(nic, NicSpec):
-                if nic.bridge not in self.bridges:
+                if nic.bridge is not None and nic.bridge not in self.bridges:
                     raise ConfigError(
                         f"NIC on bridge {nic.bridge!r}: this lab has no such bridge "
                         f"(bridges: {', '.join(self.bridges) or 'none'})"
@@ -303,7 +371,8 @@ class Lab:
         spec = GuestSpec(
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
-            append=append, disks=[Path(d) for d in disks],
+            append=append, disks=[Path(d) for d in disks], network=network,
+            forwards=list(forwards), numa=numa,
         ).validated()
         number = len(self.vms) + 1
         chosen = {nic.mac.lower() for nic in specs if nic.mac}
@@ -318,6 +387,8 @@ class Lab:
         taps: list[str] = []
         ports = {b: br.ports for b, br in self.bridges.items()}
         for nic in specs:
+            if nic.bridge is None:
+                continue  # NAT: no TAP
             if nic.tap is None:
                 ports[nic.bridge] += 1
                 tap = tap_name(self.bridges[nic.bridge].number, ports[nic.bridge])
@@ -327,7 +398,8 @@ class Lab:
                 raise ConfigError(f"TAP name {tap!r} of {name!r} is already used in this lab")
             taps.append(tap)
         for nic in specs:
-            self.bridges[nic.bridge].ports += 1
+            if nic.bridge is not None:
+                self.bridges[nic.bridge].ports += 1
         self._macs.update(macs)
         self._taps.update(taps)
         cls = Router if role == "router" else VM
@@ -347,17 +419,24 @@ class Lab:
         else a cold boot of its own kernel."""
         spec = vm.spec
         store = self.settings.templates
-        if spec.kernel is None and not spec.disks and self.settings.boot == "snapshot" and store:
+        # saved states have TAP NICs and a management NIC only: NAT NICs and guests
+        # without network have other devices, so they cold-boot
+        resumable = spec.network and not any(n.nat for n in spec.nics)
+        if (spec.kernel is None and not spec.disks and resumable
+                and self.settings.boot == "snapshot" and store):
             layout = Layout(
                 spec.memory, spec.cpus, self.settings.accel,
                 tuple(NicLayout(n.model, n.queues, n.vectors) for n in spec.nics),
+                numa=spec.numa,
             )
             image = self._image_for(vm)
             config = store.machine_config(layout, image, spec.name)
             config.incoming = store.state(layout, image, self.settings.boot_timeout)
         else:
             config = self._cold_config(vm)
-        for nic, spec_nic, tap in zip(config.nics, spec.nics, vm.taps, strict=True):
+        tap_nics = [(nic, s) for nic, s in zip(config.nics, spec.nics, strict=True) if s.bridge is not None]
+        for (nic, spec_nic), tap in zip(tap_nics, vm.taps, strict=True):
+            assert spec_nic.bridge is not None
             nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues)
         return config
 
@@ -369,7 +448,7 @@ class Lab:
         spec = vm.spec
         models = [n.model for n in spec.nics]
         image = self._image_for(vm) if spec.kernel is None else self.image
-        cmdline = guest_cmdline(image, spec.name, vm.macs, models)
+        cmdline = guest_cmdline(image, spec.name, vm.macs, models, management=spec.network)
         if spec.kernel is not None:
             # a kernel of the user's own: only the console and the netlab.* contract
             cmdline = cmdline.replace(image.cmdline, "console=ttyS0", 1)
@@ -386,9 +465,9 @@ class Lab:
             name=spec.name, kernel=spec.kernel or image.kernel,
             initrd=spec.initrd if spec.kernel else image.initrd, cmdline=" ".join(params),
             memory_mib=spec.memory, cpus=spec.cpus, accel=self.settings.accel,
-            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors)
+            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat)
                   for mac, n in zip(vm.macs, spec.nics, strict=True)],
-            drives=drives,
+            drives=drives, management=spec.network, numa=spec.numa,
         )
 
     def start(self, timeout: float | None = None) -> None:
@@ -418,11 +497,18 @@ class Lab:
                 machine.finish_incoming()
                 machine.write_console(config_line(vm.name, vm.macs, self.key.keytype, self.key.blob))
         self.log.info("launched %s in %.2f s", ", ".join(v.name for v in pending), time.monotonic() - started)
-        ports = {vm.name: vm.host_port(22) for vm in pending}
+        ports = {vm.name: vm.host_port(22) for vm in pending if vm.spec.network}
+        for vm in pending:
+            for guest_port in vm.spec.forwards:
+                vm.forward_port(guest_port)
 
         def bring_up(vm: VM) -> None:
             assert vm.machine is not None
             vm.machine.wait_ready(boot_timeout - (time.monotonic() - started))
+            if not vm.spec.network:
+                vm._console_ready = True  # no SSH: the serial console is its channel
+                vm.log.info("ready (no network, console only) after %.2f s", time.monotonic() - started)
+                return
             assert vm.machine.host_key is not None
             session = SSHSession(vm.name, ports[vm.name], self.key, vm.machine.host_key)
             session.connect(self.settings.ssh_timeout)

@@ -10,6 +10,7 @@ import functools
 import logging
 import os
 import re
+import secrets
 import shlex
 import shutil
 import socket
@@ -23,7 +24,7 @@ from typing import Any
 from qemu.qmp import QMPError
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
-from .errors import BootTimeout, ConfigError, GuestGoneError, QemuError
+from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError
 from .netns import die_with_parent, owner_environment
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class NicConfig:
     model: str = "virtio-net-pci"
     fds: list[int] = field(default_factory=list)
     vectors: int | None = None
+    nat: bool = False  # a user-mode (slirp) NAT NIC instead of a TAP: no fds
 
 
 @dataclass
@@ -88,6 +90,7 @@ class MachineConfig:
     extra_args: list[str] = field(default_factory=list)
     drives: list[str] = field(default_factory=list)
     incoming: Path | None = None  # a saved state to resume instead of booting
+    numa: bool = False  # guest RAM from a memory backend, as one NUMA node
 
 
 class QemuMachine:
@@ -114,6 +117,7 @@ class QemuMachine:
         self._console_sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._closed = False
+        self._console_shell = False
         self.launched_at = 0.0
         self.ready_at = 0.0
 
@@ -126,6 +130,13 @@ class QemuMachine:
             "-machine", "pc,usb=off,vmport=off", "-accel", accel,
             "-cpu", "max" if c.accel == "tcg" else "host",
             "-smp", str(c.cpus), "-m", str(c.memory_mib),
+        ]
+        if c.numa:
+            argv += [
+                "-object", f"memory-backend-ram,id=mem0,size={c.memory_mib}M",
+                "-numa", "node,nodeid=0,memdev=mem0",
+            ]
+        argv += [
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(c.kernel), "-append", c.cmdline,
             "-chardev", f"socket,id=mon,fd={qmp_fd}", "-mon", "chardev=mon,mode=control",
@@ -134,7 +145,11 @@ class QemuMachine:
         if c.initrd is not None:
             argv += ["-initrd", str(c.initrd)]
         for i, nic in enumerate(c.nics):
-            if len(nic.fds) > 1:
+            if nic.nat:
+                # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2 = the host's loopback.
+                # Not restricted: that NIC is the guest's way out through NAT.
+                argv += ["-netdev", f"user,id=lab{i}"]
+            elif len(nic.fds) > 1:
                 argv += ["-netdev", f"tap,id=lab{i},fds={':'.join(map(str, nic.fds))},vhost=off"]
             else:
                 argv += ["-netdev", f"tap,id=lab{i},fd={nic.fds[0]},vhost=off"]
@@ -360,6 +375,75 @@ class QemuMachine:
             int(m["gport"]): int(m["hport"])
             for m in _USERNET_FWD.finditer(self.hmp("info usernet"))
         }
+
+    def add_host_forward(self, guest_port: int) -> int:
+        """Forward a new port on 127.0.0.1 (chosen by the kernel) to TCP *guest_port* of
+        the guest's management NIC; return the host port.
+
+        Raises:
+            QemuError: QEMU refused the rule.
+            GuestGoneError: QEMU is not running.
+        """
+        answer = self.hmp(f"hostfwd_add mgmt tcp:127.0.0.1:0-:{guest_port}").strip()
+        if answer:  # HMP reports failures as text, not as a QMP error
+            raise QemuError(f"{self.name}: forwarding guest port {guest_port}: {answer}")
+        forwards = self.host_forwards()
+        if guest_port not in forwards:
+            raise QemuError(f"{self.name}: no forward of guest port {guest_port} after hostfwd_add")
+        return forwards[guest_port]
+
+    # -- serial console commands ------------------------------------------------------
+    def console_run(self, command: str, timeout: float) -> tuple[int, str]:
+        """Run *command* in the root shell on the guest's serial console (see the image's
+        inittab); return its exit status and its output (stdout and stderr together).
+
+        The output is framed by marker lines that the typed text itself never contains
+        (they are made by ``printf``), so the console's echo of the command is skipped.
+
+        Raises:
+            CommandTimeout: no end marker within *timeout* seconds.
+            GuestGoneError: QEMU is not running.
+        """
+        token = secrets.token_hex(6)
+        deadline = time.monotonic() + timeout
+        if not self._console_shell:
+            # the shell starts after the ready mark; typing before it opened the port is lost
+            probe = f"NETLAB-SHELL-{token}"
+            while probe not in self.console_lines:
+                self._check_console_alive(command, timeout, deadline, "")
+                # no echo and no prompts: the console then shows only what commands print
+                self.write_console(f"stty -echo; PS1=''; PS2=''; printf '%s\\n' NETLAB-SHELL-{token}\n")
+                self._wait_line(probe, min(0.5, max(0.0, deadline - time.monotonic())))
+            self._console_shell = True
+        begin, end = f"NETLAB-BEGIN-{token}", f"NETLAB-END-{token} "
+        start = len(self.console_lines)
+        self.write_console(
+            # a subshell: `exit` or `cd` in the command must not touch the console's shell
+            f"printf '%s\\n' NETLAB-BEGIN-{token}; ( {command}\n) < /dev/null 2>&1; "
+            f"printf '\\nNETLAB-END-%s %d\\n' {token} $?\n"
+        )
+        while True:
+            lines = self.console_lines[start:]
+            done = [line for line in lines if line.startswith(end)]
+            if done:
+                first = next((i + 1 for i, line in enumerate(lines) if line.endswith(begin)), 0)
+                output = "".join(f"{line}\n" for line in lines[first:lines.index(done[0])])
+                # the end mark starts on a new line of its own: drop that extra newline
+                output = output[:-1] if output.endswith("\n") else output
+                return int(done[0][len(end):].strip() or 255), output
+            self._check_console_alive(command, timeout, deadline, "\n".join(lines))
+            time.sleep(0.02)
+
+    def _wait_line(self, line: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while line not in self.console_lines and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    def _check_console_alive(self, command: str, timeout: float, deadline: float, output: str) -> None:
+        if not self.is_running():
+            raise GuestGoneError(f"{self.name}: QEMU exited during console command {command!r}")
+        if time.monotonic() > deadline:
+            raise CommandTimeout(f"{self.name} (serial console)", command, timeout, output, "")
 
     # -- shutdown ---------------------------------------------------------------------
     def request_quit(self, timeout: float = 2.0) -> None:

@@ -53,17 +53,19 @@ class Layout:
     cpus: int
     accel: str
     nics: tuple[NicLayout, ...]
+    numa: bool = False
 
     def template_macs(self) -> list[str]:
         return [f"52:54:00:fe:00:{i:02x}" for i in range(len(self.nics))]
 
 
-def guest_cmdline(image: GuestImage, name: str, macs: Sequence[str], models: Sequence[str]) -> str:
+def guest_cmdline(
+    image: GuestImage, name: str, macs: Sequence[str], models: Sequence[str], *, management: bool = True,
+) -> str:
     """The kernel command line of a default-image guest (the init's contract)."""
-    params = [
-        image.cmdline, f"netlab.name={name}", f"netlab.nics={','.join(macs)}",
-        f"netlab.mgmt={MGMT_MAC}", f"netlab.mgmt_addr={MGMT_GUEST_ADDR}",
-    ]
+    params = [image.cmdline, f"netlab.name={name}", f"netlab.nics={','.join(macs)}"]
+    if management:
+        params += [f"netlab.mgmt={MGMT_MAC}", f"netlab.mgmt_addr={MGMT_GUEST_ADDR}"]
     modules = nic_modules(models)
     if modules:
         params.append(f"netlab.modules={','.join(modules)}")
@@ -98,7 +100,7 @@ class TemplateStore:
             "initrd": _file_id(image.initrd),
             "cmdline": image.cmdline,
             "layout": [layout.memory, layout.cpus, layout.accel,
-                       [[n.model, n.queues, n.vectors] for n in layout.nics]],
+                       [[n.model, n.queues, n.vectors] for n in layout.nics], layout.numa],
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -112,6 +114,7 @@ class TemplateStore:
             memory_mib=layout.memory, cpus=layout.cpus, accel=layout.accel,
             nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors)
                   for mac, n in zip(macs, layout.nics, strict=True)],
+            numa=layout.numa,
         )
 
     def state(self, layout: Layout, image: GuestImage, boot_timeout: float) -> Path:

@@ -18,17 +18,29 @@ QUEUE_RANGE = (1, 16)
 
 @dataclass(frozen=True)
 class NicSpec:
-    """One guest NIC: a TAP on *bridge*, seen in the guest as ``ethN`` in list order."""
+    """One guest NIC: a TAP on *bridge*, seen in the guest as ``ethN`` in list order.
 
-    bridge: str
+    ``bridge=None`` is a user-mode (slirp) NAT NIC instead: QEMU's own DHCP server,
+    gateway 10.0.2.2 (the host's loopback), no TAP and no bridge.
+    """
+
+    bridge: str | None
     model: str = "virtio-net-pci"
     mac: str | None = None
     tap: str | None = None
     queues: int = 1
     vectors: int | None = None
 
+    @property
+    def nat(self) -> bool:
+        return self.bridge is None
+
     def validated(self) -> NicSpec:
         validation.nic_model(self.model)
+        if self.nat and (self.tap is not None or self.queues != 1 or self.vectors is not None):
+            raise ConfigError(
+                "a user-mode NAT NIC has no TAP and one queue: give it only model= and mac="
+            )
         if self.mac is not None:
             validation.mac_address(self.mac)
         if self.tap is not None:
@@ -58,6 +70,9 @@ class GuestSpec:
     rootfs: Path | None = None
     append: str = ""
     disks: list[Path] = field(default_factory=list)
+    network: bool = True  # False: no NIC at all, not even the management NIC (-nic none)
+    forwards: list[int] = field(default_factory=list)  # guest TCP ports forwarded from 127.0.0.1
+    numa: bool = False  # memory from a memory backend, given to one NUMA node
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
@@ -76,6 +91,18 @@ class GuestSpec:
                            *(("disk", d) for d in self.disks)):
             if path is not None:
                 readable_file(path, f"{what} of {self.name!r}")
+        for port in self.forwards:
+            validation.int_in_range(port, 1, 65535, what=f"forwarded guest port of {self.name!r}")
+            if port == 22 or self.forwards.count(port) > 1:
+                raise ConfigError(
+                    f"{self.name}: guest port {port} is forwarded already: list each port once "
+                    "(22, SSH, always is)"
+                )
+        if not self.network and (self.nics or self.forwards):
+            raise ConfigError(
+                f"{self.name}: network=False means no NIC at all: drop nics= and forwards=, "
+                "or keep the network"
+            )
         if "\n" in self.append:
             raise ConfigError(f"{self.name}: append={self.append!r} must be one line")
         return self

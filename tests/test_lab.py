@@ -122,3 +122,14 @@ def test_bad_input_is_refused_before_anything_is_created(netlab, netlab_session,
         br1.nic(mac="bad-mac")
     with pytest.raises(ConfigError, match="ping destination"):
         netlab.vms["h1"].ping("10.0.0.1; reboot")
+
+
+def test_console_run_reaches_a_networked_guest_too(netlab):
+    vm = netlab.vm("h1")
+    netlab.start()
+    result = vm.console_run("echo out; echo err >&2; cd /tmp; false", check=False)
+    assert (result.status, result.stdout) == (1, "out\nerr\n")
+    assert vm.console_run("pwd").stdout == "/\n"  # each command in a subshell of its own
+    assert vm.console_run("printf 'no newline'").stdout == "no newline"
+    with pytest.raises(CommandError, match="status 1"):
+        vm.console_run("false")

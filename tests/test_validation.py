@@ -100,3 +100,40 @@ def test_tap_names_follow_the_documents():
 def test_lab_macs_are_distinct():
     macs = {lab_mac(g, n) for g in range(1, 20) for n in range(4)}
     assert len(macs) == 19 * 4
+
+
+@pytest.mark.parametrize(
+    ("spec", "fragment"),
+    [
+        (GuestSpec("h1", network=False, nics=[NicSpec("br1")]), "network=False means no NIC"),
+        (GuestSpec("h1", network=False, forwards=[80]), "network=False means no NIC"),
+        (GuestSpec("h1", forwards=[70000]), "out of range"),
+        (GuestSpec("h1", forwards=[80, 80]), "forwarded already"),
+        (GuestSpec("h1", forwards=[22]), "forwarded already"),
+    ],
+)
+def test_bad_network_options(spec, fragment):
+    with pytest.raises(ConfigError, match=fragment) as info:
+        spec.validated()
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "nic",
+    [NicSpec(None, tap="vport11"), NicSpec(None, queues=2), NicSpec(None, vectors=4)],
+)
+def test_nat_nic_takes_only_model_and_mac(nic):
+    with pytest.raises(ConfigError, match="user-mode NAT NIC"):
+        nic.validated()
+
+
+def test_nat_nic_with_a_bad_model():
+    with pytest.raises(ConfigError, match="ne2k_pci"):
+        NicSpec(None, model="ne2k_pci").validated()
+
+
+def test_numa_is_part_of_the_template_layout():
+    from pytest_netlab.templates import Layout, NicLayout
+
+    plain = Layout(128, 1, "tcg", (NicLayout("virtio-net-pci"),))
+    assert plain != Layout(128, 1, "tcg", (NicLayout("virtio-net-pci"),), numa=True)
