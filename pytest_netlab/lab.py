@@ -422,7 +422,7 @@ class Lab:
 
         def bring_up(vm: VM) -> None:
             assert vm.machine is not None
-            vm.machine.wait_ready(boot_timeout - (time.monotonic() - started))
+            vm.machine.wait_ready(boot_timeout, since=started)
             assert vm.machine.host_key is not None
             session = SSHSession(vm.name, ports[vm.name], self.key, vm.machine.host_key)
             session.connect(self.settings.ssh_timeout)

@@ -96,17 +96,21 @@ def test_a_guest_that_powered_off_fails_fast(netlab):
     started = time.monotonic()
     with pytest.raises(GuestGoneError, match="not running any more"):
         vm.ssh("true")
+    with pytest.raises(GuestGoneError, match="not running any more"):
+        vm.ping("127.0.0.1")
+    with pytest.raises(GuestGoneError, match="QEMU is not running"):
+        vm.host_port(22)
     assert time.monotonic() - started < 1
 
 
-def test_bad_input_is_refused_before_anything_is_created(netlab, netlab_session, tmp_path):
+def test_bad_input_is_refused_before_anything_is_created(netlab, netlab_config, tmp_path):
     with pytest.raises(ConfigError, match="'a-very-long-bridge' is 18 bytes long"):
         netlab.bridge("a-very-long-bridge")
     assert not (NETNS_RUN_DIR / netlab.name).exists()
     br1 = netlab.bridge("br1")
     with pytest.raises(ConfigError, match="bridge 'br1' exists already"):
         netlab.bridge("br1")
-    other = netlab_session.new_lab(tmp_path / "other")
+    other = netlab_config.new_lab(tmp_path / "other")
     try:
         with pytest.raises(ConfigError, match="belongs to lab"):
             other.vm("h1", nics=[br1])
