@@ -26,7 +26,7 @@ from .errors import ConfigError, GuestGoneError, LabError, NetlabError
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
 from .ping import PingResult, parse_ping
-from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine
+from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
 from .ssh import CommandResult, SessionKey, SSHSession
 from .templates import Layout, NicLayout, TemplateStore, config_line, guest_cmdline, nic_modules
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
@@ -396,6 +396,7 @@ class Lab:
         each answers SSH.
 
         Raises:
+            ConfigError: QEMU is not installed (nothing is created then).
             BootTimeout: a guest did not come up within *timeout* seconds.
             QemuError: a QEMU process failed; the message has its command line and output.
             SSHError: a guest came up but SSH to it failed.
@@ -405,6 +406,7 @@ class Lab:
         pending = [vm for vm in self.vms.values() if vm.machine is None]
         if not pending:
             return
+        find_qemu()  # a missing QEMU is bad input: say so before anything is made
         self._ensure_namespace()
         boot_timeout = timeout or self.settings.boot_timeout
         started = time.monotonic()
