@@ -3,7 +3,8 @@
 Every resource carries its owner's pid: namespaces are ``netlab-<pid>-<n>``, runtime
 directories ``<pid>-*`` under the runtime base, and QEMU processes and lab daemons have
 ``NETLAB_OWNER=<pid>`` in their environment. An owner is dead when no process has its
-pid (or when that pid now belongs to a process started after the resource was made).
+pid, or when the process that has it now started after the resource was last changed
+(the pid was reused: the real owner made or touched the resource while it lived).
 """
 
 from __future__ import annotations
@@ -14,18 +15,23 @@ import os
 import re
 import shutil
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pyroute2 import netns
 
 from .lab import NAMESPACE_PREFIX
+from .netns import NETNS_RUN_DIR
 
 log = logging.getLogger(__name__)
 
 OWNER_ENV = "NETLAB_OWNER"
 _NS_NAME = re.compile(rf"^{re.escape(NAMESPACE_PREFIX)}(?P<pid>\d+)-\d+$")
 _RUNTIME_NAME = re.compile(r"^(?P<pid>\d+)-")
+# /proc start times count clock ticks; a resource made within this margin of its
+# owner's start is still taken as the owner's (a pid is not reused that fast)
+_START_MARGIN = 0.5
 
 
 def pid_alive(pid: int) -> bool:
@@ -38,8 +44,46 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+def process_start_time(pid: int) -> float | None:
+    """When process *pid* started, in seconds since the epoch; ``None`` if it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # the command name (field 2) may hold spaces and parentheses: split after its end
+    fields = stat[stat.rindex(")") + 2:].split()
+    ticks = int(fields[19])  # field 22 of the whole line: starttime
+    # /proc counts from boot on CLOCK_BOOTTIME; /proc/stat's btime is whole seconds only
+    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+    return boot + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def owner_alive(pid: int, resource_time: float | None = None) -> bool:
+    """Whether the process that made a resource (last changed at *resource_time*,
+    epoch seconds) is still running: pid *pid* exists and started before that time."""
+    if not pid_alive(pid):
+        return False
+    if resource_time is None:
+        return True
+    started = process_start_time(pid)
+    if started is None:
+        return pid_alive(pid)  # not readable (another user): trust the pid
+    return started <= resource_time + _START_MARGIN
+
+
+def _changed_at(path: Path) -> float | None:
+    # mtime, not ctime: it is when the owner last added or removed an entry (a directory)
+    # or made the file (a namespace's mount point)
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return None
+
+
 @dataclass
 class CleanupReport:
+    """What :func:`remove_leftovers` removed (or, in a dry run, would remove)."""
+
     namespaces: list[str] = field(default_factory=list)
     processes: list[str] = field(default_factory=list)
     directories: list[str] = field(default_factory=list)
@@ -74,22 +118,39 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def remove_leftovers(runtime_base: Path | None = None, *, dry_run: bool = False) -> CleanupReport:
-    """Kill processes, remove namespaces and runtime directories of dead owners."""
-    report = CleanupReport()
-    me = os.getpid()
+def _orphaned_processes(me: int) -> list[int]:
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == me:
             continue
-        owner = _owner_of_process(int(entry.name))
-        if owner is not None and owner != me and not pid_alive(owner):
-            report.processes.append(f"{entry.name} ({_cmdline(int(entry.name))[:80]})")
-            if not dry_run:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(int(entry.name), signal.SIGKILL)
+        pid = int(entry.name)
+        owner = _owner_of_process(pid)
+        if owner is None or owner == me:
+            continue
+        # a child starts after its owner: an "owner" that started later is a reused pid
+        if not owner_alive(owner, process_start_time(pid)):
+            found.append(pid)
+    return found
+
+
+def remove_leftovers(runtime_base: Path | None = None, *, dry_run: bool = False) -> CleanupReport:
+    """Kill processes, remove namespaces and runtime directories of dead owners.
+
+    Never raises for a single resource that cannot be removed: it is logged and the
+    rest is cleaned. Resources of this process and of live owners are left alone.
+    """
+    report = CleanupReport()
+    me = os.getpid()
+    for pid in _orphaned_processes(me):
+        report.processes.append(f"{pid} ({_cmdline(pid)[:80]})")
+        if not dry_run:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     for name in netns.listnetns():
         match = _NS_NAME.match(name)
-        if match and not pid_alive(int(match["pid"])):
+        if not match or int(match["pid"]) == me:
+            continue
+        if not owner_alive(int(match["pid"]), _changed_at(NETNS_RUN_DIR / name)):
             report.namespaces.append(name)
             if not dry_run:
                 try:
@@ -99,7 +160,9 @@ def remove_leftovers(runtime_base: Path | None = None, *, dry_run: bool = False)
     if runtime_base is not None and runtime_base.is_dir():
         for directory in runtime_base.iterdir():
             match = _RUNTIME_NAME.match(directory.name)
-            if match and not pid_alive(int(match["pid"])):
+            if not match or int(match["pid"]) == me:
+                continue
+            if not owner_alive(int(match["pid"]), _changed_at(directory)):
                 report.directories.append(str(directory))
                 if not dry_run:
                     shutil.rmtree(directory, ignore_errors=True)

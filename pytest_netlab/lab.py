@@ -26,7 +26,7 @@ from .errors import ConfigError, GuestGoneError, LabError, NetlabError
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
 from .ping import PingResult, parse_ping
-from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine
+from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
 from .ssh import CommandResult, SessionKey, SSHSession
 from .templates import Layout, NicLayout, TemplateStore, config_line, guest_cmdline, nic_modules
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
@@ -475,6 +475,7 @@ class Lab:
         each answers SSH.
 
         Raises:
+            ConfigError: QEMU is not installed (nothing is created then).
             BootTimeout: a guest did not come up within *timeout* seconds.
             QemuError: a QEMU process failed; the message has its command line and output.
             SSHError: a guest came up but SSH to it failed.
@@ -484,6 +485,7 @@ class Lab:
         pending = [vm for vm in self.vms.values() if vm.machine is None]
         if not pending:
             return
+        find_qemu()  # a missing QEMU is bad input: say so before anything is made
         self._ensure_namespace()
         boot_timeout = timeout or self.settings.boot_timeout
         started = time.monotonic()
@@ -504,7 +506,7 @@ class Lab:
 
         def bring_up(vm: VM) -> None:
             assert vm.machine is not None
-            vm.machine.wait_ready(boot_timeout - (time.monotonic() - started))
+            vm.machine.wait_ready(boot_timeout, since=started)
             if not vm.spec.network:
                 vm._console_ready = True  # no SSH: the serial console is its channel
                 vm.log.info("ready (no network, console only) after %.2f s", time.monotonic() - started)

@@ -15,7 +15,7 @@ import pytest
 from .accel import ACCEL_CHOICES
 from .errors import NetlabError
 from .lab import BOOT_MODES, Lab
-from .session import NetlabSession
+from .session import LabFactory, NetlabSession, runtime_base
 
 log = logging.getLogger(__name__)
 
@@ -71,11 +71,27 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
             ) from None
+    if not hasattr(config, "workerinput"):
+        # the xdist controller or a plain run: workers' labs are not made yet, and every
+        # other live run keeps its resources (their owners are alive)
+        _remove_leftovers()
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
         command_timeout=timeouts["command"],
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
+
+
+def _remove_leftovers() -> None:
+    from .cleanup import remove_leftovers
+
+    try:
+        report = remove_leftovers(runtime_base())
+    except (OSError, NetlabError) as exc:  # no root: the labs will say so with their own error
+        log.warning("netlab: cleaning leftovers of dead runs failed: %s", exc)
+        return
+    for line in report.lines():
+        log.warning("netlab: leftover of a dead run: %s", line)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -96,16 +112,39 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def netlab_session(pytestconfig: pytest.Config) -> NetlabSession:
+def netlab_config(pytestconfig: pytest.Config) -> NetlabSession:
     """What every lab of this test process shares (image, accelerator, SSH key)."""
     return pytestconfig.stash[_SESSION_KEY]
 
 
 @pytest.fixture
-def netlab(netlab_session: NetlabSession, tmp_path: Path) -> Iterator[Lab]:
+def netlab(netlab_config: NetlabSession, tmp_path: Path) -> Iterator[Lab]:
     """An isolated network lab for one test, torn down after it, pass or fail."""
-    lab = netlab_session.new_lab(tmp_path / "netlab")
+    lab = netlab_config.new_lab(tmp_path / "netlab")
     try:
         yield lab
     finally:
         lab.close()
+
+
+@pytest.fixture(scope="session")
+def netlab_factory(
+    netlab_config: NetlabSession, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LabFactory]:
+    """Makes labs for fixtures of wider scope: ``with netlab_factory() as lab: ...``.
+
+    A lab is torn down when its ``with`` block ends; any still open at the end of the
+    session is torn down then.
+    """
+    factory = LabFactory(netlab_config, tmp_path_factory.mktemp("netlab-shared"))
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+@pytest.fixture(scope="module")
+def netlab_module(netlab_factory: LabFactory) -> Iterator[Lab]:
+    """One lab shared by the tests of a module, torn down after the module's last test."""
+    with netlab_factory() as lab:
+        yield lab

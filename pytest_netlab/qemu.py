@@ -275,21 +275,25 @@ class QemuMachine:
             f"console (last lines):\n{self.console_tail()}"
         )
 
-    def wait_ready(self, timeout: float) -> None:
-        """Wait until the guest printed its ready mark (its SSH server is listening).
+    def wait_ready(self, timeout: float, since: float | None = None) -> None:
+        """Wait until the guest printed its ready mark (its SSH server is listening),
+        at most *timeout* seconds from *since* (a ``time.monotonic()`` value; now if not
+        given).
 
         Raises:
             QemuError: QEMU exited first.
             BootTimeout: no ready mark within *timeout* seconds.
         """
-        deadline = time.monotonic() + timeout
+        deadline = (time.monotonic() if since is None else since) + timeout
         while not self._ready.wait(0.02):
             if not self.is_running():
                 raise self._died_error("QEMU exited before the guest was ready")
             if time.monotonic() > deadline:
                 raise BootTimeout(
-                    f"{self.name}: guest did not print {READY_MARK} within {timeout:g} s "
-                    f"(accelerator {self.config.accel}); console log {self.console_log}, "
+                    f"{self.name}: guest did not print {READY_MARK} (its SSH server is "
+                    f"listening) within {timeout:g} s (accelerator {self.config.accel}; "
+                    "raise it with --netlab-boot-timeout or the netlab_boot_timeout ini value); "
+                    f"console log {self.console_log}, "
                     f"last lines:\n{self.console_tail()}"
                 )
         if self.host_key is None:

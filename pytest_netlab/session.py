@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .accel import AccelDecision, decide_accelerator
+from .errors import LabError
 from .image import GuestImage, cache_root, default_image
 from .lab import Lab, LabSettings
 from .qemu import qemu_version
@@ -87,3 +88,37 @@ class NetlabSession:
             shutil.rmtree(self._runtime, ignore_errors=True)
             self._runtime = None
             self._key = None
+
+
+class LabFactory:
+    """Makes labs of one session under *workdir*; ``close()`` tears down those still open.
+
+    For fixtures of module or session scope, which the per-test ``netlab`` fixture
+    cannot serve.
+    """
+
+    def __init__(self, session: NetlabSession, workdir: Path) -> None:
+        self.session = session
+        self.workdir = workdir
+        self._labs: list[Lab] = []
+
+    def __call__(self) -> Lab:
+        lab = self.session.new_lab(self.workdir / f"lab{len(self._labs) + 1}")
+        self._labs.append(lab)
+        return lab
+
+    def close(self) -> None:
+        """Tear down every lab this factory made (idempotent).
+
+        Raises:
+            LabError: a lab could not be torn down (after trying all of them).
+        """
+        failures = []
+        for lab in reversed(self._labs):
+            try:
+                lab.close()
+            except LabError as exc:
+                failures.append(str(exc))
+        self._labs.clear()
+        if failures:
+            raise LabError("; ".join(failures))

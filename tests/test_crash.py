@@ -1,0 +1,157 @@
+"""Crash safety: leftovers of a killed run are removed, a live lab next to it is not
+touched, pid reuse is recognised, and a boot that takes too long fails fast and clean."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_netlab import BootTimeout, cleanup
+from pytest_netlab.netns import NETNS_RUN_DIR
+
+pytest_plugins = ["pytester"]
+
+# the inner run builds a lab, says so in a marker file, and waits to be killed
+_VICTIM = """
+import os, time
+
+def test_victim(netlab, netlab_config):
+    br1 = netlab.bridge("br1")
+    {build}
+    with open(os.environ["NETLAB_MARKER"] + ".tmp", "w") as f:
+        f.write(" ".join([netlab.name, str(netlab_config.runtime_dir), {pids}]))
+    os.rename(os.environ["NETLAB_MARKER"] + ".tmp", os.environ["NETLAB_MARKER"])
+    time.sleep(600)
+"""
+
+
+def _gone(pid: int, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not os.path.exists(f"/proc/{pid}"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _start_and_kill(pytester: pytest.Pytester, build: str, pids: str) -> tuple[str, Path, list[int]]:
+    """Run the victim test in a pytest process, wait for its lab, then ``kill -9`` it."""
+    pytester.makepyfile(test_victim=_VICTIM.format(build=build, pids=pids))
+    marker = pytester.path / "marker"
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "netlab", "--netlab-accel=tcg", "-q", "-s"],
+        cwd=pytester.path, env={**os.environ, "NETLAB_MARKER": str(marker)},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not marker.exists():
+            assert victim.poll() is None, victim.communicate()[0].decode(errors="replace")
+            assert time.monotonic() < deadline, "the victim never built its lab"
+            time.sleep(0.1)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.communicate()
+    namespace, runtime_dir, *children = marker.read_text().split()
+    return namespace, Path(runtime_dir), [int(p) for p in children]
+
+
+@pytest.fixture(scope="module")
+def live_lab(netlab_module):
+    """A lab of this (live) process that every cleanup here must leave alone."""
+    br1 = netlab_module.bridge("br1")
+    netlab_module.vm("h1", nics=[br1])
+    netlab_module.start()
+    return netlab_module
+
+
+def _assert_untouched(lab, netlab_config) -> None:
+    assert (NETNS_RUN_DIR / lab.name).exists()
+    assert lab.vms["h1"].ssh("echo alive").stdout == "alive\n"
+    assert netlab_config.key.private_path.exists()
+
+
+def test_kill_9_mid_test_then_netlab_cleanup_removes_the_rest(pytester, live_lab, netlab_config):
+    namespace, runtime_dir, (qemu_pid,) = _start_and_kill(
+        pytester, 'vm = netlab.vm("h1", nics=[br1]); netlab.start()', "str(vm.machine.pid)"
+    )
+    # PR_SET_PDEATHSIG: the QEMU died with its pytest process
+    assert _gone(qemu_pid, within=10), _cmdline(qemu_pid)
+    assert (NETNS_RUN_DIR / namespace).exists() and runtime_dir.exists()
+
+    cli = subprocess.run(
+        [sys.executable, "-m", "pytest_netlab.cli", "cleanup"],
+        capture_output=True, text=True, check=True,
+    )
+
+    assert f"removed namespace {namespace}" in cli.stdout
+    assert f"removed directory {runtime_dir}" in cli.stdout
+    assert not (NETNS_RUN_DIR / namespace).exists() and not runtime_dir.exists()
+    _assert_untouched(live_lab, netlab_config)
+
+
+def test_kill_9_then_the_next_run_removes_the_rest(pytester, live_lab, netlab_config):
+    namespace, runtime_dir, (daemon_pid,) = _start_and_kill(
+        pytester, 'daemon = netlab.spawn("sleep 600")', "str(daemon.pid)"
+    )
+    assert _gone(daemon_pid, within=10)
+    assert (NETNS_RUN_DIR / namespace).exists()
+
+    pytester.makepyfile(test_victim="def test_nothing():\n    pass\n")
+    nextrun = pytester.runpytest_subprocess("-p", "netlab", "--netlab-accel=tcg")
+
+    nextrun.assert_outcomes(passed=1)
+    assert not (NETNS_RUN_DIR / namespace).exists()
+    assert not runtime_dir.exists()
+    _assert_untouched(live_lab, netlab_config)
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return "(gone)"
+
+
+def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    mine = tmp_path / f"{os.getpid()}-mine"
+    reused = tmp_path / "1-reused"  # pid 1 lives, but started after this was written
+    live = tmp_path / "1-live"
+    gone = tmp_path / f"{dead.pid}-gone"
+    for directory in (mine, reused, live, gone):
+        directory.mkdir()
+    before_boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) - 3600
+    os.utime(reused, (before_boot, before_boot))
+
+    report = cleanup.remove_leftovers(tmp_path, dry_run=True)
+
+    assert sorted(report.directories) == sorted([str(reused), str(gone)])
+    assert cleanup.owner_alive(os.getpid(), time.time())
+    assert not cleanup.owner_alive(os.getpid(), before_boot)
+    assert not cleanup.owner_alive(dead.pid)
+
+
+def test_boot_timeout_is_quick_clear_and_leaves_nothing(netlab):
+    vm = netlab.vm("h1", nics=[netlab.bridge("br1")])
+    started = time.monotonic()
+    with pytest.raises(BootTimeout) as info:
+        netlab.start(timeout=0.05)
+    assert time.monotonic() - started < 15
+    first_line, *console = str(info.value).splitlines()
+    assert "h1: guest did not print NETLAB-READY (its SSH server is listening) within 0.05 s" in first_line
+    assert "console log" in first_line and "last lines:" in first_line
+    assert console == ["  (no console output)"] or all(line.startswith("  h1| ") for line in console)
+    pid = vm.machine.pid
+
+    netlab.close()
+
+    assert not (NETNS_RUN_DIR / netlab.name).exists()
+    assert _gone(pid, within=5)
