@@ -1,4 +1,4 @@
-"""The ``netlab`` command: cleanup, image management and a health check."""
+"""The ``netlab`` command: cleanup, image management and a health check (``doctor``)."""
 
 from __future__ import annotations
 
@@ -36,6 +36,18 @@ def _cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import checks
+
+    failed = False
+    for check in checks(guests=args.guests):
+        print(check.line(), flush=True)
+        failed |= check.required and not check.ok
+    print("verdict: " + ("pytest-netlab cannot run here (see FAIL above)" if failed
+                         else "pytest-netlab can run here"))
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="netlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -46,6 +58,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     img.add_argument("action", choices=("build", "info", "clean"))
     img.add_argument("--rebuild", action="store_true", help="build even if a cached image exists")
     img.set_defaults(func=_cmd_image)
+    doctor = sub.add_parser(
+        "doctor", help="check that this machine can run network labs, and say how to fix what fails"
+    )
+    doctor.add_argument("--guests", type=int, default=4, help="guests to check free memory for (default 4)")
+    doctor.set_defaults(func=_cmd_doctor)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
