@@ -207,6 +207,8 @@ def collect(labs: Iterable[Lab], directory: Path) -> Evidence:
                 text = f"not captured: {type(exc).__name__}: {exc}"
                 evidence.problems.append(f"{vm.name}: {text}")
             evidence.sections.append((f"netlab {vm.name}", text))
+        if lab.diagram:
+            _write(base / "topology.mmd", lab.diagram)
         for extra in lab.evidence_files():
             try:
                 shutil.copyfile(extra, base / extra.name)

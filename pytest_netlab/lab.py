@@ -407,6 +407,7 @@ class Lab:
         self._captures = itertools.count(1)
         self.log = log.getChild(self.name)
         self.timings: dict[str, float] = {}
+        self.diagram: str | None = None  # Mermaid text, set when built from a Topology
         _open_labs.add(self)
 
     # -- building ---------------------------------------------------------------------
