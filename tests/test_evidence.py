@@ -22,13 +22,20 @@ def test_a_failed_lab_test_leaves_evidence_in_the_report_and_on_disk(pytester: p
             h1.ssh("echo marker-command", check=False)
             h1.ssh("exit 7", check=False)
             assert h1.ping("10.20.10.2", timeout=0.5), "h2 has no address: the ping must fail"
+
+        def test_guest_gone(netlab):
+            vm = netlab.vm("gone")
+            netlab.start()
+            vm.ssh("poweroff -f >/dev/null 2>&1 &")
+            vm.wait_until_fails(lambda: vm.machine.is_running(), timeout=30, interval=0.1)
+            vm.ssh("true")
         """
     )
     out = pytester.path / "evidence"
     result = pytester.runpytest_subprocess(
         "-p", "netlab", "--netlab-accel=tcg", f"--netlab-artifacts={out}",
     )
-    result.assert_outcomes(failed=1)
+    result.assert_outcomes(failed=2)
     test_dir = out / sanitize_nodeid("test_inner.py::test_ping_across")
     result.stdout.fnmatch_lines(
         [
@@ -56,6 +63,11 @@ def test_a_failed_lab_test_leaves_evidence_in_the_report_and_on_disk(pytester: p
     assert "vport11" in links and "vport12" in links and "master br1" in links
     commands = (test_dir / "h1" / "commands.txt").read_text().splitlines()
     assert [line.split()[2] for line in commands] == ["0", "0", "7", "1"]
+    # a guest that died still leaves its console and history, and the note says why
+    gone = out / sanitize_nodeid("test_inner.py::test_guest_gone")
+    assert "poweroff -f" in (gone / "gone" / "commands.txt").read_text()
+    assert (gone / "gone" / "console.log").exists()
+    result.stdout.fnmatch_lines(["*GuestGoneError*", "note: guest's QEMU is not running (exit status 0)*"])
 
 
 def test_a_passing_lab_test_leaves_no_evidence(pytester: pytest.Pytester):
