@@ -14,6 +14,7 @@ from .errors import (
     NetlabError,
     QemuError,
     SSHError,
+    WaitTimeout,
 )
 
 __version__ = "0.1.0"
@@ -28,6 +29,7 @@ __all__ = [
     "NetlabError",
     "QemuError",
     "SSHError",
+    "WaitTimeout",
     "__version__",
 ]
 

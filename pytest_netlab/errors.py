@@ -85,3 +85,18 @@ def _tail(text: str, lines: int = 40) -> str:
     if len(parts) <= lines:
         return "\n".join(parts) if parts else "(empty)"
     return "\n".join([f"... ({len(parts) - lines} lines cut)", *parts[-lines:]])
+
+
+class WaitTimeout(NetlabError, AssertionError):
+    """A condition awaited with ``wait_until`` (or ``wait_until_fails``) did not come
+    true in time. It is an ``AssertionError`` too: the test's expectation failed."""
+
+    def __init__(self, what: str, timeout: float, attempts: int, last: str) -> None:
+        self.what = what
+        self.timeout = timeout
+        self.attempts = attempts
+        self.last = last
+        super().__init__(
+            f"{what}: not reached within {timeout:g} s ({attempts} attempts); "
+            f"the last attempt gave:\n{_tail(last)}"
+        )

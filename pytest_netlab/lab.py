@@ -15,18 +15,22 @@ import shlex
 import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import validation
-from .errors import ConfigError, GuestGoneError, LabError, NetlabError
+from .errors import CommandError, ConfigError, GuestGoneError, LabError, NetlabError
 from .image import GuestImage
+from .impairment import Impairment
 from .netns import HostCommandResult, LabNamespace
+from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
 from .ping import PingResult, parse_ping
 from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
+from .retry import retry_until
 from .ssh import CommandResult, SessionKey, SSHSession
 from .templates import Layout, NicLayout, TemplateStore, config_line, guest_cmdline, nic_modules
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
@@ -35,6 +39,7 @@ log = logging.getLogger(__name__)
 
 NAMESPACE_PREFIX = "netlab-"
 BOOT_MODES = ("snapshot", "cold")
+CAPTURE_SETTLE = 0.2  # seconds
 _lab_numbers = itertools.count(1)
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 
@@ -49,6 +54,7 @@ class LabSettings:
     boot_timeout: float = 120.0
     ssh_timeout: float = 30.0
     command_timeout: float = 60.0
+    pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
 
 
 def namespace_name(pid: int, number: int) -> str:
@@ -94,6 +100,7 @@ class VM:
         self.machine: QemuMachine | None = None
         self._ssh: SSHSession | None = None
         self._console_ready = False  # a guest without network: booted, console only
+        self.impairments: dict[int, Impairment] = {}
         self.log = log.getChild(spec.name)
 
     # -- state ------------------------------------------------------------------------
@@ -124,6 +131,12 @@ class VM:
     def history(self) -> list[Any]:
         """The commands run in this guest, in order, with status and duration."""
         return list(self._ssh.history) if self._ssh else []
+
+    def forget_last_commands(self, count: int) -> None:
+        """Drop the last *count* entries of the history (commands the plugin ran for
+        its own purposes, e.g. to capture evidence, are not the test's)."""
+        if self._ssh is not None and count > 0:
+            del self._ssh.history[-count:]
 
     # -- commands ---------------------------------------------------------------------
     def ssh(
@@ -238,6 +251,161 @@ class VM:
             )
         return forwards[guest_port]
 
+    # -- waiting ----------------------------------------------------------------------
+    def wait_until(
+        self, condition: str | Callable[[], object], *, timeout: float = 30.0, interval: float = 0.5,
+    ) -> str:
+        """Retry *condition* until it succeeds: a shell command that exits 0, or a
+        callable that returns a true value (an ``AssertionError`` or ``CommandError``
+        it raises counts as "not yet"). Returns the output of the successful attempt.
+
+        Raises:
+            WaitTimeout: not within *timeout* seconds; it has the last attempt's output.
+            ConfigError: a bad timeout or interval.
+        """
+        return self._wait(condition, True, timeout, interval)
+
+    def wait_until_fails(
+        self, condition: str | Callable[[], object], *, timeout: float = 30.0, interval: float = 0.5,
+    ) -> str:
+        """Retry until *condition* fails (the command exits non-zero, the callable
+        returns a false value or raises ``AssertionError``/``CommandError``).
+
+        Raises:
+            WaitTimeout: it still succeeded after *timeout* seconds.
+            ConfigError: a bad timeout or interval.
+        """
+        return self._wait(condition, False, timeout, interval)
+
+    def _wait(
+        self, condition: str | Callable[[], object], want: bool, timeout: float, interval: float
+    ) -> str:
+        if isinstance(condition, str):
+            what = f"{self.name}: {condition!r} {'succeeds' if want else 'fails'}"
+
+            def attempt(left: float) -> tuple[bool, str]:
+                try:
+                    result = self.ssh(condition, check=False, timeout=max(left, 1.0))
+                except CommandError as exc:  # a timed-out command has not succeeded
+                    return (not want), str(exc)
+                seen = (
+                    f"exit status {result.status}\n--- stdout ---\n{result.stdout}"
+                    f"--- stderr ---\n{result.stderr}"
+                )
+                return result.ok == want, seen
+        elif callable(condition):
+            name = getattr(condition, "__name__", repr(condition))
+            what = f"{self.name}: {name}() {'is true' if want else 'is false'}"
+
+            def attempt(left: float) -> tuple[bool, str]:
+                try:
+                    value = condition()
+                except (AssertionError, CommandError) as exc:
+                    return (not want), f"{type(exc).__name__}: {exc}"
+                return bool(value) == want, f"returned {value!r}"
+        else:
+            raise ConfigError(
+                f"condition {condition!r} is not accepted: give a shell command (str) or a callable"
+            )
+        return retry_until(attempt, timeout=timeout, interval=interval, what=what)
+
+    # -- files ------------------------------------------------------------------------
+    def put(self, local: str | Path, remote: str, *, mode: int | None = None, timeout: float = 60.0) -> None:
+        """Copy the local file *local* to path *remote* in the guest.
+
+        The image has no SFTP server, so the bytes go through ``cat`` on an SSH exec
+        channel (binary-safe).
+
+        Raises:
+            OSError: *local* cannot be read.
+            CommandError: the guest could not write *remote*.
+        """
+        data = Path(local).read_bytes()
+        command = f"cat > {shlex.quote(remote)}"
+        if mode is not None:
+            command += f" && chmod {mode:o} {shlex.quote(remote)}"
+        status, _, err, _ = self._session().run_bytes(command, timeout=timeout, stdin=data)
+        if status != 0:
+            raise CommandError(self.name, command, status, "", err.decode(errors="replace"))
+
+    def get(self, remote: str, local: str | Path, *, timeout: float = 60.0) -> Path:
+        """Copy the guest's file *remote* to *local* (a file path); return *local*.
+
+        Raises:
+            CommandError: the guest could not read *remote*.
+            OSError: *local* cannot be written.
+        """
+        command = f"cat -- {shlex.quote(remote)}"
+        status, out, err, _ = self._session().run_bytes(command, timeout=timeout)
+        if status != 0:
+            raise CommandError(self.name, command, status, "", err.decode(errors="replace"))
+        path = Path(local)
+        path.write_bytes(out)
+        return path
+
+    # -- links ------------------------------------------------------------------------
+    def nic_index(self, nic: int | str) -> int:
+        """The position of a lab NIC given as an index, ``ethN`` or its TAP name.
+
+        Raises:
+            ConfigError: no such NIC.
+        """
+        count = len(self.taps)
+        index: int | None = None
+        if isinstance(nic, int) and not isinstance(nic, bool):
+            index = nic
+        elif isinstance(nic, str) and nic.startswith("eth") and nic[3:].isdigit():
+            index = int(nic[3:])
+        elif isinstance(nic, str) and nic in self.taps:
+            index = self.taps.index(nic)
+        if index is None or not 0 <= index < count:
+            raise ConfigError(
+                f"NIC {nic!r} of {self.name!r} is not accepted: give an index from 0 to {count - 1}, "
+                f"eth0..eth{count - 1} or a TAP name ({', '.join(self.taps)})"
+                if count else f"NIC {nic!r} of {self.name!r}: the guest has no lab NICs"
+            )
+        return index
+
+    def set_link(self, nic: int | str, up: bool) -> None:
+        """Pull (``up=False``) or plug back (``up=True``) the cable of a lab NIC: the
+        guest sees carrier loss. Uses QMP ``set_link`` on the NIC's netdev.
+
+        Raises:
+            ConfigError: no such NIC.
+            LabError: the guest is not started, or QEMU refused.
+        """
+        index = self.nic_index(nic)
+        if self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        self.machine.qmp("set_link", name=f"lab{index}", up=bool(up))
+
+    def impair(
+        self, nic: int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
+        loss_percent: float = 0, rate_kbit: int | None = None,
+    ) -> Impairment:
+        """Delay, jitter, drop or rate-limit what the guest sends on a lab NIC (a netem
+        qdisc on its ``ethN``). Call it before ``start()`` to have it from the first
+        packet, or any time after to change it; all defaults remove it.
+
+        Raises:
+            ConfigError: no such NIC, or a value out of range.
+            CommandError: ``tc`` in the guest refused it.
+        """
+        index = self.nic_index(nic)
+        impairment = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit).validated()
+        previous = self.impairments.get(index)
+        self.impairments[index] = impairment
+        if self.started and not (impairment.none and (previous is None or previous.none)):
+            self._apply_impairment(index, impairment)
+        return impairment
+
+    def _apply_impairment(self, index: int, impairment: Impairment) -> None:
+        argv = impairment.tc_argv(f"eth{index}")
+        command = shlex.join(argv)
+        if impairment.none:
+            command += " 2>/dev/null || true"  # nothing to remove is fine
+        self.ssh(command)
+
     def set_sysctl(self, key: str, value: str | int) -> None:
         if not key.replace(".", "").replace("_", "").replace("/", "").replace("-", "").isalnum():
             raise ConfigError(f"sysctl key {key!r} is not accepted: use letters, digits, '.', '_', '-', '/'")
@@ -284,8 +452,12 @@ class Lab:
         self._taps: set[str] = set()
         self._owner = threading.get_ident()
         self._closed = False
+        self._recording = self.settings.pcap
+        self._pcaps: list[Path] = []
+        self._captures = itertools.count(1)
         self.log = log.getChild(self.name)
         self.timings: dict[str, float] = {}
+        self.diagram: str | None = None  # Mermaid text, set when built from a Topology
         _open_labs.add(self)
 
     # -- building ---------------------------------------------------------------------
@@ -309,6 +481,8 @@ class Lab:
         self.namespace.add_bridge(name)
         bridge = Bridge(self, name, len(self.bridges) + 1)
         self.bridges[name] = bridge
+        if self._recording:
+            self._record(name)
         return bridge
 
     def nat(self, *, model: str = "virtio-net-pci", mac: str | None = None) -> NicSpec:
@@ -321,6 +495,80 @@ class Lab:
             ConfigError: an unknown model or a malformed MAC.
         """
         return NicSpec(None, model, mac).validated()
+
+    # -- packet capture ---------------------------------------------------------------
+    @property
+    def pcap_dir(self) -> Path:
+        return self.workdir / "pcap"
+
+    @property
+    def pcap_files(self) -> list[Path]:
+        """The pcap files of :meth:`record_bridges`, one per bridge."""
+        return list(self._pcaps)
+
+    def record_bridges(self) -> None:
+        """Record every bridge of the lab, those made so far and those made later, to
+        ``<bridge>.pcap`` in :attr:`pcap_dir` until the lab closes (what
+        ``--netlab-pcap`` does for every lab).
+
+        Raises:
+            LabError: tcpdump could not start.
+        """
+        if self._recording and all(self.pcap_dir / f"{b}.pcap" in self._pcaps for b in self.bridges):
+            return
+        self._recording = True
+        for name in self.bridges:
+            if self.pcap_dir / f"{name}.pcap" not in self._pcaps:
+                self._record(name)
+
+    def _record(self, bridge: str) -> None:
+        self.pcap_dir.mkdir(parents=True, exist_ok=True)
+        path = self.pcap_dir / f"{bridge}.pcap"
+        name = f"tcpdump-{bridge}"
+        proc = self.spawn(tcpdump_argv(bridge, path), name=name)
+        wait_listening(self.workdir / f"{name}.log", proc)
+        self._pcaps.append(path)
+
+    @contextmanager
+    def capture(self, bridge: str | Bridge) -> Iterator[Capture]:
+        """Capture what crosses *bridge* while the block runs; the yielded
+        :class:`~pytest_netlab.pcap.Capture` has ``packets`` when the block ends.
+
+        Raises:
+            ConfigError: no such bridge in this lab.
+            LabError: tcpdump could not start.
+        """
+        name = bridge.name if isinstance(bridge, Bridge) else bridge
+        if name not in self.bridges:
+            raise ConfigError(
+                f"bridge {name!r} is not in this lab (bridges: {', '.join(self.bridges) or 'none'})"
+            )
+        self.pcap_dir.mkdir(parents=True, exist_ok=True)
+        number = next(self._captures)
+        path = self.pcap_dir / f"capture{number}-{name}.pcap"
+        log_name = f"capture{number}-{name}"
+        proc = self.spawn(tcpdump_argv(name, path), name=log_name)
+        wait_listening(self.workdir / f"{log_name}.log", proc)
+        capture = Capture(name, path)
+        try:
+            yield capture
+        finally:
+            # frames of the block's last moment may still be on their way to tcpdump
+            time.sleep(CAPTURE_SETTLE)
+            proc.terminate()  # tcpdump flushes and closes the file on SIGTERM
+            try:
+                proc.wait(5)
+            except Exception:  # noqa: BLE001 - a stuck tcpdump is killed, the packets so far kept
+                proc.kill()
+                proc.wait()
+            capture.packets = read_pcap(path)
+
+    def evidence_files(self) -> list[Path]:
+        """Files worth keeping when a test fails: pcaps and the logs of daemons."""
+        found = [p for p in self.pcap_dir.glob("*.pcap")] if self.pcap_dir.exists() else []
+        if self.workdir.exists():
+            found += sorted(self.workdir.glob("*.log"))
+        return found
 
     def vm(
         self, name: str, nics: Sequence[Bridge | NicSpec] = (), *, role: str = "host",
@@ -515,6 +763,10 @@ class Lab:
             session = SSHSession(vm.name, ports[vm.name], self.key, vm.machine.host_key)
             session.connect(self.settings.ssh_timeout)
             vm._ssh = session
+            # impairments asked for before start() apply before the test's first command
+            for index, impairment in vm.impairments.items():
+                if not impairment.none:
+                    vm._apply_impairment(index, impairment)
             vm.log.info("ready: SSH on 127.0.0.1:%d after %.2f s", ports[vm.name], time.monotonic() - started)
 
         with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="boot") as pool:
@@ -588,6 +840,11 @@ class Lab:
 
     def __repr__(self) -> str:
         return f"<Lab {self.name}: bridges {list(self.bridges)}, guests {list(self.vms)}>"
+
+
+def open_labs() -> list[Lab]:
+    """The labs of this process that are not closed, oldest first."""
+    return sorted(_open_labs, key=lambda lab: lab.number)
 
 
 def _path(value: str | Path | None) -> Path | None:

@@ -7,19 +7,23 @@ The work is done in plain modules that know nothing of pytest (:mod:`.lab`,
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import shutil
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from . import artifacts
 from .accel import ACCEL_CHOICES
 from .errors import NetlabError
-from .lab import BOOT_MODES, Lab
+from .lab import BOOT_MODES, Lab, open_labs
+from .pcap import PCAP_MODES
 from .session import LabFactory, NetlabSession, runtime_base
 
 log = logging.getLogger(__name__)
 
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
+_FAILED_KEY = pytest.StashKey[bool]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -38,6 +42,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--netlab-boot-timeout", type=float, default=None, metavar="SECONDS",
         help="how long a guest may take to answer SSH (default: ini netlab_boot_timeout, else 120)",
+    )
+    group.addoption(
+        "--netlab-artifacts", default=None, metavar="DIR",
+        help="where the evidence of failed lab tests goes, a directory per test id "
+        "(default: netlab-artifacts inside the test's tmp_path)",
+    )
+    group.addoption(
+        "--netlab-pcap", nargs="?", const="on-failure", default="off", choices=PCAP_MODES,
+        help="record every bridge of every lab to pcap files, kept with the evidence of a "
+        "failed test (on-failure, the value when none is given) or of every test (always) "
+        "(default: off)",
     )
     parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
     parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
@@ -77,7 +92,8 @@ def pytest_configure(config: pytest.Config) -> None:
         _remove_leftovers()
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
-        command_timeout=timeouts["command"],
+        command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
+        artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
 
@@ -117,14 +133,48 @@ def netlab_config(pytestconfig: pytest.Config) -> NetlabSession:
     return pytestconfig.stash[_SESSION_KEY]
 
 
+def _artifacts_dir(item: pytest.Item, session: NetlabSession, labs: list[Lab]) -> Path:
+    if session.artifacts is not None:
+        return session.artifacts / artifacts.sanitize_nodeid(item.nodeid)
+    tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
+    if isinstance(tmp_path, Path):
+        return tmp_path / "netlab-artifacts"
+    return labs[0].workdir / "artifacts"  # a lab made without the fixture
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed lab test gets its evidence (captured now, before teardown) as report
+    sections and files."""
+    report = yield
+    if report.when in ("setup", "call") and report.failed:
+        item.stash[_FAILED_KEY] = True
+        labs = [lab for lab in open_labs() if lab.namespace.created]
+        session = item.config.stash.get(_SESSION_KEY, None)
+        if labs and session is not None:
+            try:
+                evidence = artifacts.collect(labs, _artifacts_dir(item, session, labs))
+                report.sections.extend(evidence.sections)
+            except Exception as exc:  # evidence must never mask the failure
+                log.exception("netlab: capturing evidence failed")
+                report.sections.append(("netlab artifacts", f"capturing evidence failed: {exc!r}"))
+    return report
+
+
 @pytest.fixture
-def netlab(netlab_config: NetlabSession, tmp_path: Path) -> Iterator[Lab]:
+def netlab(
+    netlab_config: NetlabSession, tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Lab]:
     """An isolated network lab for one test, torn down after it, pass or fail."""
     lab = netlab_config.new_lab(tmp_path / "netlab")
     try:
         yield lab
     finally:
         lab.close()
+        if netlab_config.pcap == "on-failure" and not request.node.stash.get(_FAILED_KEY, False):
+            shutil.rmtree(lab.pcap_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -39,6 +39,8 @@ class NetlabSession:
     boot: str = "snapshot"
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
+    pcap: str = "off"  # "off", "on-failure" or "always" (pytest_netlab.pcap.PCAP_MODES)
+    artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
@@ -77,6 +79,7 @@ class NetlabSession:
         return LabSettings(
             accel=self.accel.accel, boot=self.boot, templates=self._templates,
             boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
+            pcap=self.pcap != "off",
         )
 
     def new_lab(self, workdir: Path) -> Lab:

@@ -158,6 +158,22 @@ class SSHSession:
             SSHError: the connection is gone.
             CommandTimeout: the command did not finish within *timeout* seconds.
         """
+        status, stdout, stderr, duration = self.run_bytes(command, timeout=timeout, stdin=stdin)
+        return CommandResult(
+            command, status, stdout.decode(errors="replace"), stderr.decode(errors="replace"),
+            duration, self.guest,
+        )
+
+    def run_bytes(
+        self, command: str, *, timeout: float = 60.0, stdin: str | bytes | None = None
+    ) -> tuple[int, bytes, bytes, float]:
+        """Like :meth:`run`, with the output as bytes (for file transfers):
+        ``(status, stdout, stderr, duration)``.
+
+        Raises:
+            SSHError: the connection is gone.
+            CommandTimeout: the command did not finish within *timeout* seconds.
+        """
         if self._client is None or not self.connected:
             raise SSHError(f"{self.guest}: no SSH connection (the guest may have stopped)")
         transport = self._client.get_transport()
@@ -169,9 +185,12 @@ class SSHSession:
             channel = transport.open_session(timeout=timeout)
             channel.settimeout(timeout)
             channel.exec_command(command)
-            if stdin is not None:
-                channel.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
-            channel.shutdown_write()
+            try:
+                if stdin is not None:
+                    channel.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
+                channel.shutdown_write()
+            except OSError:
+                pass  # the command ended without reading all its input: its status says why
             stdout, stderr = _drain(channel, started + timeout)
         except (_DrainTimeout, TimeoutError) as exc:
             record.duration = time.monotonic() - started
@@ -189,10 +208,7 @@ class SSHSession:
         record.status = status
         record.duration = time.monotonic() - started
         log.debug("%s$ %s -> %d (%.3f s)", self.guest, command, status, record.duration)
-        return CommandResult(
-            command, status, stdout.decode(errors="replace"), stderr.decode(errors="replace"),
-            record.duration, self.guest,
-        )
+        return status, stdout, stderr, record.duration
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._client is None:

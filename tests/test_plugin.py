@@ -18,6 +18,10 @@ def test_options_are_in_a_netlab_group_with_defaults(pytester: pytest.Pytester):
             "*pytest-netlab*",
             "*--netlab-accel={auto,kvm,tcg}*",
             "*--netlab-boot-timeout=SECONDS*",
+            "*--netlab-artifacts=DIR*",
+            "*(default: netlab-artifacts inside the test's*",
+            "*--netlab-pcap=*{off,on-failure,always}*",
+            "*(default: off)*",
         ]
     )
     result.stdout.fnmatch_lines(["*netlab_accel (string):", "*accelerator: auto, kvm or tcg (default auto)"])

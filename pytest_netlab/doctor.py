@@ -1,0 +1,158 @@
+"""``netlab doctor``: can pytest-netlab run on this machine? Each check gives a one-line
+verdict and, when it fails, the fix. A check marked ``required`` failing means the plugin
+cannot run (the command then exits non-zero); the others limit what it can do."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from .errors import NetlabError
+
+GUEST_MEMORY_MIB = 128
+QEMU_OVERHEAD_MIB = 80  # measured: a 128 MiB TCG guest's QEMU has an RSS of ~200 MiB
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    verdict: str
+    fix: str = ""
+    required: bool = True
+
+    def line(self) -> str:
+        mark = "ok  " if self.ok else ("FAIL" if self.required else "warn")
+        text = f"{mark} {self.name}: {self.verdict}"
+        return text + (f"\n     fix: {self.fix}" if not self.ok and self.fix else "")
+
+
+def _qemu() -> Check:
+    from .qemu import find_qemu, qemu_version
+
+    try:
+        path = find_qemu()
+    except NetlabError as exc:
+        return Check("QEMU", False, str(exc), "apt-get install qemu-system-x86")
+    return Check("QEMU", True, f"{qemu_version()} ({path})")
+
+
+def _kvm() -> Check:
+    from .accel import decide_accelerator, kvm_device_usable
+
+    present = "present" if os.path.exists("/dev/kvm") else "absent"
+    problem = kvm_device_usable()
+    if problem is not None:
+        return Check(
+            "KVM", False, f"/dev/kvm {present}; not usable ({problem}): guests run under TCG (slower)",
+            "load kvm_intel/kvm_amd and give access to /dev/kvm, or accept TCG", required=False,
+        )
+    try:
+        decision = decide_accelerator("auto")
+    except NetlabError as exc:
+        return Check("KVM", False, f"/dev/kvm {present}; probe failed: {exc}", required=False)
+    if decision.accel == "kvm":
+        return Check("KVM", True, "/dev/kvm present and a guest boots under KVM: KVM used")
+    reason = decision.reason.splitlines()[0].split("; console log")[0]
+    return Check(
+        "KVM", False, f"/dev/kvm {present}, but {reason}: TCG used (guests slower)",
+        "nothing to do: TCG works; on a VM host enable nested virtualization for KVM",
+        required=False,
+    )
+
+
+def _tun() -> Check:
+    try:
+        fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        return Check(
+            "/dev/net/tun", False, f"cannot open: {exc.strerror}",
+            "modprobe tun (in a container: pass --device /dev/net/tun)",
+        )
+    os.close(fd)
+    return Check("/dev/net/tun", True, "can be opened")
+
+
+def _namespaces() -> Check:
+    from .netns import LabNamespace
+
+    namespace = LabNamespace(f"netlab-doctor-{os.getpid()}")
+    try:
+        namespace.create()
+        namespace.add_bridge("br-doctor")
+    except NetlabError as exc:
+        return Check(
+            "namespaces", False, str(exc),
+            "run as root, or give CAP_SYS_ADMIN and CAP_NET_ADMIN (a container: --privileged)",
+        )
+    finally:
+        with contextlib.suppress(NetlabError):
+            namespace.close()
+    return Check("namespaces", True, "a network namespace with a bridge can be created")
+
+
+def _image() -> Check:
+    from .image import image_info
+
+    try:
+        info = image_info()
+    except NetlabError as exc:
+        return Check("guest image", False, str(exc), "reinstall pytest-netlab")
+    if not info["built"]:
+        return Check(
+            "guest image", False, f"not built yet (would go to {info['path']}); the first test builds it",
+            "netlab image build", required=False,
+        )
+    variants = info["variants"]
+    assert isinstance(variants, dict)
+    sizes = variants[info["default_variant"]].get("sizes", {})
+    total = sum(sizes.values()) / 2**20 if isinstance(sizes, dict) else 0.0
+    return Check("guest image", True, f"built: {info['path']} ({total:.1f} MiB)")
+
+
+def _program(name: str, package: str, use: str, required: bool) -> Check:
+    path = shutil.which(name)
+    if path is None:
+        return Check(name, False, f"not found ({use})", f"apt-get install {package}", required)
+    return Check(name, True, f"{path} ({use})", required=required)
+
+
+def _memory(guests: int) -> Check:
+    available = 0
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) // 1024
+    need = guests * (GUEST_MEMORY_MIB + QEMU_OVERHEAD_MIB)
+    verdict = f"{available} MiB available; {guests} guests of {GUEST_MEMORY_MIB} MiB need about {need} MiB"
+    if available < need:
+        return Check("memory", False, verdict, "free memory or run fewer guests (pytest -n)", required=False)
+    return Check("memory", True, verdict)
+
+
+def checks(guests: int = 4) -> Iterator[Check]:
+    """Every check, in order; each is run when the iterator reaches it."""
+    steps: list[Callable[[], Check]] = [
+        _qemu, _tun, _namespaces, _kvm, _image,
+        lambda: _program("nsenter", "util-linux", "runs commands in lab namespaces", True),
+        lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),
+        lambda: _program("dnsmasq", "dnsmasq-base", "DHCP on a host-only bridge", False),
+        lambda: _program("tc", "iproute2", "lab namespace state in the evidence", False),
+        lambda: _memory(guests),
+    ]
+    for step in steps:
+        started = time.monotonic()
+        try:
+            check = step()
+        except Exception as exc:  # noqa: BLE001 - a check that crashes is a failed check
+            check = Check(getattr(step, "__name__", "check"), False, f"{type(exc).__name__}: {exc}")
+        if time.monotonic() - started > 2:
+            check = Check(
+                check.name, check.ok, f"{check.verdict} ({time.monotonic() - started:.1f} s)",
+                check.fix, check.required,
+            )
+        yield check

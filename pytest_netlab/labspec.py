@@ -1,0 +1,256 @@
+"""A lab described as data: bridges, nodes with their role, links to bridges with
+addresses, routes and forwarding. Loaded from a dict or a TOML file, checked before
+anything is created, applied to a :class:`~pytest_netlab.lab.Lab`, and drawn as a
+Mermaid diagram.
+
+The documents' three-machine set-up, as TOML::
+
+    [bridges.br1]
+    [bridges.br2]
+
+    [nodes.h1]
+    links = [{ bridge = "br1", address = "10.20.10.1/24" }]
+    routes = [{ to = "10.20.20.0/24", via = "10.20.10.2" }]
+
+    [nodes.rt2]
+    role = "router"
+    forwarding = true
+    links = [{ bridge = "br1", address = "10.20.10.2/24" },
+             { bridge = "br2", address = "10.20.20.1/24" }]
+
+    [nodes.h2]
+    links = [{ bridge = "br2", address = "10.20.20.2/24" }]
+    routes = [{ to = "10.20.10.0/24", via = "10.20.20.1" }]
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import validation
+from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .lab import VM, Lab
+
+ROLES = ("host", "router")
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    bridge: str
+    address: str | None = None  # with prefix length, e.g. 10.20.10.1/24
+    mac: str | None = None
+    model: str = "virtio-net-pci"
+
+
+@dataclass(frozen=True)
+class RouteSpec:
+    to: str  # a network, or "default"
+    via: str
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    name: str
+    role: str = "host"
+    links: tuple[LinkSpec, ...] = ()
+    routes: tuple[RouteSpec, ...] = ()
+    forwarding: bool = False
+    memory: int = 128
+    cpus: int = 1
+
+
+@dataclass(frozen=True)
+class BridgeSpec:
+    name: str
+    address: str | None = None  # a host-only address on the bridge, in the lab namespace
+
+
+@dataclass
+class Topology:
+    """Bridges and nodes, checked; see the module docstring for the format."""
+
+    bridges: dict[str, BridgeSpec] = field(default_factory=dict)
+    nodes: dict[str, NodeSpec] = field(default_factory=dict)
+
+    # -- loading ----------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Topology:
+        """Check and load a topology given as a dict (the TOML file's structure).
+
+        Raises:
+            ConfigError: an unknown key, a link to an undeclared bridge, a bad name,
+                address, route or role; the message names the node and the value.
+        """
+        _keys(data, {"bridges", "nodes"}, "topology")
+        topology = cls()
+        for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
+            bridge = _table(raw_bridge or {}, f"bridge {name!r}")
+            _keys(bridge, {"address"}, f"bridge {name!r}")
+            validation.interface_name(name, "bridge name")
+            address = bridge.get("address")
+            if address is not None:
+                validation.ip_interface(address)
+            topology.bridges[name] = BridgeSpec(name, address)
+        for name, raw in _table(data.get("nodes", {}), "nodes").items():
+            topology.nodes[name] = topology._node(name, _table(raw, f"node {name!r}"))
+        return topology
+
+    @classmethod
+    def from_toml(cls, source: str | Path) -> Topology:
+        """Load a TOML file (a path) or TOML text (a string with a newline).
+
+        Raises:
+            ConfigError: the TOML does not parse, or see :meth:`from_dict`.
+        """
+        try:
+            if isinstance(source, Path) or "\n" not in source:
+                with open(source, "rb") as handle:
+                    data = tomllib.load(handle)
+            else:
+                data = tomllib.loads(source)
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"topology {str(source)[:60]!r} cannot be read: {exc}") from None
+        return cls.from_dict(data)
+
+    def _node(self, name: str, raw: Mapping[str, Any]) -> NodeSpec:
+        where = f"node {name!r}"
+        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus"}, where)
+        validation.guest_name(name)
+        role = raw.get("role", "host")
+        if role not in ROLES:
+            raise ConfigError(f"{where}: role {role!r} is not accepted: use one of {', '.join(ROLES)}")
+        links: list[LinkSpec] = []
+        for raw_link in _list(raw.get("links", []), f"{where} links"):
+            link = _table(raw_link, f"{where} link")
+            _keys(link, {"bridge", "address", "mac", "model"}, f"{where} link")
+            bridge = link.get("bridge")
+            if bridge not in self.bridges:
+                raise ConfigError(
+                    f"{where}: link to bridge {bridge!r}, which is not declared "
+                    f"(bridges: {', '.join(self.bridges) or 'none'}); add [bridges.{bridge}]"
+                )
+            if link.get("address") is not None:
+                validation.ip_interface(link["address"])
+            if link.get("mac") is not None:
+                validation.mac_address(link["mac"])
+            validation.nic_model(link.get("model", "virtio-net-pci"))
+            links.append(LinkSpec(bridge, link.get("address"), link.get("mac"),
+                                  link.get("model", "virtio-net-pci")))
+        routes: list[RouteSpec] = []
+        for raw_route in _list(raw.get("routes", []), f"{where} routes"):
+            route = _table(raw_route, f"{where} route")
+            _keys(route, {"to", "via"}, f"{where} route")
+            to, via = route.get("to"), route.get("via")
+            if to != "default":
+                try:
+                    ipaddress.ip_network(str(to) if isinstance(to, str) else "")
+                except ValueError:
+                    raise ConfigError(
+                        f"{where}: route to {to!r} is not accepted: give a network "
+                        "(e.g. 10.20.20.0/24) or 'default'"
+                    ) from None
+            validation.ip_address(via)
+            routes.append(RouteSpec(str(to), str(via)))
+        forwarding = raw.get("forwarding", False)
+        if not isinstance(forwarding, bool):
+            raise ConfigError(f"{where}: forwarding {forwarding!r} is not accepted: give true or false")
+        return NodeSpec(
+            name, role, tuple(links), tuple(routes), forwarding,
+            validation.int_in_range(raw.get("memory", 128), 64, 65536, "memory", " MiB"),
+            validation.int_in_range(raw.get("cpus", 1), 1, 64, "cpus"),
+        )
+
+    # -- building ---------------------------------------------------------------------
+    def apply(self, lab: Lab, *, start: bool = True) -> dict[str, VM]:
+        """Create the bridges and guests in *lab*; with *start*, boot them and set the
+        addresses, routes and forwarding. Returns the guests by name.
+
+        Raises:
+            ConfigError: a name already used in *lab*.
+            LabError, CommandError: booting or configuring failed.
+        """
+        lab.diagram = self.mermaid()  # the evidence of a failure includes the picture
+        bridges = {name: lab.bridge(name) for name in self.bridges}
+        for spec in self.bridges.values():
+            if spec.address:
+                bridges[spec.name].add_address(spec.address)
+        vms = {
+            node.name: lab.vm(
+                node.name, [bridges[link.bridge].nic(mac=link.mac, model=link.model) for link in node.links],
+                role=node.role, memory=node.memory, cpus=node.cpus,
+            )
+            for node in self.nodes.values()
+        }
+        if start:
+            lab.start()
+            for node in self.nodes.values():
+                script = self.guest_script(node)
+                if script:
+                    vms[node.name].ssh(script)
+        return vms
+
+    @staticmethod
+    def guest_script(node: NodeSpec) -> str:
+        """The shell commands that give *node* its addresses, routes and forwarding."""
+        commands: list[str] = []
+        for index, link in enumerate(node.links):
+            if link.address:
+                commands.append(f"ip addr add {shlex.quote(link.address)} dev eth{index}")
+            commands.append(f"ip link set eth{index} up")
+        for route in node.routes:
+            six = "-6 " if ":" in route.via else ""
+            commands.append(f"ip {six}route add {shlex.quote(route.to)} via {shlex.quote(route.via)}")
+        if node.forwarding:
+            commands.append("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
+        return " && ".join(commands)
+
+    # -- drawing ----------------------------------------------------------------------
+    def mermaid(self) -> str:
+        """A Mermaid flowchart: routers as hexagons, hosts as boxes, bridges as circles,
+        links labelled with the guest's interface and address."""
+        lines = ["graph LR"]
+        for bridge in self.bridges.values():
+            label = bridge.name + (f"<br/>{bridge.address}" if bridge.address else "")
+            lines.append(f'    {_id(bridge.name)}(("{label}"))')
+        for node in self.nodes.values():
+            shape = ('{{"', '"}}') if node.role == "router" else ('["', '"]')
+            extra = "<br/>forwarding" if node.forwarding else ""
+            lines.append(f"    {_id(node.name)}{shape[0]}{node.name} ({node.role}){extra}{shape[1]}")
+        for node in self.nodes.values():
+            for index, link in enumerate(node.links):
+                label = f"eth{index}" + (f" {link.address}" if link.address else "")
+                lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
+        return "\n".join(lines) + "\n"
+
+
+def _id(name: str) -> str:
+    # Mermaid ids: letters, digits, '_' (bridges and nodes may share a name space)
+    return "n_" + "".join(c if c.isalnum() else "_" for c in name)
+
+
+def _table(value: object, what: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{what}: {value!r} is not accepted: give a table (a dict)")
+    return value
+
+
+def _list(value: object, what: str) -> list[Any]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{what}: {value!r} is not accepted: give a list")
+    return value
+
+
+def _keys(data: Mapping[str, Any], allowed: set[str], what: str) -> None:
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ConfigError(
+            f"{what}: unknown key {unknown[0]!r}: the keys are {', '.join(sorted(allowed))}"
+        )

@@ -1,0 +1,35 @@
+"""``netlab doctor`` on this machine: one line per check, exit status from the required ones."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_netlab.cli import main
+from pytest_netlab.doctor import Check
+
+
+def test_doctor_passes_here_and_says_tcg_is_used(capsys: pytest.CaptureFixture[str]):
+    assert main(["doctor", "--guests", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "ok   QEMU: QEMU emulator version" in out
+    assert "ok   /dev/net/tun: can be opened" in out
+    assert "ok   namespaces: a network namespace with a bridge can be created" in out
+    # on this project's machines /dev/kvm exists but guests hang under it
+    assert "KVM: /dev/kvm present" in out and ("TCG used" in out or "KVM used" in out)
+    assert "memory: " in out and "2 guests of 128 MiB" in out
+    assert out.rstrip().endswith("verdict: pytest-netlab can run here")
+
+
+def test_doctor_fails_without_qemu_and_says_the_fix(monkeypatch, capsys):
+    monkeypatch.setenv("NETLAB_QEMU", "/nonexistent/qemu")
+    monkeypatch.setattr("pytest_netlab.doctor._kvm", lambda: Check("KVM", True, "skipped"))
+    assert main(["doctor"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL QEMU: QEMU binary '/nonexistent/qemu' not found" in out
+    assert "     fix: apt-get install qemu-system-x86" in out
+    assert "verdict: pytest-netlab cannot run here" in out
+
+
+def test_a_failed_optional_check_is_a_warning():
+    line = Check("tcpdump", False, "not found", "apt-get install tcpdump", required=False).line()
+    assert line == "warn tcpdump: not found\n     fix: apt-get install tcpdump"

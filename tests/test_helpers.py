@@ -1,0 +1,120 @@
+"""Helpers for test authors, in real guests: waiting, file copy, cable pull, link
+impairment and packet capture."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from pytest_netlab import CommandError, ConfigError, WaitTimeout
+
+
+def test_wait_until_and_until_fails_retry_and_report_the_last_attempt(netlab):
+    vm = netlab.vm("h1")
+    netlab.start()
+    vm.ssh("(sleep 1; touch /tmp/flag) >/dev/null 2>&1 &")
+    assert vm.wait_until("test -e /tmp/flag && echo there", timeout=20, interval=0.2) == (
+        "exit status 0\n--- stdout ---\nthere\n--- stderr ---\n"
+    )
+    vm.ssh("(sleep 1; rm /tmp/flag) >/dev/null 2>&1 &")
+    vm.wait_until_fails("test -e /tmp/flag", timeout=20, interval=0.2)
+
+    with pytest.raises(WaitTimeout) as info:
+        vm.wait_until("echo seen-last; exit 3", timeout=1, interval=0.3)
+    message = str(info.value)
+    assert "'echo seen-last; exit 3' succeeds: not reached within 1 s" in message
+    assert "exit status 3" in message and "seen-last" in message
+    assert isinstance(info.value, AssertionError)
+
+    calls = []
+
+    def third_time_lucky():
+        calls.append(1)
+        assert len(calls) >= 3, f"only {len(calls)} calls"
+        return "ok"
+
+    vm.wait_until(third_time_lucky, timeout=10, interval=0.05)
+    assert len(calls) == 3
+    with pytest.raises(WaitTimeout, match="returned 'ok'"):
+        vm.wait_until_fails(third_time_lucky, timeout=0.2, interval=0.05)
+    with pytest.raises(ConfigError, match="wait timeout -1"):
+        vm.wait_until("true", timeout=-1)
+
+
+def test_put_and_get_copy_binary_files_both_ways(netlab, tmp_path):
+    vm = netlab.vm("h1")
+    netlab.start()
+    data = bytes(range(256)) * 4096 + os.urandom(1000)  # 1 MiB and a bit, every byte value
+    (tmp_path / "up.bin").write_bytes(data)
+    vm.put(tmp_path / "up.bin", "/tmp/copy.bin", mode=0o600)
+    assert vm.ssh("stat -c '%s %a' /tmp/copy.bin").stdout.split() == [str(len(data)), "600"]
+    assert vm.get("/tmp/copy.bin", tmp_path / "down.bin").read_bytes() == data
+    with pytest.raises(CommandError, match="cat -- /no/such/file"):
+        vm.get("/no/such/file", tmp_path / "never")
+    with pytest.raises(CommandError, match="/no/such/dir/f"):
+        vm.put(tmp_path / "up.bin", "/no/such/dir/f")
+
+
+def test_pulling_the_cable_is_seen_as_carrier_loss(netlab):
+    br1 = netlab.bridge("br1")
+    vm = netlab.vm("h1", nics=[br1, br1])
+    netlab.start()
+    vm.ssh("ip link set eth0 up && ip link set eth1 up")
+    carrier = "cat /sys/class/net/eth1/carrier"
+    assert vm.ssh(carrier).stdout == "1\n"
+    vm.set_link("eth1", up=False)
+    vm.wait_until(f"test $({carrier}) = 0", timeout=10, interval=0.1)
+    assert vm.ssh("cat /sys/class/net/eth0/carrier").stdout == "1\n"
+    vm.set_link(1, up=True)
+    vm.wait_until(f"test $({carrier}) = 1", timeout=10, interval=0.1)
+    with pytest.raises(ConfigError, match="NIC 'eth7' of 'h1'"):
+        vm.set_link("eth7", up=False)
+
+
+def test_delay_shows_in_the_rtt_and_full_loss_breaks_the_ping(netlab):
+    br1 = netlab.bridge("br1")
+    h1 = netlab.vm("h1", nics=[br1])
+    h2 = netlab.vm("h2", nics=[br1])
+    h2.impair(0, delay_ms=50)  # before start: from the first packet on
+    netlab.start()
+    h1.ssh("ip addr add 10.20.10.1/24 dev eth0 && ip link set eth0 up")
+    h2.ssh("ip addr add 10.20.10.2/24 dev eth0 && ip link set eth0 up")
+    first = h1.ping("10.20.10.2", count=3, timeout=5)
+    assert first and first.rtt_min is not None and first.rtt_min >= 50
+
+    h1.impair("eth0", delay_ms=100, jitter_ms=5)
+    assert "delay 100ms  5ms" in h1.ssh("tc qdisc show dev eth0").stdout
+    delayed = h1.ping("10.20.10.2", count=3, timeout=5)
+    assert delayed.rtt_min is not None and delayed.rtt_min >= 145
+
+    h1.impair(0, loss_percent=100)
+    assert not h1.ping("10.20.10.2", count=3, timeout=1)
+    h1.impair(0)
+    h2.impair(0)
+    assert "netem" not in h1.ssh("tc qdisc show").stdout + h2.ssh("tc qdisc show").stdout
+    assert h1.ping("10.20.10.2", timeout=5)
+
+    with pytest.raises(ConfigError, match="loss_percent 150 is not accepted"):
+        h1.impair(0, loss_percent=150)
+    with pytest.raises(ConfigError, match="jitter_ms 5 needs a delay"):
+        h1.impair(0, jitter_ms=5)
+
+
+def test_capture_shows_what_crossed_a_bridge(netlab):
+    br1 = netlab.bridge("br1")
+    h1 = netlab.vm("h1", nics=[br1])
+    h2 = netlab.vm("h2", nics=[br1])
+    netlab.start()
+    h1.ssh("ip addr add 10.20.10.1/24 dev eth0 && ip link set eth0 up")
+    h2.ssh("ip addr add 10.20.10.2/24 dev eth0 && ip link set eth0 up")
+    with netlab.capture(br1) as cap:
+        assert h1.ping("10.20.10.2", count=2, timeout=5)
+    requests = cap.arp_requests(sender_ip="10.20.10.1", target_ip="10.20.10.2")
+    assert requests and all(p.broadcast and p.src_mac == h1.macs[0] for p in requests)
+    echo = cap.icmp(src_ip="10.20.10.1", dst_ip="10.20.10.2")
+    assert [p.icmp_type for p in echo] == [8, 8]
+    assert [p.icmp_type for p in cap.icmp(src_ip="10.20.10.2")] == [0, 0]
+    assert cap.path.exists()
+    with pytest.raises(ConfigError, match="bridge 'br9' is not in this lab"), netlab.capture("br9"):
+        pass

@@ -1,0 +1,61 @@
+"""Topology as data: loading, checking and drawing (pure logic, no lab)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_netlab import ConfigError
+from pytest_netlab.labspec import Topology
+
+THREE = Path(__file__).parent.parent / "example_tests" / "topologies" / "three_machines.toml"
+
+
+def test_the_three_machine_file_loads_and_makes_the_guest_commands():
+    topology = Topology.from_toml(THREE)
+    assert list(topology.bridges) == ["br1", "br2"]
+    assert [(n.name, n.role) for n in topology.nodes.values()] == [
+        ("h1", "host"), ("rt2", "router"), ("h2", "host"),
+    ]
+    assert Topology.guest_script(topology.nodes["rt2"]) == (
+        "ip addr add 10.20.10.2/24 dev eth0 && ip link set eth0 up && "
+        "ip addr add 10.20.20.1/24 dev eth1 && ip link set eth1 up && "
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+    )
+    assert Topology.guest_script(topology.nodes["h1"]).endswith(
+        "ip route add 10.20.20.0/24 via 10.20.10.2"
+    )
+
+
+def test_mermaid_draws_nodes_bridges_and_labelled_links():
+    text = Topology.from_toml(THREE).mermaid()
+    assert text.startswith("graph LR\n")
+    assert '    n_br1(("br1"))' in text
+    assert '    n_rt2{{"rt2 (router)<br/>forwarding"}}' in text
+    assert '    n_h1["h1 (host)"]' in text
+    assert '    n_rt2 ---|"eth1 10.20.20.1/24"| n_br2' in text
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nodes": {"h1": {"links": [{"bridge": "br9"}]}}}, "link to bridge 'br9', which is not declared"),
+        ({"bridges": {"br1": {}}, "nodes": {"h1": {"role": "switch"}}}, "role 'switch' is not accepted"),
+        ({"bridges": {"br1": {}}, "nodes": {"h1": {"links": [{"bridge": "br1", "address": "10.1.1.1"}]}}},
+         "address '10.1.1.1' is not accepted"),
+        ({"nodes": {"h1": {"routes": [{"to": "nowhere", "via": "10.0.0.1"}]}}}, "route to 'nowhere'"),
+        ({"nodes": {"h1": {"colour": "red"}}}, "node 'h1': unknown key 'colour'"),
+        ({"links": []}, "topology: unknown key 'links'"),
+        ({"nodes": {"1bad": {}}}, "guest name '1bad'"),
+        ({"nodes": {"h1": {"forwarding": "yes"}}}, "forwarding 'yes' is not accepted"),
+    ],
+)
+def test_bad_topologies_are_refused_with_the_value_named(data, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        Topology.from_dict(data)
+
+
+def test_bad_toml_is_a_config_error():
+    with pytest.raises(ConfigError, match="cannot be read"):
+        Topology.from_toml("[nodes.h1\nrole = 'host'\n")
