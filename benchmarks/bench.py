@@ -1,0 +1,333 @@
+"""How fast pytest-netlab builds, uses and tears down labs, against doing it by hand.
+
+Run as root from a checkout (see README.md, "Benchmark")::
+
+    sudo .venv/bin/python benchmarks/bench.py --runs 5 --json bench.json
+
+It prints a table and writes JSON: the accelerator, per-phase medians and spread (min-max)
+of 1 and 3 guests resumed from a snapshot and cold-booted, the documents' two- and
+three-machine scenarios end to end next to the same labs made by hand with the documents'
+commands (``handmade_*.sh``), the ``ssh()`` round trip, the overhead of ``ping()``, memory
+per guest, and the ``-n 2`` / ``-n 0`` ratio of the example suite. The host is shared and
+noisy: the load average and the QEMU processes of others are recorded with the numbers.
+
+Timing targets live here, not in the test suite: this script reports, it does not assert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
+
+from pytest_netlab.lab import VM, Lab, Router  # noqa: E402
+from pytest_netlab.session import NetlabSession  # noqa: E402
+
+Samples = dict[str, list[float]]
+
+
+class Bench:
+    """Collects samples (seconds, or MiB for memory) under names like ``snapshot/1 guest/ssh up``."""
+
+    def __init__(self, session: NetlabSession, verbose: bool) -> None:
+        self.session = session
+        self.samples: Samples = {}
+        self.verbose = verbose
+        self.lab_count = 0
+
+    def add(self, name: str, value: float) -> None:
+        self.samples.setdefault(name, []).append(value)
+        if self.verbose:
+            print(f"  {name}: {value:.3f}", file=sys.stderr)
+
+    def new_lab(self, boot: str) -> Lab:
+        self.lab_count += 1
+        lab = self.session.new_lab(self.session.runtime_dir / f"lab{self.lab_count}")
+        lab.settings = replace(lab.settings, boot=boot)
+        return lab
+
+
+@contextmanager
+def timed(bench: Bench, name: str) -> Iterator[None]:
+    started = time.monotonic()
+    yield
+    bench.add(name, time.monotonic() - started)
+
+
+def rss_mib(pid: int | None) -> float:
+    """Resident memory of a process (VmRSS of /proc/PID/status) in MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+# -- labs -----------------------------------------------------------------------------
+def declare_one(lab: Lab) -> list[VM]:
+    br1 = lab.bridge("br1")
+    return [lab.vm("h1", nics=[br1])]
+
+
+def declare_two(lab: Lab) -> list[VM]:
+    br1 = lab.bridge("br1")
+    return [lab.vm("h1", nics=[br1]), lab.vm("h2", nics=[br1])]
+
+
+def declare_three(lab: Lab) -> list[VM]:
+    br1, br2 = lab.bridge("br1"), lab.bridge("br2")
+    return [lab.vm("h1", nics=[br1]), lab.router("rt2", nics=[br1, br2]), lab.vm("h2", nics=[br2])]
+
+
+def phases(bench: Bench, boot: str, declare: Callable[[Lab], list[VM]], label: str) -> None:
+    """One lab: spawn (every QEMU started), resume/kernel up (console READY of the last),
+    SSH up (``start()`` returned), first command (one in each guest), teardown."""
+    lab = bench.new_lab(boot)
+    prefix = f"{boot}/{label}"
+    try:
+        vms = declare(lab)
+        started = time.monotonic()
+        lab.start()
+        ssh_up = time.monotonic()
+        machines = [vm.machine for vm in vms if vm.machine is not None]
+        bench.add(f"{prefix}/spawn", max(m.launched_at for m in machines) - started)
+        bench.add(f"{prefix}/console READY", max(m.ready_at for m in machines) - started)
+        bench.add(f"{prefix}/SSH up", ssh_up - started)
+        for vm in vms:
+            vm.ssh("true")
+        bench.add(f"{prefix}/first command", time.monotonic() - ssh_up)
+        for vm in vms:
+            assert vm.machine is not None
+            bench.add(f"memory/{boot}/QEMU RSS per guest (MiB)", rss_mib(vm.machine.pid))
+            bench.add("memory/guest RAM configured (MiB)", vm.spec.memory)
+    finally:
+        closing = time.monotonic()
+        lab.close()
+    bench.add(f"{prefix}/teardown", time.monotonic() - closing)
+
+
+def scenario_two(bench: Bench, boot: str) -> None:
+    """The documents' two-machine lab, as ``handmade_two_machines.sh`` does it."""
+    started = time.monotonic()
+    lab = bench.new_lab(boot)
+    try:
+        h1, h2 = declare_two(lab)
+        lab.start()
+        h1.ssh("ip addr add 10.10.10.2/24 dev eth0 && ip link set eth0 up")
+        h2.ssh("ip addr add 10.10.10.3/24 dev eth0 && ip link set eth0 up")
+        assert h1.ping("10.10.10.3")
+        assert h2.ping("10.10.10.2")
+        bench.add(f"scenario/two machines, plugin {boot}/first line to last assertion",
+                  time.monotonic() - started)
+    finally:
+        closing = time.monotonic()
+        lab.close()
+    done = time.monotonic()
+    bench.add(f"scenario/two machines, plugin {boot}/teardown", done - closing)
+    bench.add(f"scenario/two machines, plugin {boot}/total", done - started)
+
+
+def scenario_three(bench: Bench, boot: str, extras: bool) -> None:
+    """The documents' three-machine lab end to end: addresses, forwarding on, ping both
+    ways; with *extras*, then ssh round trips and ping overhead on the same lab."""
+    started = time.monotonic()
+    scenario = 0.0
+    lab = bench.new_lab(boot)
+    try:
+        h1, rt2, h2 = declare_three(lab)
+        lab.start()
+        h1.ssh("ip addr add 10.20.10.1/24 dev eth0 && ip link set eth0 up "
+               "&& ip route add default via 10.20.10.2")
+        rt2.ssh("ip addr add 10.20.10.2/24 dev eth0 && ip addr add 10.20.20.2/24 dev eth1 "
+                "&& ip link set eth0 up && ip link set eth1 up")
+        h2.ssh("ip addr add 10.20.20.1/24 dev eth0 && ip link set eth0 up "
+               "&& ip route add default via 10.20.20.2")
+        assert isinstance(rt2, Router)
+        rt2.enable_forwarding()
+        assert h1.ping("10.20.20.1")
+        assert h2.ping("10.20.10.1")
+        scenario = time.monotonic() - started
+        bench.add(f"scenario/three machines, plugin {boot}/first line to last assertion", scenario)
+        if extras:
+            for _ in range(10):
+                with timed(bench, "ssh/round trip (true)"):
+                    h1.ssh("true")
+            for _ in range(5):
+                began = time.monotonic()
+                reply = h1.ping("10.20.20.1")
+                wall = time.monotonic() - began
+                assert reply.rtt_avg is not None
+                bench.add("ping/ping() wall time", wall)
+                bench.add("ping/overhead beyond the reported RTT", wall - reply.rtt_avg / 1000)
+    finally:
+        closing = time.monotonic()
+        lab.close()
+    teardown = time.monotonic() - closing
+    bench.add(f"scenario/three machines, plugin {boot}/teardown", teardown)
+    bench.add(f"scenario/three machines, plugin {boot}/total", scenario + teardown)
+
+
+# -- by hand --------------------------------------------------------------------------
+def handmade(bench: Bench, which: str) -> None:
+    """Run ``handmade_<which>_machines.sh``; it prints ``T <mark> <ms>`` lines."""
+    image = bench.session.image
+    key = bench.session.key
+    env = dict(os.environ, KERNEL=str(image.kernel), INITRD=str(image.initrd), CMDLINE=image.cmdline,
+               SSH_KEY=str(key.private_path), SSH_PUB=key.public_line)
+    script = HERE / f"handmade_{which}_machines.sh"
+    out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600,
+                         check=False)
+    if out.returncode != 0:
+        raise RuntimeError(f"{script.name} failed ({out.returncode}):\n{out.stdout}{out.stderr}")
+    marks = {w[1]: int(w[2]) / 1000 for line in out.stdout.splitlines() if (w := line.split())[0] == "T"}
+    prefix = f"scenario/{which} machines, by hand (cold)"
+    bench.add(f"{prefix}/SSH up", marks["ssh_up"])
+    bench.add(f"{prefix}/first line to last assertion", marks["scenario_done"])
+    bench.add(f"{prefix}/teardown", marks["cleaned_up"] - marks["scenario_done"])
+    bench.add(f"{prefix}/total", marks["cleaned_up"])
+
+
+def xdist(bench: Bench) -> None:
+    """Wall time of the example suite with ``-n 0`` and ``-n 2``, as subprocesses."""
+    pytest = Path(sys.executable).with_name("pytest")
+    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
+    for workers in ("0", "2"):
+        began = time.monotonic()
+        out = subprocess.run(
+            [str(pytest), "-p", "netlab", "-q", "-n", workers, "example_tests"],
+            cwd=HERE.parent, env=env, capture_output=True, text=True, timeout=900, check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"example suite failed with -n {workers}:\n{out.stdout[-3000:]}")
+        bench.add(f"xdist/example suite -n {workers}", time.monotonic() - began)
+
+
+# -- report ---------------------------------------------------------------------------
+def summary(values: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "runs": len(values), "samples": values}
+
+
+def ratio(samples: Samples, numerator: str, denominator: str) -> float | None:
+    if numerator in samples and denominator in samples:
+        return statistics.median(samples[numerator]) / statistics.median(samples[denominator])
+    return None
+
+
+def other_qemus(ours: set[int]) -> int:
+    count = 0
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) not in ours:
+            try:
+                if (proc / "comm").read_text().startswith("qemu-system"):
+                    count += 1
+            except OSError:
+                continue
+    return count
+
+
+def print_table(report: dict[str, Any]) -> None:
+    print(f"accelerator: {report['accelerator']}; {report['cpus']} CPUs; load average "
+          f"{report['load']['before']} before, {report['load']['after']} after; QEMU processes of "
+          f"others seen: {report['load']['other_qemu_processes']}")
+    print(f"{'measure':<72} {'median':>8} {'min':>8} {'max':>8} {'n':>3}")
+    for name, s in report["results"].items():
+        unit = "" if "MiB" in name else " s"
+        print(f"{name:<72} {s['median']:>8.3f} {s['min']:>8.3f} {s['max']:>8.3f} {s['runs']:>3}{unit}")
+    for name, value in report["ratios"].items():
+        if value is not None:
+            print(f"ratio {name:<66} {value:>8.2f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5, help="repetitions of each measure (default 5)")
+    parser.add_argument("--cold-runs", type=int, default=None,
+                        help="repetitions of cold boots and hand-made labs (default: --runs)")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--skip-xdist", action="store_true", help="skip the -n 2 / -n 0 example suite runs")
+    parser.add_argument("--skip-handmade", action="store_true", help="skip the hand-made scripts")
+    parser.add_argument("--skip-cold", action="store_true", help="skip cold boots")
+    parser.add_argument("-v", "--verbose", action="store_true", help="print each sample as it comes")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        parser.error("run as root: labs make network namespaces, bridges and TAPs")
+    logging.basicConfig(level=logging.WARNING)
+    # qemu.qmp logs a reset connection at every QEMU quit as an error: noise here
+    logging.getLogger("qemu").setLevel(logging.CRITICAL)
+    cold_runs = args.cold_runs if args.cold_runs is not None else args.runs
+
+    session = NetlabSession()
+    bench = Bench(session, args.verbose)
+    ours = {os.getpid()}
+    load_before = os.getloadavg()[0]
+    others = other_qemus(ours)
+    try:
+        # untimed: templates for these layouts are made once per machine, and caches warm
+        phases(Bench(session, False), "snapshot", declare_three, "warm-up")
+        for _ in range(args.runs):
+            phases(bench, "snapshot", declare_one, "1 guest")
+            phases(bench, "snapshot", declare_three, "3 guests")
+            scenario_three(bench, "snapshot", extras=True)
+            scenario_two(bench, "snapshot")
+        for _ in range(0 if args.skip_cold else cold_runs):
+            phases(bench, "cold", declare_one, "1 guest")
+            phases(bench, "cold", declare_three, "3 guests")
+        for _ in range(0 if args.skip_handmade else cold_runs):
+            handmade(bench, "two")
+            handmade(bench, "three")
+            if not args.skip_cold:
+                scenario_three(bench, "cold", extras=False)
+        if not args.skip_xdist:
+            for _ in range(max(1, min(args.runs, 3))):
+                xdist(bench)
+    finally:
+        session.close()
+
+    s = bench.samples
+    report: dict[str, Any] = {
+        "accelerator": str(session.accel),
+        "cpus": os.cpu_count(),
+        "load": {"before": load_before, "after": os.getloadavg()[0], "other_qemu_processes": others},
+        "results": {name: summary(values) for name, values in s.items()},
+        "ratios": {
+            "example suite -n 2 speed-up (-n 0 / -n 2)":
+                ratio(s, "xdist/example suite -n 0", "xdist/example suite -n 2"),
+            "three machines, plugin snapshot / by hand (to last assertion)":
+                ratio(s, "scenario/three machines, plugin snapshot/first line to last assertion",
+                      "scenario/three machines, by hand (cold)/first line to last assertion"),
+            "three machines, plugin cold / by hand (to last assertion)":
+                ratio(s, "scenario/three machines, plugin cold/first line to last assertion",
+                      "scenario/three machines, by hand (cold)/first line to last assertion"),
+            "three machines, plugin snapshot / by hand (total with teardown)":
+                ratio(s, "scenario/three machines, plugin snapshot/total",
+                      "scenario/three machines, by hand (cold)/total"),
+            "two machines, plugin snapshot / by hand (total with teardown)":
+                ratio(s, "scenario/two machines, plugin snapshot/total",
+                      "scenario/two machines, by hand (cold)/total"),
+            "1 guest SSH up, snapshot / cold":
+                ratio(s, "snapshot/1 guest/SSH up", "cold/1 guest/SSH up"),
+            "3 guests SSH up, snapshot / cold":
+                ratio(s, "snapshot/3 guests/SSH up", "cold/3 guests/SSH up"),
+        },
+    }
+    print_table(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
