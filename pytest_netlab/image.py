@@ -56,6 +56,8 @@ VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
 _LOCK_TIMEOUT = 3600.0
+#: cached images of older recipes are removed once they are this old (netlab image clean: now)
+PRUNE_AFTER_DAYS = 7
 
 
 @dataclass(frozen=True)
@@ -342,9 +344,12 @@ def _failure(command: list[str], status: int, tail: list[str]) -> str:
 
 
 def _prune(variant: str, keep: Path) -> None:
-    """Remove other cached images of ``variant`` (older recipes) that nobody is building."""
+    """Remove other cached images of ``variant`` (older recipes) built more than a week ago
+    that nobody is building. Recent ones stay: another checkout (a branch, a second run)
+    may be using them right now."""
+    too_old = time.time() - PRUNE_AFTER_DAYS * 86400
     for path in _images_dir().glob(f"{variant}-*"):
-        if path == keep or not path.is_dir():
+        if path == keep or not path.is_dir() or path.stat().st_mtime > too_old:
             continue
         digest = path.name[len(variant) + 1 :]
         lock = _lock(variant, digest)
