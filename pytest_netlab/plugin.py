@@ -51,8 +51,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--netlab-pcap", nargs="?", const="on-failure", default="off", choices=PCAP_MODES,
         help="record every bridge of every lab to pcap files, kept with the evidence of a "
-        "failed test (on-failure, the value when none is given) or of every test (always) "
-        "(default: off)",
+        "failed test (on-failure, the value when none is given) or of every test (always); "
+        "write --netlab-pcap=MODE when test paths follow it (default: off)",
     )
     parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
     parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")

@@ -70,14 +70,6 @@ def test_a_failed_lab_test_leaves_evidence_in_the_report_and_on_disk(pytester: p
     result.stdout.fnmatch_lines(["*GuestGoneError*", "note: guest's QEMU is not running (exit status 0)*"])
 
 
-def test_a_passing_lab_test_leaves_no_evidence(pytester: pytest.Pytester):
-    pytester.makepyfile("def test_ok(netlab):\n    netlab.bridge('br1')\n")
-    out = pytester.path / "evidence"
-    result = pytester.runpytest_subprocess("-p", "netlab", f"--netlab-artifacts={out}")
-    result.assert_outcomes(passed=1)
-    assert not out.exists()
-
-
 def test_pcap_of_every_bridge_is_kept_with_the_evidence_of_a_failure(pytester: pytest.Pytester):
     pytester.makepyfile(
         test_inner="""
@@ -102,6 +94,7 @@ def test_pcap_of_every_bridge_is_kept_with_the_evidence_of_a_failure(pytester: p
     assert {p.name for p in failed.glob("*.pcap")} == {"br1.pcap", "br2.pcap"}
     packets = read_pcap(failed / "br1.pcap")
     assert any(p.arp_op == "request" and p.dst_ip == "10.20.10.9" for p in packets)
+    # a test that passed leaves no evidence, and (on-failure) no pcap
     assert not (out / sanitize_nodeid("test_inner.py::test_passes")).exists()
     assert not list(pytester.path.parent.glob("**/test_passes*/netlab/pcap/*.pcap"))
 

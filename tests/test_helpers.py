@@ -8,6 +8,7 @@ import os
 import pytest
 
 from pytest_netlab import CommandError, ConfigError, WaitTimeout
+from pytest_netlab.pcap import read_pcap
 
 
 def test_wait_until_and_until_fails_retry_and_report_the_last_attempt(netlab):
@@ -116,5 +117,15 @@ def test_capture_shows_what_crossed_a_bridge(netlab):
     assert [p.icmp_type for p in echo] == [8, 8]
     assert [p.icmp_type for p in cap.icmp(src_ip="10.20.10.2")] == [0, 0]
     assert cap.path.exists()
+    # the per-lab switch: every bridge recorded from now on, until the lab closes
+    netlab.record_bridges()
+    br2 = netlab.bridge("br2")
+    assert [p.name for p in netlab.pcap_files] == ["br1.pcap", "br2.pcap"]
+    h1.ssh("arping -c 1 -w 1 10.20.10.9 || ping -c 1 -W 1 10.20.10.9", check=False)
+    h1.wait_until(
+        lambda: any(p.dst_ip == "10.20.10.9" for p in read_pcap(netlab.pcap_dir / "br1.pcap")),
+        timeout=5, interval=0.1,
+    )
+    assert br2.name == "br2"
     with pytest.raises(ConfigError, match="bridge 'br9' is not in this lab"), netlab.capture("br9"):
         pass
