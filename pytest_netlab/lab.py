@@ -32,7 +32,15 @@ from .ping import PingResult, parse_ping
 from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
 from .retry import retry_until
 from .ssh import CommandResult, SessionKey, SSHSession
-from .templates import Layout, NicLayout, TemplateStore, config_line, guest_cmdline, nic_modules
+from .templates import (
+    GuestHostKey,
+    Layout,
+    NicLayout,
+    TemplateStore,
+    config_line,
+    guest_cmdline,
+    nic_modules,
+)
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
 
 log = logging.getLogger(__name__)
@@ -745,7 +753,10 @@ class Lab:
         for vm, machine in zip(pending, machines, strict=True):
             if machine.config.incoming is not None:
                 machine.finish_incoming()
-                machine.write_console(config_line(vm.name, vm.macs, self.key.keytype, self.key.blob))
+                host_key = GuestHostKey.generate()
+                machine.write_console(
+                    config_line(vm.name, vm.macs, self.key.keytype, self.key.blob, host_key)
+                )
         self.log.info("launched %s in %.2f s", ", ".join(v.name for v in pending), time.monotonic() - started)
         ports = {vm.name: vm.host_port(22) for vm in pending if vm.spec.network}
         for vm in pending:

@@ -15,16 +15,20 @@ a file lock, and rebuilt when the image, QEMU or the layout changes.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
 import os
 import secrets
+import struct
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from filelock import FileLock
 
 from .errors import LabError
@@ -77,10 +81,44 @@ def nic_modules(models: Sequence[str]) -> list[str]:
     return sorted({module for m in models for module in NIC_MODEL_MODULES[m]})
 
 
-def config_line(name: str, macs: Sequence[str], keytype: str, key: str) -> str:
-    """The line typed on a clone's console: who it is now."""
+@dataclass(frozen=True)
+class GuestHostKey:
+    """An Ed25519 SSH host key made on the host for one clone.
+
+    Making it here instead of running ``dropbearkey`` in the guest saves an exec and a
+    key generation under emulation on every resume; every clone still gets its own key.
+    """
+
+    dropbear_file: bytes  # dropbear's own private key format, as dropbear -r reads it
+    public_blob: str  # base64 of the SSH wire-format public key ("AAAAC3Nza...")
+
+    @classmethod
+    def generate(cls) -> GuestHostKey:
+        key = Ed25519PrivateKey.generate()
+        private = key.private_bytes(
+            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+        )
+        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        # dropbear's file: string "ssh-ed25519", string (32-byte seed || 32-byte public key)
+        return cls(
+            dropbear_file=_ssh_string(b"ssh-ed25519") + _ssh_string(private + public),
+            public_blob=base64.b64encode(_ssh_string(b"ssh-ed25519") + _ssh_string(public)).decode(),
+        )
+
+    @property
+    def public_line(self) -> str:
+        return f"ssh-ed25519 {self.public_blob}"
+
+
+def _ssh_string(data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + data
+
+
+def config_line(name: str, macs: Sequence[str], keytype: str, key: str, host_key: GuestHostKey) -> str:
+    """The line typed on a clone's console: who it is now, and its own SSH host key."""
     return (
         f"NETLAB-CONFIG name={name} nics={','.join(macs)} keytype={keytype} key={key} "
+        f"hostkey={base64.b64encode(host_key.dropbear_file).decode()} hostpub={host_key.public_blob} "
         f"seed={secrets.token_hex(32)} time={int(time.time())}\n"
     )
 

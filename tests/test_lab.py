@@ -18,6 +18,19 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
+def test_clones_of_one_template_have_their_own_host_key_and_randomness(netlab):
+    br1 = netlab.bridge("br1")
+    h1, h2 = netlab.vm("h1", nics=[br1]), netlab.vm("h2", nics=[br1])
+    netlab.start()  # both resumed from the same saved state, then personalised
+
+    keys = [vm.ssh("cat /etc/dropbear/dropbear_ed25519_host_key.pub").stdout.split()[:2] for vm in (h1, h2)]
+    assert keys[0] != keys[1]
+    # what SSH was pinned to is the key each guest serves
+    assert [" ".join(k) for k in keys] == [h1.machine.host_key, h2.machine.host_key]
+    randomness = {vm.ssh("head -c 16 /dev/urandom | od -An -tx1").stdout for vm in (h1, h2)}
+    assert len(randomness) == 2
+
+
 def test_guest_sees_lab_nics_in_order_with_distinct_macs(netlab):
     br1, br2 = netlab.bridge("br1"), netlab.bridge("br2")
     h1 = netlab.vm("h1", nics=[br1, br2, br1.nic(mac="12:34:56:AB:CD:7B")])
