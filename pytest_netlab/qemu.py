@@ -17,6 +17,7 @@ import socket
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,7 +112,9 @@ class QemuMachine:
         self.host_key: str | None = None
         self.console_lines: list[str] = []
         self.errors: list[str] = []
-        self._ready = threading.Event()
+        # notified for every console line and when the console closes: all waiting for
+        # the guest's output goes through _await_console()
+        self._console_changed = threading.Condition()
         self._proc: subprocess.Popen[bytes] | None = None
         self._qmp: QEMUMonitorProtocol | None = None
         self._console_sock: socket.socket | None = None
@@ -238,18 +241,33 @@ class QemuMachine:
                     self._console_line(raw.decode(errors="replace").rstrip("\r"))
         if buffer:
             self._console_line(buffer.decode(errors="replace"))
+        with self._console_changed:  # QEMU is gone: waiters need not wait out their time
+            self._console_changed.notify_all()
 
     def _console_line(self, line: str) -> None:
-        self.console_lines.append(line)
         self.log.debug("console: %s", line)
-        if line.startswith(HOSTKEY_MARK):
-            self.host_key = line[len(HOSTKEY_MARK):].strip()
-        elif line.startswith(ERROR_MARK):
-            self.errors.append(line[len(ERROR_MARK):])
-            self.log.warning("guest reported: %s", line[len(ERROR_MARK):])
-        elif line.strip() == READY_MARK:
-            self.ready_at = time.monotonic()
-            self._ready.set()
+        with self._console_changed:
+            self.console_lines.append(line)
+            if line.startswith(HOSTKEY_MARK):
+                self.host_key = line[len(HOSTKEY_MARK):].strip()
+            elif line.startswith(ERROR_MARK):
+                self.errors.append(line[len(ERROR_MARK):])
+                self.log.warning("guest reported: %s", line[len(ERROR_MARK):])
+            elif line.strip() == READY_MARK:
+                self.ready_at = time.monotonic()
+            self._console_changed.notify_all()
+
+    def _await_console(self, found: Callable[[list[str]], bool], deadline: float) -> bool:
+        """Wait until ``found(console_lines)`` holds, QEMU exits or *deadline* (a
+        ``time.monotonic()`` value) passes; return whether it holds."""
+        with self._console_changed:
+            while not found(self.console_lines):
+                left = deadline - time.monotonic()
+                if left <= 0 or not self.is_running():
+                    return found(self.console_lines)
+                # the cap notices a QEMU that died before its console reader saw EOF
+                self._console_changed.wait(min(left, 0.2))
+        return True
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -285,17 +303,16 @@ class QemuMachine:
             BootTimeout: no ready mark within *timeout* seconds.
         """
         deadline = (time.monotonic() if since is None else since) + timeout
-        while not self._ready.wait(0.02):
+        if not self._await_console(lambda _: self.ready_at > 0, deadline):
             if not self.is_running():
                 raise self._died_error("QEMU exited before the guest was ready")
-            if time.monotonic() > deadline:
-                raise BootTimeout(
+            raise BootTimeout(
                     f"{self.name}: guest did not print {READY_MARK} (its SSH server is "
                     f"listening) within {timeout:g} s (accelerator {self.config.accel}; "
                     "raise it with --netlab-boot-timeout or the netlab_boot_timeout ini value); "
-                    f"console log {self.console_log}, "
-                    f"last lines:\n{self.console_tail()}"
-                )
+                f"console log {self.console_log}, "
+                f"last lines:\n{self.console_tail()}"
+            )
         if self.host_key is None:
             raise BootTimeout(f"{self.name}: guest was ready but printed no host key")
 
@@ -306,16 +323,13 @@ class QemuMachine:
             QemuError: QEMU exited first.
             BootTimeout: no such line within *timeout* seconds.
         """
-        deadline = time.monotonic() + timeout
-        while mark not in self.console_lines:
+        if not self._await_console(lambda lines: mark in lines, time.monotonic() + timeout):
             if not self.is_running():
                 raise self._died_error(f"QEMU exited before the guest printed {mark}")
-            if time.monotonic() > deadline:
-                raise BootTimeout(
-                    f"{self.name}: guest did not print {mark} within {timeout:g} s; "
-                    f"console log {self.console_log}, last lines:\n{self.console_tail()}"
-                )
-            time.sleep(0.02)
+            raise BootTimeout(
+                f"{self.name}: guest did not print {mark} within {timeout:g} s; "
+                f"console log {self.console_log}, last lines:\n{self.console_tail()}"
+            )
 
     def write_console(self, text: str) -> None:
         """Type *text* on the guest's serial console."""
@@ -417,7 +431,9 @@ class QemuMachine:
                 self._check_console_alive(command, timeout, deadline, "")
                 # no echo and no prompts: the console then shows only what commands print
                 self.write_console(f"stty -echo; PS1=''; PS2=''; printf '%s\\n' NETLAB-SHELL-{token}\n")
-                self._wait_line(probe, min(0.5, max(0.0, deadline - time.monotonic())))
+                self._await_console(
+                    lambda lines: probe in lines, min(deadline, time.monotonic() + 0.5)
+                )
             self._console_shell = True
         begin, end = f"NETLAB-BEGIN-{token}", f"NETLAB-END-{token} "
         start = len(self.console_lines)
@@ -426,27 +442,22 @@ class QemuMachine:
             f"printf '%s\\n' NETLAB-BEGIN-{token}; ( {command}\n) < /dev/null 2>&1; "
             f"printf '\\nNETLAB-END-%s %d\\n' {token} $?\n"
         )
-        while True:
-            lines = self.console_lines[start:]
-            done = [line for line in lines if line.startswith(end)]
-            if done:
-                first = next((i + 1 for i, line in enumerate(lines) if line.endswith(begin)), 0)
-                output = "".join(f"{line}\n" for line in lines[first:lines.index(done[0])])
-                # the end mark starts on a new line of its own: drop that extra newline
-                output = output[:-1] if output.endswith("\n") else output
-                return int(done[0][len(end):].strip() or 255), output
-            self._check_console_alive(command, timeout, deadline, "\n".join(lines))
-            time.sleep(0.02)
-
-    def _wait_line(self, line: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while line not in self.console_lines and time.monotonic() < deadline:
-            time.sleep(0.02)
+        if not self._await_console(
+            lambda lines: any(line.startswith(end) for line in lines[start:]), deadline
+        ):
+            self._check_console_alive(command, timeout, deadline, "\n".join(self.console_lines[start:]))
+        lines = self.console_lines[start:]
+        done = next(line for line in lines if line.startswith(end))
+        first = next((i + 1 for i, line in enumerate(lines) if line.endswith(begin)), 0)
+        output = "".join(f"{line}\n" for line in lines[first:lines.index(done)])
+        # the end mark starts on a new line of its own: drop that extra newline
+        output = output[:-1] if output.endswith("\n") else output
+        return int(done[len(end):].strip() or 255), output
 
     def _check_console_alive(self, command: str, timeout: float, deadline: float, output: str) -> None:
         if not self.is_running():
             raise GuestGoneError(f"{self.name}: QEMU exited during console command {command!r}")
-        if time.monotonic() > deadline:
+        if time.monotonic() >= deadline:
             raise CommandTimeout(f"{self.name} (serial console)", command, timeout, output, "")
 
     # -- shutdown ---------------------------------------------------------------------
