@@ -530,12 +530,16 @@ class Lab:
                 self._record(name)
 
     def _record(self, bridge: str) -> None:
-        self.pcap_dir.mkdir(parents=True, exist_ok=True)
         path = self.pcap_dir / f"{bridge}.pcap"
-        name = f"tcpdump-{bridge}"
-        proc = self.spawn(tcpdump_argv(bridge, path), name=name)
-        wait_listening(self.workdir / f"{name}.log", proc)
+        self._tcpdump(bridge, path, f"tcpdump-{bridge}")
         self._pcaps.append(path)
+
+    def _tcpdump(self, bridge: str, path: Path, log_name: str) -> Any:
+        """Start tcpdump on *bridge* writing *path*; return once it listens."""
+        self.pcap_dir.mkdir(parents=True, exist_ok=True)
+        proc = self.spawn(tcpdump_argv(bridge, path), name=log_name)
+        wait_listening(self.workdir / f"{log_name}.log", proc)
+        return proc
 
     @contextmanager
     def capture(self, bridge: str | Bridge) -> Iterator[Capture]:
@@ -551,12 +555,9 @@ class Lab:
             raise ConfigError(
                 f"bridge {name!r} is not in this lab (bridges: {', '.join(self.bridges) or 'none'})"
             )
-        self.pcap_dir.mkdir(parents=True, exist_ok=True)
         number = next(self._captures)
         path = self.pcap_dir / f"capture{number}-{name}.pcap"
-        log_name = f"capture{number}-{name}"
-        proc = self.spawn(tcpdump_argv(name, path), name=log_name)
-        wait_listening(self.workdir / f"{log_name}.log", proc)
+        proc = self._tcpdump(name, path, f"capture{number}-{name}")
         capture = Capture(name, path)
         try:
             yield capture
@@ -709,12 +710,13 @@ class Lab:
             # a kernel of the user's own: only the console and the netlab.* contract
             cmdline = cmdline.replace(image.cmdline, "console=ttyS0", 1)
         params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
-        drives = []
         if spec.rootfs is not None:
             params.append("root=/dev/vda rw")
-            drives.append(f"file={spec.rootfs},if=virtio,format={_disk_format(spec.rootfs)},snapshot=on")
-        for disk in spec.disks:
-            drives.append(f"file={disk},if=virtio,format={_disk_format(disk)},snapshot=on")
+        # snapshot=on: writes go to a temporary overlay, the user's image is never changed
+        drives = [
+            f"file={disk},if=virtio,format={_disk_format(disk)},snapshot=on"
+            for disk in ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
+        ]
         if spec.append:
             params.append(spec.append)
         return MachineConfig(
