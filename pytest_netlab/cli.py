@@ -31,7 +31,12 @@ def _cmd_image(args: argparse.Namespace) -> int:
     elif args.action == "info":
         print(json.dumps(image.image_info(), indent=2, default=str))
     else:
-        removed = image.clean_images()
+        from .qemu import qemu_version
+        from .templates import TemplateStore
+
+        # saved boots of a guest resume only into its image: they go with it
+        templates = TemplateStore(image.cache_root() / "templates", qemu_version())
+        removed = image.clean_images() + templates.clean()
         print("\n".join(f"removed {p}" for p in removed) or "no cached images")
     return 0
 

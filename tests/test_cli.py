@@ -28,3 +28,18 @@ def test_up_prints_how_to_reach_each_guest_and_tears_down(tmp_path):
     assert out.rstrip().endswith(f"lab {name.group(1)} is down")
     assert not Path(f"/run/netns/{name.group(1)}").exists()
     assert (tmp_path / "h1" / "console.log").exists()
+
+
+def test_image_clean_removes_images_and_their_saved_boots(tmp_path, monkeypatch, capsys):
+    from pytest_netlab.cli import main
+
+    monkeypatch.setenv("NETLAB_CACHE_DIR", str(tmp_path))
+    (tmp_path / "images" / "cloud-0123456789abcdef").mkdir(parents=True)
+    (tmp_path / "templates").mkdir()
+    (tmp_path / "templates" / "layout.state").write_bytes(b"saved")
+
+    assert main(["image", "clean"]) == 0
+
+    assert not (tmp_path / "images" / "cloud-0123456789abcdef").exists()
+    assert not (tmp_path / "templates" / "layout.state").exists()
+    assert "layout.state" in capsys.readouterr().out
