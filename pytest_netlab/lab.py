@@ -584,7 +584,7 @@ class Lab:
         memory: int = 128, cpus: int = 1, kernel: str | Path | None = None,
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
-        forwards: Sequence[int] = (), numa: bool = False,
+        forwards: Sequence[int] = (), numa: bool = False, aslr: bool = False,
     ) -> VM:
         """Declare guest *name*; it boots at the next ``start()``.
 
@@ -596,7 +596,11 @@ class Lab:
         :meth:`VM.forward_port`). ``network=False``: no NIC at all, not even the
         management NIC, so no SSH; the guest is driven with :meth:`VM.console_run`.
         ``numa=True``: the guest's memory comes from a memory backend given to one NUMA
-        node (``-object memory-backend-ram -numa node,memdev=``).
+        node (``-object memory-backend-ram -numa node,memdev=``). ``aslr=True``: the
+        guest randomises where programs and libraries are mapped, as a normal system
+        does; off by default because under TCG it makes every exec of a dynamically
+        linked program about 50 ms slower (QEMU translates the libraries again at each
+        new address).
 
         Raises:
             ConfigError: bad or duplicate name, a bridge of another lab, duplicate MACs
@@ -629,7 +633,7 @@ class Lab:
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
             append=append, disks=[Path(d) for d in disks], network=network,
-            forwards=list(forwards), numa=numa,
+            forwards=list(forwards), numa=numa, aslr=aslr,
         ).validated()
         number = len(self.vms) + 1
         chosen = {nic.mac.lower() for nic in specs if nic.mac}
@@ -705,7 +709,7 @@ class Lab:
         spec = vm.spec
         models = [n.model for n in spec.nics]
         image = self._image_for(vm) if spec.kernel is None else self.image
-        cmdline = guest_cmdline(image, spec.name, vm.macs, models, management=spec.network)
+        cmdline = guest_cmdline(image, spec.name, vm.macs, models, management=spec.network, aslr=spec.aslr)
         if spec.kernel is not None:
             # a kernel of the user's own: only the console and the netlab.* contract
             cmdline = cmdline.replace(image.cmdline, "console=ttyS0", 1)
@@ -756,9 +760,9 @@ class Lab:
             if machine.config.incoming is not None:
                 machine.finish_incoming()
                 host_key = GuestHostKey.generate()
-                machine.write_console(
-                    config_line(vm.name, vm.macs, self.key.keytype, self.key.blob, host_key)
-                )
+                machine.write_console(config_line(
+                    vm.name, vm.macs, self.key.keytype, self.key.blob, host_key, aslr=vm.spec.aslr
+                ))
         self.log.info("launched %s in %.2f s", ", ".join(v.name for v in pending), time.monotonic() - started)
         ports = {vm.name: vm.host_port(22) for vm in pending if vm.spec.network}
         for vm in pending:

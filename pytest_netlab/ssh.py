@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import base64
 import logging
+import secrets
 import select
+import shlex
 import socket
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -116,6 +119,8 @@ class SSHSession:
         self._host_key = host_key
         self._client: paramiko.SSHClient | None = None
         self.history: list[CommandRecord] = []
+        self._idle: list[_Shell] = []  # shells waiting for their next command
+        self._lock = threading.Lock()
 
     def connect(self, timeout: float = 10.0) -> None:
         """Connect and authenticate.
@@ -170,45 +175,66 @@ class SSHSession:
         """Like :meth:`run`, with the output as bytes (for file transfers):
         ``(status, stdout, stderr, duration)``.
 
+        A command without *stdin* runs in a shell kept open on the connection (see
+        :class:`_Shell`); one with *stdin* gets a channel of its own, as ``ssh host
+        command < file`` would.
+
         Raises:
             SSHError: the connection is gone.
             CommandTimeout: the command did not finish within *timeout* seconds.
         """
-        if self._client is None or not self.connected:
-            raise SSHError(f"{self.guest}: no SSH connection (the guest may have stopped)")
-        transport = self._client.get_transport()
-        assert transport is not None
+        transport = self._transport()
         started = time.monotonic()
         record = CommandRecord(command, None, 0.0)
         self.history.append(record)
+        deadline = started + timeout
         try:
-            channel = transport.open_session(timeout=timeout)
-            channel.settimeout(timeout)
-            channel.exec_command(command)
-            try:
-                if stdin is not None:
-                    channel.sendall(stdin.encode() if isinstance(stdin, str) else stdin)
-                channel.shutdown_write()
-            except OSError:
-                pass  # the command ended without reading all its input: its status says why
-            stdout, stderr = _drain(channel, started + timeout)
-        except (_DrainTimeout, TimeoutError) as exc:
+            if stdin is None:
+                status, stdout, stderr = self._run_in_shell(transport, command, deadline)
+            else:
+                status, stdout, stderr = _run_on_channel(
+                    transport, command, stdin.encode() if isinstance(stdin, str) else stdin, deadline
+                )
+        except _DrainTimeout as exc:
             record.duration = time.monotonic() - started
-            out = getattr(exc, "stdout", b"")
-            err = getattr(exc, "stderr", b"")
             raise CommandTimeout(
-                self.guest, command, timeout, out.decode(errors="replace"),
-                err.decode(errors="replace"),
+                self.guest, command, timeout, exc.stdout.decode(errors="replace"),
+                exc.stderr.decode(errors="replace"),
             ) from None
-        except (OSError, paramiko.SSHException) as exc:
+        except (OSError, EOFError, paramiko.SSHException) as exc:
             record.duration = time.monotonic() - started
             raise SSHError(f"{self.guest}: SSH failed while running {command!r}: {exc}") from exc
-        status = channel.recv_exit_status()
-        channel.close()
         record.status = status
         record.duration = time.monotonic() - started
         log.debug("%s$ %s -> %d (%.3f s)", self.guest, command, status, record.duration)
         return status, stdout, stderr, record.duration
+
+    def _transport(self) -> paramiko.Transport:
+        transport = self._client.get_transport() if self._client is not None else None
+        if transport is None or not transport.is_active():
+            raise SSHError(f"{self.guest}: no SSH connection (the guest may have stopped)")
+        return transport
+
+    def _run_in_shell(
+        self, transport: paramiko.Transport, command: str, deadline: float
+    ) -> tuple[int, bytes, bytes]:
+        # one shell per command in flight: commands from several threads run side by side
+        with self._lock:
+            shell = self._idle.pop() if self._idle else None
+        if shell is None:
+            shell = _Shell(transport, deadline)
+        try:
+            result = shell.run(command, deadline)
+        except BaseException:
+            shell.close()  # a timed-out or broken shell is not reused
+            raise
+        if shell.alive:
+            with self._lock:
+                if self._client is not None:
+                    self._idle.append(shell)
+                    return result
+        shell.close()
+        return result
 
     def sftp(self) -> paramiko.SFTPClient:
         if self._client is None:
@@ -216,6 +242,10 @@ class SSHSession:
         return self._client.open_sftp()
 
     def close(self) -> None:
+        with self._lock:
+            shells, self._idle = self._idle, []
+        for shell in shells:
+            shell.close()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -228,23 +258,116 @@ class _DrainTimeout(Exception):
         self.stderr = stderr
 
 
-def _drain(channel: paramiko.Channel, deadline: float) -> tuple[bytes, bytes]:
-    """Read stdout and stderr together (reading one to its end could stall the other)."""
-    out = bytearray()
-    err = bytearray()
-    while True:
-        if channel.recv_ready():
-            out += channel.recv(65536)
-        elif channel.recv_stderr_ready():
-            err += channel.recv_stderr(65536)
-        elif channel.eof_received:
-            return bytes(out), bytes(err)
-        else:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise _DrainTimeout(bytes(out), bytes(err))
-            # the channel is select()-able for stdout and EOF; the short cap catches stderr
-            select.select([channel], [], [], min(remaining, 0.01))
+def _wait_readable(channel: paramiko.Channel, deadline: float, out: bytes, err: bytes) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise _DrainTimeout(out, err)
+    # the channel is select()-able for stdout and EOF; the short cap catches stderr
+    select.select([channel], [], [], min(remaining, 0.005))
+
+
+def _run_on_channel(
+    transport: paramiko.Transport, command: str, stdin: bytes, deadline: float
+) -> tuple[int, bytes, bytes]:
+    """Run *command* on a channel of its own, feeding it *stdin*."""
+    channel = transport.open_session(timeout=max(deadline - time.monotonic(), 0.1))
+    try:
+        channel.exec_command(command)
+        try:
+            channel.sendall(stdin)
+            channel.shutdown_write()
+        except OSError:
+            pass  # the command ended without reading all its input: its status says why
+        out = bytearray()
+        err = bytearray()
+        while True:
+            if channel.recv_ready():
+                out += channel.recv(65536)
+            elif channel.recv_stderr_ready():
+                err += channel.recv_stderr(65536)
+            elif channel.eof_received:
+                return channel.recv_exit_status(), bytes(out), bytes(err)
+            else:
+                _wait_readable(channel, deadline, bytes(out), bytes(err))
+    finally:
+        channel.close()
+
+
+class _Shell:
+    """A ``/bin/sh`` kept running on one SSH channel, which runs commands one at a time.
+
+    Under TCG every new SSH channel costs the guest a fork and an exec of the shell,
+    tens of milliseconds; a command typed into a shell that is already running costs
+    one fork. Each command runs as ``( eval 'COMMAND' ) </dev/null`` (the subshell keeps
+    ``cd``, ``exit``, ``set -e`` and variables to itself, as ``sh -c`` would), then the
+    shell writes a line with a fresh random token and the exit status to stdout, and
+    the token to stderr: where they appear, the command's output ends. The token is new
+    for every command, so no output can fake it.
+    """
+
+    def __init__(self, transport: paramiko.Transport, deadline: float) -> None:
+        self.channel = transport.open_session(timeout=max(deadline - time.monotonic(), 0.1))
+        self.alive = True
+        try:
+            self.channel.exec_command("exec /bin/sh")
+        except BaseException:
+            self.close()
+            raise
+
+    def run(self, command: str, deadline: float) -> tuple[int, bytes, bytes]:
+        channel = self.channel
+        self._discard_strays()
+        token = secrets.token_hex(12).encode()
+        out_mark = b"\n" + token + b" "
+        err_mark = b"\n" + token + b"\n"
+        channel.sendall(
+            b"__netlab_c=" + shlex.quote(command).encode() + b"\n"
+            b"( eval \"$__netlab_c\" ) </dev/null; __netlab_s=$?\n"
+            b"printf '\\n%s\\n' " + token + b" >&2; printf '\\n%s %d\\n' " + token + b" $__netlab_s\n"
+        )
+        out = bytearray()
+        err = bytearray()
+        status: int | None = None
+        out_end = err_end = -1
+        while status is None or err_end < 0:
+            if channel.recv_ready():
+                start = max(len(out) - len(out_mark) - 12, 0)
+                out += channel.recv(65536)
+                if status is None and (at := out.find(out_mark, start)) >= 0:
+                    line_end = out.find(b"\n", at + len(out_mark))
+                    if line_end >= 0:
+                        status = int(out[at + len(out_mark):line_end])
+                        out_end = at
+            elif channel.recv_stderr_ready():
+                start = max(len(err) - len(err_mark), 0)
+                err += channel.recv_stderr(65536)
+                if err_end < 0 and (at := err.find(err_mark, start)) >= 0:
+                    err_end = at
+            elif channel.eof_received or channel.closed:
+                # the shell itself ended (the command killed it, or the guest powered off)
+                self.alive = False
+                code = channel.recv_exit_status() if channel.exit_status_ready() else -1
+                return (
+                    status if status is not None else code,
+                    bytes(out[:out_end] if out_end >= 0 else out),
+                    bytes(err[:err_end] if err_end >= 0 else err),
+                )
+            else:
+                _wait_readable(channel, deadline, bytes(out), bytes(err))
+        if len(out) > out.find(b"\n", out_end + len(out_mark)) + 1 or len(err) > err_end + len(err_mark):
+            log.debug("output after a command's end (a background process?) dropped")
+        return status, bytes(out[:out_end]), bytes(err[:err_end])
+
+    def _discard_strays(self) -> None:
+        """Drop what background processes of earlier commands wrote since."""
+        while self.channel.recv_ready():
+            log.debug("dropped output of a background process: %r", self.channel.recv(65536)[:200])
+        while self.channel.recv_stderr_ready():
+            log.debug("dropped stderr of a background process: %r", self.channel.recv_stderr(65536)[:200])
+
+    def close(self) -> None:
+        self.alive = False
+        self.channel.close()
 
 
 def public_key_line(key: paramiko.PKey) -> str:

@@ -65,9 +65,12 @@ class Layout:
 
 def guest_cmdline(
     image: GuestImage, name: str, macs: Sequence[str], models: Sequence[str], *, management: bool = True,
+    aslr: bool | None = None,
 ) -> str:
     """The kernel command line of a default-image guest (the init's contract)."""
     params = [image.cmdline, f"netlab.name={name}", f"netlab.nics={','.join(macs)}"]
+    if aslr is not None:
+        params.append(f"netlab.aslr={2 if aslr else 0}")
     if management:
         params += [f"netlab.mgmt={MGMT_MAC}", f"netlab.mgmt_addr={MGMT_GUEST_ADDR}"]
     modules = nic_modules(models)
@@ -114,11 +117,14 @@ def _ssh_string(data: bytes) -> bytes:
     return struct.pack(">I", len(data)) + data
 
 
-def config_line(name: str, macs: Sequence[str], keytype: str, key: str, host_key: GuestHostKey) -> str:
+def config_line(
+    name: str, macs: Sequence[str], keytype: str, key: str, host_key: GuestHostKey, *, aslr: bool = False,
+) -> str:
     """The line typed on a clone's console: who it is now, and its own SSH host key."""
     return (
         f"NETLAB-CONFIG name={name} nics={','.join(macs)} keytype={keytype} key={key} "
         f"hostkey={base64.b64encode(host_key.dropbear_file).decode()} hostpub={host_key.public_blob} "
+        f"aslr={2 if aslr else 0} "
         f"seed={secrets.token_hex(32)} time={int(time.time())}\n"
     )
 

@@ -73,11 +73,17 @@ class GuestSpec:
     network: bool = True  # False: no NIC at all, not even the management NIC (-nic none)
     forwards: list[int] = field(default_factory=list)  # guest TCP ports forwarded from 127.0.0.1
     numa: bool = False  # memory from a memory backend, given to one NUMA node
+    aslr: bool = False  # address space layout randomisation in the guest (off: faster execs under TCG)
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
         validation.int_in_range(self.memory, *MEMORY_RANGE, what=f"memory of {self.name!r}", unit=" MiB")
         validation.int_in_range(self.cpus, *CPU_RANGE, what=f"CPU count of {self.name!r}")
+        for flag in ("network", "numa", "aslr"):
+            if not isinstance(getattr(self, flag), bool):
+                raise ConfigError(
+                    f"{flag}={getattr(self, flag)!r} of {self.name!r} is not accepted: give True or False"
+                )
         for nic in self.nics:
             nic.validated()
         if self.initrd is not None and self.kernel is None:
