@@ -258,10 +258,11 @@ class _DrainTimeout(Exception):
         self.stderr = stderr
 
 
-def _wait_readable(channel: paramiko.Channel, deadline: float, out: bytes, err: bytes) -> None:
+def _wait_readable(channel: paramiko.Channel, deadline: float, out: bytearray, err: bytearray) -> None:
+    """Wait until *channel* may have data; past *deadline*, give up with the output so far."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise _DrainTimeout(out, err)
+        raise _DrainTimeout(bytes(out), bytes(err))
     # the channel is select()-able for stdout and EOF; the short cap catches stderr
     select.select([channel], [], [], min(remaining, 0.005))
 
@@ -288,7 +289,7 @@ def _run_on_channel(
             elif channel.eof_received:
                 return channel.recv_exit_status(), bytes(out), bytes(err)
             else:
-                _wait_readable(channel, deadline, bytes(out), bytes(err))
+                _wait_readable(channel, deadline, out, err)
     finally:
         channel.close()
 
@@ -353,7 +354,7 @@ class _Shell:
                     bytes(err[:err_end] if err_end >= 0 else err),
                 )
             else:
-                _wait_readable(channel, deadline, bytes(out), bytes(err))
+                _wait_readable(channel, deadline, out, err)
         if len(out) > out.find(b"\n", out_end + len(out_mark)) + 1 or len(err) > err_end + len(err_mark):
             log.debug("output after a command's end (a background process?) dropped")
         return status, bytes(out[:out_end]), bytes(err[:err_end])
