@@ -184,7 +184,9 @@ def handmade(bench: Bench, which: str) -> None:
     """Run ``handmade_<which>_machines.sh``; it prints ``T <mark> <ms>`` lines."""
     image = bench.session.image
     key = bench.session.key
-    env = dict(os.environ, KERNEL=str(image.kernel), INITRD=str(image.initrd), CMDLINE=image.cmdline,
+    # acpi=noirq: as the plugin starts one-CPU guests
+    env = dict(os.environ, KERNEL=str(image.kernel), INITRD=str(image.initrd),
+               CMDLINE=image.cmdline + " acpi=noirq",
                SSH_KEY=str(key.private_path), SSH_PUB=key.public_line)
     script = HERE / f"handmade_{which}_machines.sh"
     out = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=600,

@@ -63,3 +63,15 @@ def test_offloads_switched_with_ethtool(netlab):
     after = features()
     assert after["tx-checksumming"].startswith("off")
     assert after["tcp-segmentation-offload"].startswith("off")
+
+
+def test_queues_on_two_cpus(netlab):
+    # the documents' multiqueue set-up pays off with a CPU per queue pair
+    br0 = netlab.bridge("br0")
+    vm = netlab.vm("h1", cpus=2, nics=[br0.nic(queues=2)])
+    netlab.start()
+
+    assert vm.ssh("nproc").stdout.strip() == "2"
+    # one MSI-X interrupt per receive and per transmit queue of eth0
+    interrupts = vm.ssh("cat /proc/interrupts").stdout
+    assert sum(1 for q in ("input.0", "input.1", "output.0", "output.1") if q in interrupts) == 4, interrupts

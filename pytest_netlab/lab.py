@@ -709,10 +709,12 @@ class Lab:
         spec = vm.spec
         models = [n.model for n in spec.nics]
         image = self._image_for(vm) if spec.kernel is None else self.image
-        cmdline = guest_cmdline(image, spec.name, vm.macs, models, management=spec.network, aslr=spec.aslr)
-        if spec.kernel is not None:
+        cmdline = guest_cmdline(
+            image, spec.name, vm.macs, models, management=spec.network, aslr=spec.aslr,
+            cpus=spec.cpus,
             # a kernel of the user's own: only the console and the netlab.* contract
-            cmdline = cmdline.replace(image.cmdline, "console=ttyS0", 1)
+            base="console=ttyS0" if spec.kernel is not None else None,
+        )
         params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
         if spec.rootfs is not None:
             params.append("root=/dev/vda rw")

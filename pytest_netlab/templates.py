@@ -65,10 +65,17 @@ class Layout:
 
 def guest_cmdline(
     image: GuestImage, name: str, macs: Sequence[str], models: Sequence[str], *, management: bool = True,
-    aslr: bool | None = None,
+    aslr: bool | None = None, cpus: int = 1, base: str | None = None,
 ) -> str:
-    """The kernel command line of a default-image guest (the init's contract)."""
-    params = [image.cmdline, f"netlab.name={name}", f"netlab.nics={','.join(macs)}"]
+    """The kernel command line of a guest: *base* (default: the image's own parameters)
+    and the ``netlab.*`` parameters of the init's contract."""
+    if base is None:
+        base = image.cmdline
+        if cpus == 1:
+            # saves ~0.7 s of ACPI interrupt-link evaluation, but the kernel then runs
+            # without a local APIC, on one CPU only
+            base += " acpi=noirq"
+    params = [base, f"netlab.name={name}", f"netlab.nics={','.join(macs)}"]
     if aslr is not None:
         params.append(f"netlab.aslr={2 if aslr else 0}")
     if management:
@@ -153,7 +160,9 @@ class TemplateStore:
         macs = layout.template_macs()
         return MachineConfig(
             name=name, kernel=image.kernel, initrd=image.initrd,
-            cmdline=guest_cmdline(image, "template", macs, [n.model for n in layout.nics])
+            cmdline=guest_cmdline(
+                image, "template", macs, [n.model for n in layout.nics], cpus=layout.cpus
+            )
             + " netlab.template=1",
             memory_mib=layout.memory, cpus=layout.cpus, accel=layout.accel,
             nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors)
