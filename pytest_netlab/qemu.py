@@ -141,6 +141,8 @@ class QemuMachine:
             ]
         argv += [
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+            # MIGRATION events: saving and loading a state are waited for without polling
+            "-global", "migration.x-events=on",
             "-kernel", str(c.kernel), "-append", c.cmdline,
             "-chardev", f"socket,id=mon,fd={qmp_fd}", "-mon", "chardev=mon,mode=control",
             "-chardev", f"socket,id=con,fd={console_fd}", "-serial", "chardev:con",
@@ -343,26 +345,39 @@ class QemuMachine:
         Raises:
             QemuError: the state could not be loaded (QEMU exited or migration failed).
         """
-        deadline = time.monotonic() + timeout
-        while True:
-            status = self.qmp("query-migrate").get("status")
-            if status == "completed":
-                break
-            if status == "failed" or time.monotonic() > deadline:
-                what = status or "stalled"
-                raise self._died_error(f"loading the saved state {self.config.incoming}: {what}")
-            time.sleep(0.005)
+        status = self._wait_migration(timeout)
+        if status != "completed":
+            raise self._died_error(f"loading the saved state {self.config.incoming}: {status}")
         self.qmp("cont")
 
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
         """Pause the guest and write its whole state to *path* (for ``incoming``)."""
         self.qmp("stop")
         self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
+        status = self._wait_migration(timeout)
+        if status != "completed":
+            raise QemuError(f"{self.name}: saving the guest state to {path}: {status}")
+
+    def _wait_migration(self, timeout: float) -> str:
+        """Wait for the migration (in or out) to end, woken by QMP's MIGRATION events;
+        return its last status ("stalled" when it did not end within *timeout*)."""
+        assert self._qmp is not None
         deadline = time.monotonic() + timeout
-        while (status := self.qmp("query-migrate").get("status")) != "completed":
-            if status in ("failed", "cancelled") or time.monotonic() > deadline:
-                raise QemuError(f"{self.name}: saving the guest state to {path} {status}")
-            time.sleep(0.01)
+        # events before QMP was negotiated are lost: ask once, then follow the events
+        status = self.qmp("query-migrate").get("status") or "none"
+        while status not in ("completed", "failed", "cancelled"):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return f"stalled ({status})"
+            try:
+                # short waits: a QEMU that dies sends no event
+                event = self._qmp.pull_event(wait=min(left, 0.2))
+            except TimeoutError:
+                self.qmp("query-status")  # GuestGoneError if QEMU is gone
+                continue
+            if event is not None and event.get("event") == "MIGRATION":
+                status = event["data"]["status"]
+        return status
 
     # -- QMP --------------------------------------------------------------------------
     def qmp(self, command: str, **arguments: Any) -> Any:
