@@ -60,8 +60,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from . import access
     from .labspec import Topology
-    from .netns import NETNS_RUN_DIR
     from .session import NetlabSession
 
     topology = Topology.from_toml(Path(args.topology))
@@ -78,14 +78,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     lab = session.new_lab(workdir)
     try:
         print(f"netlab: bringing up {args.topology} ({session.accel})", flush=True)
-        vms = topology.apply(lab)
-        print(f"lab {lab.name} is up; files in {workdir}")
-        print(f"  lab namespace: nsenter --net={NETNS_RUN_DIR / lab.name}")
-        for name, vm in vms.items():
-            print(
-                f"  {name}: ssh -i {session.key.private_path} -p {vm.host_port(22)} "
-                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1"
-            )
+        topology.apply(lab)
+        print(f"lab {lab.name} is up")
+        print(access.describe(lab), end="")
         print(topology.mermaid(), end="", flush=True)
         signal.signal(signal.SIGTERM, stop)
         try:
