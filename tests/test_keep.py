@@ -1,0 +1,142 @@
+"""--netlab-keep-on-fail and --netlab-pause: a test's lab stays up, reachable with the
+printed commands, until the person goes on; then it is torn down as usual."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_netlab.keep import kept_dir
+from pytest_netlab.netns import NETNS_RUN_DIR
+from pytest_netlab.session import runtime_base
+
+FAILING = """
+def test_broken(netlab):
+    netlab.vm("h1", nics=[netlab.bridge("br1")])
+    netlab.start()
+    assert False, "failed on purpose"
+"""
+
+PASSING = """
+def test_fine(netlab):
+    netlab.vm("h1")
+    netlab.start()
+"""
+
+
+def _inner(pytester: pytest.Pytester, source: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Run *source* as a test file in a new pytest process without a controlling
+    terminal (as in CI, and so that it never waits for Enter on ours)."""
+    path = pytester.makepyfile(source)
+    out = pytester.path / "inner.out"
+    proc = pytester.popen(
+        [sys.executable, "-m", "pytest", "-p", "netlab", "-p", "no:cacheprovider", "-n", "0",
+         "--netlab-accel", "tcg", *args, str(path)],
+        stdout=out.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    return proc, out
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], out: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the inner run ended without keeping its lab:\n{out.read_text()}"
+        assert time.monotonic() < deadline, f"no {path} after {timeout} s:\n{out.read_text()}"
+        time.sleep(0.1)
+
+
+def _stop(proc: subprocess.Popen[bytes], kept: Path) -> None:
+    """Let an inner run go on and tear down (it leaks if killed while holding its lab)."""
+    kept.unlink(missing_ok=True)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)  # pytest tears down on KeyboardInterrupt
+        proc.wait(timeout=60)
+
+
+def _gone(lab: str, port: int) -> None:
+    assert not (NETNS_RUN_DIR / lab).exists()
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+
+
+def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(pytester: pytest.Pytester) -> None:
+    proc, out = _inner(pytester, FAILING, "--netlab-keep-on-fail", "--netlab-keep-timeout", "120")
+    lab = f"netlab-{proc.pid}-1"
+    kept = kept_dir(runtime_base()) / f"{lab}.txt"
+    try:
+        _wait_for(kept, proc, out)
+        text = kept.read_text()
+        ssh_line = re.search(r"^  h1: (ssh .*)$", text, re.M)
+        assert ssh_line, text
+        port = int(re.search(r" -p (\d+) ", ssh_line.group(1)).group(1))  # type: ignore[union-attr]
+        # the command as printed, with the pinned host key: a shell in the kept guest
+        shell = subprocess.run(
+            [*shlex.split(ssh_line.group(1)), "-o", "BatchMode=yes", "hostname"],
+            capture_output=True, text=True, timeout=30, check=False,
+        )
+        assert (shell.returncode, shell.stdout.strip()) == (0, "h1"), shell.stderr
+        namespace = re.search(r"\(or: (ip netns exec \S+) bash\)", text)
+        assert namespace, text
+        bridge = subprocess.run(
+            [*shlex.split(namespace.group(1)), "ip", "-br", "link", "show", "br1"],
+            capture_output=True, text=True, timeout=10, check=False,
+        )
+        assert bridge.stdout.startswith("br1 "), bridge.stderr
+        assert re.search(r"^  h1 console log: \S+console\.log$", text, re.M), text
+        assert "delete " + str(kept) in text
+        assert proc.poll() is None, "the run went on while the lab was kept"
+        kept.unlink()  # the way to go on without a terminal, short of the timeout
+        assert proc.wait(timeout=60) == 1
+    finally:
+        _stop(proc, kept)
+    output = out.read_text()
+    # printed despite capture, with the same text as the file, then the usual failure
+    assert text in output, output
+    assert "failed on purpose" in output
+    _gone(lab, port)
+
+
+def test_pause_without_terminal_goes_on_after_the_timeout(pytester: pytest.Pytester) -> None:
+    started = time.monotonic()
+    proc, out = _inner(pytester, PASSING, "--netlab-pause", "--netlab-keep-timeout", "2")
+    assert proc.wait(timeout=120) == 0, out.read_text()
+    output = out.read_text()
+    lab = f"netlab-{proc.pid}-1"
+    assert f"test_fine passed; its labs are kept up:\nlab {lab};" in output, output
+    assert "or after 2 s" in output and "press Enter" not in output
+    assert time.monotonic() - started > 2
+    assert not (kept_dir(runtime_base()) / f"{lab}.txt").exists()
+    port = int(re.search(r"^  h1: ssh .* -p (\d+) ", output, re.M).group(1))  # type: ignore[union-attr]
+    _gone(lab, port)
+
+
+def test_keep_on_fail_leaves_passing_tests_alone(pytester: pytest.Pytester) -> None:
+    proc, out = _inner(pytester, PASSING, "--netlab-keep-on-fail", "--netlab-keep-timeout", "300")
+    assert proc.wait(timeout=120) == 0, out.read_text()
+    assert "kept up" not in out.read_text()
+
+
+@pytest.mark.parametrize("value", ["0", "-5"])
+def test_keep_timeout_must_be_positive(pytester: pytest.Pytester, value: str) -> None:
+    result = pytester.runpytest_subprocess("-p", "netlab", f"--netlab-keep-timeout={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"ERROR: netlab keep timeout {float(value)!r} is not accepted: *above 0"])
+
+
+def test_keep_timeout_from_ini_is_checked(pytester: pytest.Pytester) -> None:
+    pytester.makeini("[pytest]\nnetlab_keep_timeout = soon\n")
+    result = pytester.runpytest_subprocess("-p", "netlab")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["ERROR: netlab keep timeout 'soon' is not accepted: *"])
+
