@@ -32,13 +32,15 @@ def test_fine(netlab):
 """
 
 
-def _inner(pytester: pytest.Pytester, source: str, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+def _inner(
+    pytester: pytest.Pytester, source: str, *args: str, workers: str = "0"
+) -> tuple[subprocess.Popen[bytes], Path]:
     """Run *source* as a test file in a new pytest process without a controlling
     terminal (as in CI, and so that it never waits for Enter on ours)."""
     path = pytester.makepyfile(source)
     out = pytester.path / "inner.out"
     proc = pytester.popen(
-        [sys.executable, "-m", "pytest", "-p", "netlab", "-p", "no:cacheprovider", "-n", "0",
+        [sys.executable, "-m", "pytest", "-p", "netlab", "-p", "no:cacheprovider", "-n", workers,
          "--netlab-accel", "tcg", *args, str(path)],
         stdout=out.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
@@ -46,17 +48,36 @@ def _inner(pytester: pytest.Pytester, source: str, *args: str) -> tuple[subproce
     return proc, out
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], out: Path, timeout: float = 120) -> None:
+def _wait_for_kept(
+    directory: Path, proc: subprocess.Popen[bytes], out: Path, timeout: float = 120
+) -> Path:
+    """The file of the lab the inner run keeps: its owner is the inner pytest or, under
+    xdist, one of its workers (a child of it)."""
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while True:
+        for path in directory.glob("netlab-*-*.txt"):
+            owner = int(path.name.split("-")[1])
+            if owner == proc.pid or _parent(owner) == proc.pid:
+                return path
         assert proc.poll() is None, f"the inner run ended without keeping its lab:\n{out.read_text()}"
-        assert time.monotonic() < deadline, f"no {path} after {timeout} s:\n{out.read_text()}"
+        assert time.monotonic() < deadline, f"nothing kept after {timeout} s:\n{out.read_text()}"
         time.sleep(0.1)
 
 
-def _stop(proc: subprocess.Popen[bytes], kept: Path) -> None:
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _stop(proc: subprocess.Popen[bytes], directory: Path) -> None:
     """Let an inner run go on and tear down (it leaks if killed while holding its lab)."""
-    kept.unlink(missing_ok=True)
+    if proc.poll() is None:
+        for path in directory.glob("netlab-*-*.txt"):
+            owner = int(path.name.split("-")[1])
+            if owner == proc.pid or _parent(owner) == proc.pid:
+                path.unlink(missing_ok=True)
     try:
         proc.wait(timeout=60)
     except subprocess.TimeoutExpired:
@@ -70,12 +91,17 @@ def _gone(lab: str, port: int) -> None:
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
 
-def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(pytester: pytest.Pytester) -> None:
-    proc, out = _inner(pytester, FAILING, "--netlab-keep-on-fail", "--netlab-keep-timeout", "120")
-    lab = f"netlab-{proc.pid}-1"
-    kept = kept_dir(runtime_base()) / f"{lab}.txt"
+@pytest.mark.parametrize("workers", ["0", "1"], ids=["no-xdist", "xdist-worker"])
+def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(
+    pytester: pytest.Pytester, workers: str
+) -> None:
+    proc, out = _inner(
+        pytester, FAILING, "--netlab-keep-on-fail", "--netlab-keep-timeout", "120", workers=workers
+    )
+    directory = kept_dir(runtime_base())
     try:
-        _wait_for(kept, proc, out)
+        kept = _wait_for_kept(directory, proc, out)
+        lab = kept.stem
         text = kept.read_text()
         ssh_line = re.search(r"^  h1: (ssh .*)$", text, re.M)
         assert ssh_line, text
@@ -99,7 +125,7 @@ def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(pytester:
         kept.unlink()  # the way to go on without a terminal, short of the timeout
         assert proc.wait(timeout=60) == 1
     finally:
-        _stop(proc, kept)
+        _stop(proc, directory)
     output = out.read_text()
     # printed despite capture, with the same text as the file, then the usual failure
     assert text in output, output
