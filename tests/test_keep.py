@@ -3,6 +3,8 @@ printed commands, until the person goes on; then it is torn down as usual."""
 
 from __future__ import annotations
 
+import os
+import pty
 import re
 import shlex
 import signal
@@ -33,17 +35,20 @@ def test_fine(netlab):
 
 
 def _inner(
-    pytester: pytest.Pytester, source: str, *args: str, workers: str = "0"
+    pytester: pytest.Pytester, source: str, *args: str, workers: str = "0", terminal: str | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """Run *source* as a test file in a new pytest process without a controlling
-    terminal (as in CI, and so that it never waits for Enter on ours)."""
+    terminal (as in CI, and so that it never waits for Enter on ours), or with the
+    pseudo-terminal *terminal* as its controlling terminal."""
     path = pytester.makepyfile(source)
     out = pytester.path / "inner.out"
     proc = pytester.popen(
         [sys.executable, "-m", "pytest", "-p", "netlab", "-p", "no:cacheprovider", "-n", workers,
          "--netlab-accel", "tcg", *args, str(path)],
         stdout=out.open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        start_new_session=True,
+        start_new_session=True,  # a session of its own, without our terminal
+        # opening a terminal in a new session makes it the session's controlling terminal
+        preexec_fn=(lambda: os.close(os.open(terminal, os.O_RDWR))) if terminal else None,
     )
     return proc, out
 
@@ -131,6 +136,30 @@ def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(
     assert text in output, output
     assert "failed on purpose" in output
     _gone(lab, port)
+
+
+def test_enter_on_the_terminal_ends_the_pause(pytester: pytest.Pytester) -> None:
+    master, slave = pty.openpty()
+    try:
+        proc, out = _inner(
+            pytester, PASSING, "--netlab-pause", "--netlab-keep-timeout", "120",
+            terminal=os.ttyname(slave),
+        )
+        directory = kept_dir(runtime_base())
+        try:
+            kept = _wait_for_kept(directory, proc, out)
+            assert "when you press Enter here, delete " in kept.read_text()
+            time.sleep(0.5)
+            assert proc.poll() is None, "the run went on before Enter"
+            os.write(master, b"\n")
+            assert proc.wait(timeout=60) == 0, out.read_text()
+        finally:
+            _stop(proc, directory)
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert not kept.exists()
+    assert not (NETNS_RUN_DIR / kept.stem).exists()
 
 
 def test_pause_without_terminal_goes_on_after_the_timeout(pytester: pytest.Pytester) -> None:
