@@ -211,10 +211,14 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     """With --netlab-keep-on-fail (a failed test) or --netlab-pause, the test's labs stay
     up, before any fixture is torn down, until the person looking at them goes on."""
     policy = item.config.stash.get(_KEEP_KEY, None)
-    if policy is not None and (policy.pause or (policy.on_fail and item.stash.get(_FAILED_KEY, False))):
+    failed = item.stash.get(_FAILED_KEY, False)
+    if policy is not None and (policy.pause or (policy.on_fail and failed)):
         labs = [lab for lab in open_labs() if lab.namespace.created]
         if labs:
-            _hold(item, labs, policy.timeout, "failed" if item.stash.get(_FAILED_KEY, False) else "passed")
+            try:
+                _hold(item, labs, policy.timeout, "failed" if failed else "passed")
+            except Exception:  # holding must never keep the labs from their teardown
+                log.exception("netlab: keeping the labs of %s failed", item.nodeid)
     return (yield)
 
 
