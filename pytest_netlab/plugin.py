@@ -72,8 +72,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--netlab-keep-on-fail", action="store_true", default=False,
         help="keep a failed test's labs running, print how to reach each guest (also written "
-        "to a file under /run/netlab/kept/), and go on to tear them down on Enter, when that "
-        "file is deleted, or after --netlab-keep-timeout (default: off)",
+        "to a file in the kept/ directory of the runtime dir, /run/netlab as root), and go "
+        "on to tear them down on Enter, when that file is deleted, or after "
+        "--netlab-keep-timeout (default: off)",
     )
     group.addoption(
         "--netlab-pause", action="store_true", default=False,
