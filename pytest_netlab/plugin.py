@@ -236,7 +236,7 @@ def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> N
             terminal=terminal_fd is not None,
         )
         capman = config.pluginmanager.getplugin("capturemanager")
-        with capman.global_and_fixture_disabled() if capman else _nothing():
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
             if worker:  # the controller reads the workers' stdout; their stderr is the user's
                 sys.stderr.write("\n" + hold.text)
                 sys.stderr.flush()
@@ -249,11 +249,6 @@ def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> N
     finally:
         if terminal_fd is not None:
             os.close(terminal_fd)
-
-
-@contextlib.contextmanager
-def _nothing() -> Iterator[None]:
-    yield
 
 
 @pytest.fixture
