@@ -1,8 +1,10 @@
 """Removing what dead pytest-netlab runs left behind, and never what a live run owns.
 
 Every resource carries its owner's pid: namespaces are ``netlab-<pid>-<n>``, runtime
-directories ``<pid>-*`` under the runtime base, and QEMU processes and lab daemons have
-``NETLAB_OWNER=<pid>`` in their environment. An owner is dead when no process has its
+directories ``<pid>-*`` under the runtime base, files about a lab there
+``labs/<namespace>.json`` (a detached lab's state) and ``kept/<namespace>.txt`` (a kept
+lab's text), and QEMU processes and lab daemons have ``NETLAB_OWNER=<pid>`` in their
+environment. An owner is dead when no process has its
 pid, or when the process that has it now started after the resource was last changed
 (the pid was reused: the real owner made or touched the resource while it lived).
 """
@@ -87,15 +89,17 @@ class CleanupReport:
     namespaces: list[str] = field(default_factory=list)
     processes: list[str] = field(default_factory=list)
     directories: list[str] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
     def __bool__(self) -> bool:
-        return bool(self.namespaces or self.processes or self.directories)
+        return bool(self.namespaces or self.processes or self.directories or self.files)
 
     def lines(self) -> list[str]:
         return (
             [f"killed process {p}" for p in self.processes]
             + [f"removed namespace {n}" for n in self.namespaces]
             + [f"removed directory {d}" for d in self.directories]
+            + [f"removed file {f}" for f in self.files]
         )
 
 
@@ -166,6 +170,16 @@ def remove_leftovers(runtime_base: Path | None = None, *, dry_run: bool = False)
                 report.directories.append(str(directory))
                 if not dry_run:
                     shutil.rmtree(directory, ignore_errors=True)
+        # state of detached labs (labs/<lab>.json) and texts of kept labs (kept/<lab>.txt)
+        for subdirectory in ("labs", "kept"):
+            for path in sorted((runtime_base / subdirectory).glob("*.*")):
+                match = _NS_NAME.match(path.name.split(".")[0])
+                if not match or int(match["pid"]) == me:
+                    continue
+                if not owner_alive(int(match["pid"]), _changed_at(path)):
+                    report.files.append(str(path))
+                    if not dry_run:
+                        path.unlink(missing_ok=True)
     for line in report.lines():
         log.info("cleanup: %s", line)
     return report

@@ -60,11 +60,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
+    from . import access
+    from .detached import DetachedLab
     from .labspec import Topology
-    from .netns import NETNS_RUN_DIR
-    from .session import NetlabSession
+    from .session import NetlabSession, runtime_base
 
-    topology = Topology.from_toml(Path(args.topology))
+    topology = Topology.from_toml(Path(args.topology))  # bad input: said before a fork
+    if args.detach:
+        return _detach(args)
     session = NetlabSession(accel_request=args.accel)
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="netlab-up-"))
 
@@ -76,20 +79,22 @@ def _cmd_up(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C
 
     lab = session.new_lab(workdir)
+    state: Path | None = None
     try:
         print(f"netlab: bringing up {args.topology} ({session.accel})", flush=True)
-        vms = topology.apply(lab)
-        print(f"lab {lab.name} is up; files in {workdir}")
-        print(f"  lab namespace: nsenter --net={NETNS_RUN_DIR / lab.name}")
-        for name, vm in vms.items():
-            print(
-                f"  {name}: ssh -i {session.key.private_path} -p {vm.host_port(22)} "
-                "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1"
-            )
-        print(topology.mermaid(), end="", flush=True)
+        topology.apply(lab)
+        text = f"lab {lab.name} is up\n{access.describe(lab)}"
+        print(text + topology.mermaid(), end="", flush=True)
         signal.signal(signal.SIGTERM, stop)
         try:
-            if args.hold is not None:
+            if args.ready_fd is not None:  # the background half of --detach
+                state = DetachedLab(
+                    lab.name, owner, str(Path(args.topology).resolve()), str(workdir), text
+                ).save(runtime_base())
+                _report_ready(args.ready_fd, "ok", text)
+                while True:
+                    signal.pause()
+            elif args.hold is not None:
                 time.sleep(args.hold)
             elif sys.stdin.isatty():
                 input("press Enter (or Ctrl-C) to tear the lab down\n")
@@ -98,11 +103,94 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 signal.pause()
         except (KeyboardInterrupt, EOFError):
             pass
+    except NetlabError as exc:
+        if args.ready_fd is not None:
+            _report_ready(args.ready_fd, "error", str(exc))
+        raise
     finally:
         lab.close()
         session.close()
+        if state is not None:
+            state.unlink(missing_ok=True)
         print(f"lab {lab.name} is down", flush=True)
     return 0
+
+
+def _report_ready(fd: int, status: str, text: str) -> None:
+    """The background ``netlab up`` tells the foreground one how bring-up went."""
+    import os
+
+    with os.fdopen(fd, "w") as pipe:
+        pipe.write(f"{status}\n{text}")
+
+
+def _detach(args: argparse.Namespace) -> int:
+    """Start ``netlab up`` again in the background, in a session of its own (no
+    terminal, not killed with this shell), and return once its lab is up."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="netlab-up-")).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    log_path = workdir / "netlab-up.log"
+    read_end, write_end = os.pipe()
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "pytest_netlab.cli", "up", str(Path(args.topology).resolve()),
+             "--accel", args.accel, "--workdir", str(workdir), "--ready-fd", str(write_end)],
+            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+            pass_fds=(write_end,), start_new_session=True, cwd="/",
+        )
+    os.close(write_end)
+    with os.fdopen(read_end) as pipe:
+        answer = pipe.read()  # until the background process has reported and closed it
+    status, _, text = answer.partition("\n")
+    if status != "ok":
+        proc.wait()
+        log_tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-20:])
+        print(f"netlab: the lab did not come up: {text or log_tail}\n(log: {log_path})", file=sys.stderr)
+        return 1
+    proc.returncode = 0  # it lives on by design: no "still running" warning for it
+    name = text.split()[1]
+    print(text, end="")
+    print(f"the lab runs in the background (pid {proc.pid}, log {log_path}); "
+          f"tear it down with: netlab down {name}", flush=True)
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from .detached import detached_labs, find, take_down
+    from .errors import ConfigError
+    from .session import runtime_base
+
+    if not args.timeout > 0:
+        raise ConfigError(f"netlab down --timeout {args.timeout:g} is not accepted: give seconds above 0")
+    base = runtime_base()
+    if args.all:
+        labs = detached_labs(base)
+        if not labs:
+            print("no detached labs")
+    elif args.name is not None:
+        labs = [find(base, args.name)]
+    else:
+        labs = detached_labs(base)
+        if not labs:
+            raise ConfigError("no detached labs to tear down (netlab up --detach makes them)")
+        if len(labs) != 1:
+            raise ConfigError(
+                f"{len(labs)} detached labs ({', '.join(lab.name for lab in labs)}): "
+                "name the one to tear down, or give --all"
+            )
+    failures = []
+    for lab in labs:
+        try:
+            print(take_down(base, lab, timeout=args.timeout), flush=True)
+        except NetlabError as exc:
+            failures.append(exc)
+            print(f"netlab: {exc}", file=sys.stderr)
+    return 1 if failures else 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -127,9 +215,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("topology", help="a TOML topology file (see docs/topology.md)")
     up.add_argument("--accel", choices=("auto", "kvm", "tcg"), default="auto", help="default: auto")
     up.add_argument("--workdir", help="where consoles and logs go (default: a new temporary directory)")
-    up.add_argument("--hold", type=float, metavar="SECONDS",
-                    help="tear down after SECONDS instead of waiting for Enter or a signal")
+    how_long = up.add_mutually_exclusive_group()
+    how_long.add_argument("--hold", type=float, metavar="SECONDS",
+                          help="tear down after SECONDS instead of waiting for Enter or a signal")
+    how_long.add_argument("--detach", action="store_true",
+                          help="leave the lab running in the background and return; "
+                          "tear it down with netlab down")
+    up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # --detach's background half
     up.set_defaults(func=_cmd_up)
+    down = sub.add_parser("down", help="tear down a lab left running by netlab up --detach")
+    which = down.add_mutually_exclusive_group()
+    which.add_argument("name", nargs="?", help="the lab's name, as netlab up printed it "
+                       "(default: the only detached lab)")
+    which.add_argument("--all", action="store_true", help="every detached lab")
+    down.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                      help="how long to wait for a lab's teardown (default 60)")
+    down.set_defaults(func=_cmd_down)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

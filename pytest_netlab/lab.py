@@ -241,6 +241,43 @@ class VM:
         self.log.info("guest port %d forwarded from 127.0.0.1:%d", guest_port, port)
         return port
 
+    def remove_forward(self, guest_port: int | None = None, *, host_port: int | None = None) -> None:
+        """Remove a forward made by :meth:`forward_port`, named by its *guest_port* or by
+        its *host_port* (exactly one); the host port no longer accepts connections.
+
+        Raises:
+            ConfigError: neither or both given, a port out of range, no such forward, or
+                the SSH port (the lab's own channel to the guest).
+            LabError: the guest is not started.
+            QemuError: QEMU refused to remove it.
+        """
+        if (guest_port is None) == (host_port is None):
+            raise ConfigError(
+                f"{self.name}.remove_forward(guest_port={guest_port!r}, host_port={host_port!r}): "
+                "give exactly one of guest_port and host_port"
+            )
+        if self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        forwards = self.machine.host_forwards()  # guest port -> host port
+        if guest_port is not None:
+            validation.int_in_range(guest_port, 1, 65535, what="guest port")
+            found = forwards.get(guest_port)
+            what = f"guest port {guest_port}"
+        else:
+            validation.int_in_range(host_port, 1, 65535, what="host port")
+            found = host_port if host_port in forwards.values() else None
+            what = f"host port {host_port}"
+        listing = ", ".join(f"{h} -> {g}" for g, h in sorted(forwards.items())) or "none"
+        if found is None:
+            raise ConfigError(f"{self.name}: {what} is not forwarded; forwards (host -> guest): {listing}")
+        if found == forwards.get(22):
+            raise ConfigError(
+                f"{self.name}: {what} is the SSH forward the lab uses to reach the guest; "
+                "it cannot be removed"
+            )
+        self.machine.remove_host_forward(found)
+        self.log.info("forward from 127.0.0.1:%d removed (%s)", found, what)
+
     def host_port(self, guest_port: int = 22) -> int:
         """The port on 127.0.0.1 of the host that is forwarded to *guest_port* of the guest.
 

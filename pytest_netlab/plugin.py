@@ -6,16 +6,21 @@ The work is done in plain modules that know nothing of pytest (:mod:`.lab`,
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import shutil
+import sys
 from collections.abc import Generator, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from . import artifacts
+from . import access, artifacts
 from .accel import ACCEL_CHOICES
 from .errors import NetlabError
+from .keep import DEFAULT_KEEP_TIMEOUT, Hold, kept_dir, open_terminal
 from .lab import BOOT_MODES, Lab, open_labs
 from .pcap import PCAP_MODES
 from .session import LabFactory, NetlabSession, runtime_base
@@ -24,6 +29,16 @@ log = logging.getLogger(__name__)
 
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
+_KEEP_KEY = pytest.StashKey["KeepPolicy"]()
+
+
+@dataclass(frozen=True)
+class KeepPolicy:
+    """--netlab-keep-on-fail, --netlab-pause and --netlab-keep-timeout."""
+
+    on_fail: bool
+    pause: bool
+    timeout: float
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -54,10 +69,31 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "failed test (on-failure, the value when none is given) or of every test (always); "
         "write --netlab-pcap=MODE when test paths follow it (default: off)",
     )
+    group.addoption(
+        "--netlab-keep-on-fail", action="store_true", default=False,
+        help="keep a failed test's labs running, print how to reach each guest (also written "
+        "to a file in the kept/ directory of the runtime dir, /run/netlab as root), and go "
+        "on to tear them down on Enter, when that file is deleted, or after "
+        "--netlab-keep-timeout (default: off)",
+    )
+    group.addoption(
+        "--netlab-pause", action="store_true", default=False,
+        help="the same after every test that has a lab, failed or not (default: off)",
+    )
+    group.addoption(
+        "--netlab-keep-timeout", type=float, default=None, metavar="SECONDS",
+        help="how long a kept or paused lab stays up without Enter "
+        f"(default: ini netlab_keep_timeout, else {DEFAULT_KEEP_TIMEOUT:g})",
+    )
     parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
     parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
     parser.addini(
         "netlab_boot_timeout", "seconds a guest may take to answer SSH (default 120)", default="120"
+    )
+    parser.addini(
+        "netlab_keep_timeout",
+        f"seconds a kept or paused lab stays up without Enter (default {DEFAULT_KEEP_TIMEOUT:g})",
+        default=f"{DEFAULT_KEEP_TIMEOUT:g}",
     )
     parser.addini(
         "netlab_command_timeout", "default timeout of vm.ssh() in seconds (default 60)", default="60"
@@ -76,8 +112,12 @@ def pytest_configure(config: pytest.Config) -> None:
             f"netlab_boot = {boot!r} is not accepted: use one of {', '.join(BOOT_MODES)}"
         )
     timeouts = {}
-    for name, option in (("boot", "--netlab-boot-timeout"), ("command", None)):
-        raw = (config.getoption(option) if option else None) or config.getini(f"netlab_{name}_timeout")
+    for name, option in (
+        ("boot", "--netlab-boot-timeout"), ("command", None), ("keep", "--netlab-keep-timeout"),
+    ):
+        raw = config.getoption(option) if option else None
+        if raw is None:  # an explicit 0 is refused below, not replaced by the ini value
+            raw = config.getini(f"netlab_{name}_timeout")
         try:
             timeouts[name] = float(raw)
             if timeouts[name] <= 0:
@@ -90,6 +130,10 @@ def pytest_configure(config: pytest.Config) -> None:
         # the xdist controller or a plain run: workers' labs are not made yet, and every
         # other live run keeps its resources (their owners are alive)
         _remove_leftovers()
+    config.stash[_KEEP_KEY] = KeepPolicy(
+        on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
+        timeout=timeouts["keep"],
+    )
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
         command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
@@ -161,6 +205,50 @@ def pytest_runtest_makereport(
                 log.exception("netlab: capturing evidence failed")
                 report.sections.append(("netlab artifacts", f"capturing evidence failed: {exc!r}"))
     return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None]:
+    """With --netlab-keep-on-fail (a failed test) or --netlab-pause, the test's labs stay
+    up, before any fixture is torn down, until the person looking at them goes on."""
+    policy = item.config.stash.get(_KEEP_KEY, None)
+    failed = item.stash.get(_FAILED_KEY, False)
+    if policy is not None and (policy.pause or (policy.on_fail and failed)):
+        labs = [lab for lab in open_labs() if lab.namespace.created]
+        if labs:
+            try:
+                _hold(item, labs, policy.timeout, "failed" if failed else "passed")
+            except Exception:  # holding must never keep the labs from their teardown
+                log.exception("netlab: keeping the labs of %s failed", item.nodeid)
+    return (yield)
+
+
+def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> None:
+    config = item.config
+    worker = hasattr(config, "workerinput")  # an xdist worker has no terminal of its own
+    terminal_fd = None if worker else open_terminal()
+    try:
+        body = f"netlab: {item.nodeid} {outcome}; its labs are kept up:\n" + "".join(
+            access.describe(lab) for lab in labs
+        )
+        hold = Hold.write(
+            kept_dir(runtime_base()), [lab.name for lab in labs], body, timeout,
+            terminal=terminal_fd is not None,
+        )
+        capman = config.pluginmanager.getplugin("capturemanager")
+        with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+            if worker:  # the controller reads the workers' stdout; their stderr is the user's
+                sys.stderr.write("\n" + hold.text)
+                sys.stderr.flush()
+            else:
+                writer = config.get_terminal_writer()
+                writer.line()
+                writer.write(hold.text, flush=True)
+            reason = hold.wait(terminal_fd)
+        log.info("netlab: holding %s ended (%s)", ", ".join(lab.name for lab in labs), reason)
+    finally:
+        if terminal_fd is not None:
+            os.close(terminal_fd)
 
 
 @pytest.fixture

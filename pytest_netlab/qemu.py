@@ -425,6 +425,19 @@ class QemuMachine:
             raise QemuError(f"{self.name}: no forward of guest port {guest_port} after hostfwd_add")
         return forwards[guest_port]
 
+    def remove_host_forward(self, host_port: int) -> None:
+        """Remove the forward from 127.0.0.1:*host_port* to the guest's management NIC.
+
+        Raises:
+            QemuError: QEMU refused, or the forward is still there afterwards.
+            GuestGoneError: QEMU is not running.
+        """
+        answer = self.hmp(f"hostfwd_remove mgmt tcp:127.0.0.1:{host_port}").strip()
+        if "removed" not in answer:  # HMP answers "host forwarding rule for ... removed"
+            raise QemuError(f"{self.name}: removing the forward of host port {host_port}: {answer}")
+        if host_port in self.host_forwards().values():
+            raise QemuError(f"{self.name}: host port {host_port} still forwarded after hostfwd_remove")
+
     # -- serial console commands ------------------------------------------------------
     def console_run(self, command: str, timeout: float) -> tuple[int, str]:
         """Run *command* in the root shell on the guest's serial console (see the image's

@@ -50,7 +50,13 @@ def _serve(sock: socket.socket, seen: list[str]) -> None:
     for request in _requests(sock):
         seen.append(request["execute"])
         if request["execute"] == "human-monitor-command":
-            reply: dict[str, object] = {"return": USERNET}
+            line = request["arguments"]["command-line"]
+            if line.startswith("hostfwd_remove"):  # as QEMU 7.2 answers a rule it lacks
+                reply: dict[str, object] = {
+                    "return": f"host forwarding rule for {line.split()[-1]} not found\r\n"
+                }
+            else:
+                reply = {"return": USERNET}
         elif request["execute"] == "query-status":
             reply = {"error": {"class": "GenericError", "desc": "fake failure"}}
         else:
@@ -83,6 +89,15 @@ def test_forwarded_ports_are_read_from_info_usernet(machine):
     m, seen = machine
     assert m.host_forwards() == {22: 37617, 80: 41005}
     assert seen == ["qmp_capabilities", "human-monitor-command"]
+
+
+def test_a_refused_forward_removal_says_what_qemu_answered(machine):
+    m, _ = machine
+    with pytest.raises(
+        QemuError, match=r"^fake: removing the forward of host port 41005: host forwarding rule "
+        r"for tcp:127\.0\.0\.1:41005 not found$"
+    ):
+        m.remove_host_forward(41005)
 
 
 def test_a_qmp_error_names_the_command(machine):
