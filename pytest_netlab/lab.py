@@ -95,6 +95,13 @@ class Bridge:
         return f"<Bridge {self.name} of {self.lab.name}>"
 
 
+def _check_remote_path(remote: object) -> None:
+    if not isinstance(remote, str) or not remote or "\0" in remote:
+        raise ConfigError(
+            f"remote path {remote!r} is not accepted: give a path in the guest, e.g. '/tmp/file'"
+        )
+
+
 class VM:
     """A guest of the lab. Usable once ``lab.start()`` has returned."""
 
@@ -319,36 +326,37 @@ class VM:
 
     # -- files ------------------------------------------------------------------------
     def put(self, local: str | Path, remote: str, *, mode: int | None = None, timeout: float = 60.0) -> None:
-        """Copy the local file *local* to path *remote* in the guest.
-
-        The image has no SFTP server, so the bytes go through ``cat`` on an SSH exec
-        channel (binary-safe).
+        """Copy the local file *local* to path *remote* in the guest (over SFTP, on the
+        guest's SSH connection); with *mode* (e.g. ``0o600``) the file has that mode
+        before its first byte is written.
 
         Raises:
-            OSError: *local* cannot be read.
-            CommandError: the guest could not write *remote*.
+            ConfigError: *remote* is not a path, or *mode* is not a file mode.
+            TransferError: *local* cannot be read, or the guest cannot write *remote*
+                (the message names the path); a :class:`CommandError`.
+            SSHError: the connection is gone.
         """
-        data = Path(local).read_bytes()
-        command = f"cat > {shlex.quote(remote)}"
-        if mode is not None:
-            command += f" && chmod {mode:o} {shlex.quote(remote)}"
-        status, _, err, _ = self._session().run_bytes(command, timeout=timeout, stdin=data)
-        if status != 0:
-            raise CommandError(self.name, command, status, "", err.decode(errors="replace"))
+        _check_remote_path(remote)
+        if mode is not None and (
+            isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
+        ):
+            raise ConfigError(
+                f"mode {mode!r} is not accepted: give a file mode from 0o0 to 0o7777, e.g. 0o644"
+            )
+        self._session().put_file(Path(local), remote, mode=mode, timeout=timeout)
 
     def get(self, remote: str, local: str | Path, *, timeout: float = 60.0) -> Path:
-        """Copy the guest's file *remote* to *local* (a file path); return *local*.
+        """Copy the guest's file *remote* to *local* (a file path; over SFTP); return *local*.
 
         Raises:
-            CommandError: the guest could not read *remote*.
-            OSError: *local* cannot be written.
+            ConfigError: *remote* is not a path.
+            TransferError: the guest cannot read *remote*, or *local* cannot be written
+                (e.g. its directory does not exist); the message names the path.
+            SSHError: the connection is gone.
         """
-        command = f"cat -- {shlex.quote(remote)}"
-        status, out, err, _ = self._session().run_bytes(command, timeout=timeout)
-        if status != 0:
-            raise CommandError(self.name, command, status, "", err.decode(errors="replace"))
+        _check_remote_path(remote)
         path = Path(local)
-        path.write_bytes(out)
+        self._session().get_file(remote, path, timeout=timeout)
         return path
 
     # -- links ------------------------------------------------------------------------

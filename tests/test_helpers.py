@@ -3,11 +3,13 @@ impairment and packet capture."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import time
 
 import pytest
 
-from pytest_netlab import CommandError, ConfigError, WaitTimeout
+from pytest_netlab import CommandError, ConfigError, TransferError, WaitTimeout
 from pytest_netlab.pcap import read_pcap
 
 
@@ -51,10 +53,54 @@ def test_put_and_get_copy_binary_files_both_ways(netlab, tmp_path):
     vm.put(tmp_path / "up.bin", "/tmp/copy.bin", mode=0o600)
     assert vm.ssh("stat -c '%s %a' /tmp/copy.bin").stdout.split() == [str(len(data)), "600"]
     assert vm.get("/tmp/copy.bin", tmp_path / "down.bin").read_bytes() == data
-    with pytest.raises(CommandError, match="cat -- /no/such/file"):
+    with pytest.raises(CommandError, match="/no/such/file"):
         vm.get("/no/such/file", tmp_path / "never")
     with pytest.raises(CommandError, match="/no/such/dir/f"):
         vm.put(tmp_path / "up.bin", "/no/such/dir/f")
+
+
+def test_put_and_get_over_sftp_keep_large_files_intact_and_name_the_failing_path(netlab, tmp_path):
+    vm = netlab.vm("h1")
+    netlab.start()
+    data = os.urandom(4 * 1024 * 1024 + 17)
+    (tmp_path / "big.bin").write_bytes(data)
+    started = time.monotonic()
+    vm.put(tmp_path / "big.bin", "/tmp/big.bin", mode=0o640)
+    vm.get("/tmp/big.bin", tmp_path / "back.bin")
+    elapsed = time.monotonic() - started
+    digest = hashlib.sha256(data).hexdigest()
+    assert vm.ssh("sha256sum /tmp/big.bin; stat -c %a /tmp/big.bin").stdout.split() == [
+        digest, "/tmp/big.bin", "640",
+    ]
+    assert hashlib.sha256((tmp_path / "back.bin").read_bytes()).hexdigest() == digest
+    assert elapsed < 20, f"8 MiB over SFTP took {elapsed:.1f} s"
+    # an empty file, and a mode change on an existing one
+    (tmp_path / "empty").write_bytes(b"")
+    vm.put(tmp_path / "empty", "/tmp/big.bin", mode=0o600)
+    assert vm.ssh("stat -c '%s %a' /tmp/big.bin").stdout.split() == ["0", "600"]
+    assert vm.get("/tmp/big.bin", tmp_path / "empty.back").read_bytes() == b""
+
+    with pytest.raises(TransferError, match=r"h1: get /no/such/file -> .*: /no/such/file: No such file") as info:
+        vm.get("/no/such/file", tmp_path / "never")
+    assert isinstance(info.value, CommandError) and info.value.path == "/no/such/file"
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(TransferError, match=r": /tmp: is a directory"):
+        vm.get("/tmp", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(TransferError, match=rf": {tmp_path}/missing-dir: no such local directory"):
+        vm.get("/tmp/big.bin", tmp_path / "missing-dir" / "f")
+    with pytest.raises(TransferError, match=rf": {tmp_path}/absent: No such file or directory"):
+        vm.put(tmp_path / "absent", "/tmp/x")
+    with pytest.raises(TransferError, match=r": /no/such/dir/f: No such file"):
+        vm.put(tmp_path / "empty", "/no/such/dir/f")
+    with pytest.raises(ConfigError, match=r"mode '644' is not accepted: give a file mode from 0o0 to 0o7777"):
+        vm.put(tmp_path / "empty", "/tmp/x", mode="644")
+    # the SFTP session survives its errors and is one per connection
+    vm.put(tmp_path / "empty", "/tmp/after-errors")
+    assert vm.ssh("test -e /tmp/after-errors").ok
+    assert [r.command.split()[:2] for r in vm.history if r.command.startswith("sftp")][:2] == [
+        ["sftp", "put"], ["sftp", "get"],
+    ]
 
 
 def test_pulling_the_cable_is_seen_as_carrier_loss(netlab):
