@@ -25,8 +25,8 @@ from typing import Any
 from . import validation
 from .errors import CommandError, ConfigError, GuestGoneError, LabError, NetlabError
 from .image import GuestImage
-from .impairment import Impairment
-from .netns import HostCommandResult, LabNamespace
+from .impairment import Impairment, Where
+from .netns import HostCommandResult, LabNamespace, host_has_qdisc
 from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
 from .ping import PingResult, parse_ping
 from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
@@ -116,6 +116,7 @@ class VM:
         self._ssh: SSHSession | None = None
         self._console_ready = False  # a guest without network: booted, console only
         self.impairments: dict[int, Impairment] = {}
+        self._impaired_at: dict[int, str] = {}  # NIC index -> "tap" or "guest", as set now
         self.log = log.getChild(spec.name)
 
     # -- state ------------------------------------------------------------------------
@@ -397,18 +398,28 @@ class VM:
 
     def impair(
         self, nic: int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
-        loss_percent: float = 0, rate_kbit: int | None = None,
+        loss_percent: float = 0, rate_kbit: int | None = None, where: Where = "auto",
     ) -> Impairment:
-        """Delay, jitter, drop or rate-limit what the guest sends on a lab NIC (a netem
-        qdisc on its ``ethN``). Call it before ``start()`` to have it from the first
-        packet, or any time after to change it; all defaults remove it.
+        """Delay, jitter, drop or rate-limit the traffic of a lab NIC. Call it before
+        ``start()`` to have it from the first packet, or any time after to change it;
+        all defaults remove it.
+
+        *where* says which side of the link gets the qdisc, and so which direction
+        suffers: ``"tap"``, on the NIC's TAP in the lab namespace, shapes the traffic
+        going **to** the guest; ``"guest"``, a netem qdisc on ``ethN`` in the guest,
+        the traffic coming **from** the guest; ``"auto"`` takes the TAP when the host
+        kernel has the qdisc needed (netem for delay, jitter and loss, tbf for a rate
+        alone), else the guest. The returned :class:`Impairment` says where it went.
 
         Raises:
-            ConfigError: no such NIC, or a value out of range.
+            ConfigError: no such NIC, a value out of range, an unknown *where*, or
+                ``where="tap"`` for delay, jitter or loss on a host without netem.
+            NamespaceError: the kernel refused the qdisc on the TAP.
             CommandError: ``tc`` in the guest refused it.
         """
         index = self.nic_index(nic)
-        impairment = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit).validated()
+        wanted = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit, where).validated()
+        impairment = wanted.placed(host_has_qdisc)
         previous = self.impairments.get(index)
         self.impairments[index] = impairment
         if self.started and not (impairment.none and (previous is None or previous.none)):
@@ -416,11 +427,27 @@ class VM:
         return impairment
 
     def _apply_impairment(self, index: int, impairment: Impairment) -> None:
-        argv = impairment.tc_argv(f"eth{index}")
-        command = shlex.join(argv)
-        if impairment.none:
-            command += " 2>/dev/null || true"  # nothing to remove is fine
-        self.ssh(command)
+        applied = self._impaired_at.get(index)
+        target = None if impairment.none else impairment.where
+        if applied is not None and applied != target:
+            self._remove_impairment(index, applied)
+        if target == "tap":
+            qdisc = impairment.tap_qdisc()
+            assert qdisc is not None  # not none, so there is a qdisc to set
+            self.lab.namespace.set_root_qdisc(self.taps[index], *qdisc)
+        elif target == "guest":
+            self.ssh(shlex.join(impairment.tc_argv(f"eth{index}")))
+        if target is None:
+            self._impaired_at.pop(index, None)
+        else:
+            self._impaired_at[index] = target
+
+    def _remove_impairment(self, index: int, where: str) -> None:
+        if where == "tap":
+            self.lab.namespace.remove_root_qdisc(self.taps[index])
+        else:
+            self.ssh(shlex.join(Impairment().tc_argv(f"eth{index}")) + " 2>/dev/null || true")
+        self._impaired_at.pop(index, None)
 
     def set_sysctl(self, key: str, value: str | int) -> None:
         if not key.replace(".", "").replace("_", "").replace("/", "").replace("-", "").isalnum():
