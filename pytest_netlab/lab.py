@@ -95,6 +95,12 @@ class Bridge:
         return f"<Bridge {self.name} of {self.lab.name}>"
 
 
+def _local_path(local: object) -> Path:
+    if not isinstance(local, (str, os.PathLike)) or not str(local):
+        raise ConfigError(f"local path {local!r} is not accepted: give a str or a pathlib.Path")
+    return Path(local)
+
+
 def _check_remote_path(remote: object) -> None:
     if not isinstance(remote, str) or not remote or "\0" in remote:
         raise ConfigError(
@@ -332,7 +338,7 @@ class VM:
         before its first byte is written.
 
         Raises:
-            ConfigError: *remote* is not a path, or *mode* is not a file mode.
+            ConfigError: *local* or *remote* is not a path, or *mode* is not a file mode.
             TransferError: *local* cannot be read, or the guest cannot write *remote*
                 (the message names the path); a :class:`CommandError`.
             SSHError: the connection is gone.
@@ -344,19 +350,19 @@ class VM:
             raise ConfigError(
                 f"mode {mode!r} is not accepted: give a file mode from 0o0 to 0o7777, e.g. 0o644"
             )
-        self._session().put_file(Path(local), remote, mode=mode, timeout=timeout)
+        self._session().put_file(_local_path(local), remote, mode=mode, timeout=timeout)
 
     def get(self, remote: str, local: str | Path, *, timeout: float = 60.0) -> Path:
         """Copy the guest's file *remote* to *local* (a file path; over SFTP); return *local*.
 
         Raises:
-            ConfigError: *remote* is not a path.
+            ConfigError: *remote* or *local* is not a path.
             TransferError: the guest cannot read *remote*, or *local* cannot be written
                 (e.g. its directory does not exist); the message names the path.
             SSHError: the connection is gone.
         """
         _check_remote_path(remote)
-        path = Path(local)
+        path = _local_path(local)
         self._session().get_file(remote, path, timeout=timeout)
         return path
 

@@ -348,8 +348,10 @@ class SSHSession:
             shells, self._idle = self._idle, []
         for shell in shells:
             shell.close()
-        with self._sftp_lock:
-            self._drop_sftp()
+        # not under _sftp_lock: closing the channel is what ends a copy that hangs
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            sftp.close()
         if self._client is not None:
             self._client.close()
             self._client = None

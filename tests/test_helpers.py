@@ -98,6 +98,10 @@ def test_put_and_get_over_sftp_keep_large_files_intact_and_name_the_failing_path
         vm.put(tmp_path / "empty", "/no/such/dir/f")
     with pytest.raises(ConfigError, match=r"mode '644' is not accepted: give a file mode from 0o0 to 0o7777"):
         vm.put(tmp_path / "empty", "/tmp/x", mode="644")
+    with pytest.raises(ConfigError, match=r"remote path None is not accepted"):
+        vm.get(None, tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"local path 3 is not accepted: give a str or a pathlib.Path"):
+        vm.put(3, "/tmp/x")
     # the SFTP session survives its errors and is one per connection
     vm.put(tmp_path / "empty", "/tmp/after-errors")
     assert vm.ssh("test -e /tmp/after-errors").ok
