@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pytest_netlab import CommandError, ConfigError, TransferError, WaitTimeout
+from pytest_netlab import CommandError, ConfigError, SSHError, TransferError, WaitTimeout
 from pytest_netlab.netns import host_has_qdisc, run_in_netns
 from pytest_netlab.pcap import read_pcap
 
@@ -108,6 +108,17 @@ def test_put_and_get_over_sftp_keep_large_files_intact_and_name_the_failing_path
     assert [r.command.split()[:2] for r in vm.history if r.command.startswith("sftp")][:2] == [
         ["sftp", "put"], ["sftp", "get"],
     ]
+
+
+def test_a_guest_without_sftp_server_gets_an_error_that_says_to_rebuild_the_image(netlab, tmp_path):
+    vm = netlab.vm("h1")
+    netlab.start()
+    vm.ssh("rm /usr/lib/sftp-server")  # as in an image built before it had one
+    (tmp_path / "f").write_bytes(b"x")
+    rebuild = r"^h1: no SFTP session \(.*\): the guest image needs /usr/lib/sftp-server; rebuild it"
+    with pytest.raises(SSHError, match=rebuild):
+        vm.put(tmp_path / "f", "/tmp/f")
+    assert vm.ssh("echo still-fine").stdout == "still-fine\n"
 
 
 def test_pulling_the_cable_is_seen_as_carrier_loss(netlab):
