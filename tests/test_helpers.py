@@ -193,13 +193,13 @@ def _seconds_to_send(netlab, vm, address: str, size: int) -> float:
 def test_a_rate_on_the_tap_slows_the_traffic_to_the_guest_until_lifted(netlab):
     br1 = netlab.bridge("br1")
     vm = netlab.vm("h1", nics=[br1])
+    placed = vm.impair(0, rate_kbit=800, where="tap")  # before start: set once the TAP exists
+    assert placed.where == "tap"
     netlab.start()
     br1.add_address("10.20.30.1/24")
     vm.ssh("ip addr add 10.20.30.2/24 dev eth0 && ip link set eth0 up")
     tap = vm.taps[0]
-
-    placed = vm.impair(0, rate_kbit=800, where="tap")
-    assert placed.where == "tap" and netlab.namespace.root_qdisc(tap) == "tbf"
+    assert netlab.namespace.root_qdisc(tap) == "tbf"
     assert "netem" not in vm.ssh("tc qdisc show dev eth0").stdout  # nothing in the guest
     slow = _seconds_to_send(netlab, vm, "10.20.30.2", 200_000)
     # 200 kB at 800 kbit/s is 2 s; the first 10 ms worth (the burst) goes at once
