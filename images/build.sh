@@ -1,6 +1,6 @@
 #!/bin/bash
 # Build the pytest-netlab guest image: a Debian kernel + a small initramfs
-# (busybox, dropbear, iproute2, iputils-ping, ethtool, tcpdump, dnsmasq).
+# (busybox, dropbear, sftp-server, iproute2, iputils-ping, ethtool, tcpdump, dnsmasq).
 #
 # usage: images/build.sh OUTDIR
 #   OUTDIR receives: vmlinux (uncompressed ELF kernel, booted by QEMU via PVH),
@@ -163,6 +163,8 @@ copy_exec core "$(pkg_file dropbear-bin '/sbin/dropbear$')" /usr/sbin/dropbear
 copy_exec core "$(pkg_file dropbear-bin '/bin/dropbearkey$')" /usr/bin/dropbearkey
 # extra: the real tools for the tests
 copy_exec extra "$(pkg_file dropbear-bin '/bin/dbclient$')" /usr/bin/dbclient
+# SFTP (vm.put/vm.get): dropbear runs the server at its compiled-in path, /usr/lib/sftp-server
+copy_exec extra "$(pkg_file openssh-sftp-server '/openssh/sftp-server$')" /usr/lib/sftp-server
 copy_exec extra "$(pkg_file iproute2 '/s?bin/ip$')" /usr/sbin/ip
 copy_exec extra "$(pkg_file iproute2 '/s?bin/bridge$')" /usr/sbin/bridge
 copy_exec extra "$(pkg_file iproute2 '/s?bin/tc$')" /usr/sbin/tc

@@ -14,6 +14,7 @@ from .errors import (
     NetlabError,
     QemuError,
     SSHError,
+    TransferError,
     WaitTimeout,
 )
 
@@ -29,6 +30,7 @@ __all__ = [
     "NetlabError",
     "QemuError",
     "SSHError",
+    "TransferError",
     "WaitTimeout",
     "__version__",
 ]

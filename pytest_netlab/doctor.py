@@ -95,6 +95,23 @@ def _namespaces() -> Check:
     return Check("namespaces", True, "a network namespace with a bridge can be created")
 
 
+def _qdiscs() -> Check:
+    from .netns import host_has_qdisc
+
+    netem, tbf = host_has_qdisc("netem"), host_has_qdisc("tbf")
+    if netem and tbf:
+        return Check("qdiscs", True, "netem and tbf: vm.impair() shapes the traffic to a guest on its TAP")
+    missing = " and ".join(k for k, ok in (("netem", netem), ("tbf", tbf)) if not ok)
+    moved = "delay, jitter and loss" + ("" if tbf else " and rates")
+    return Check(
+        "qdiscs", False,
+        f"the host kernel has no {missing}: vm.impair() puts {moved} in the guest (which shapes "
+        "the traffic from it, not to it); where='tap' refuses them",
+        f"modprobe sch_{missing.split()[0]}, or a kernel with CONFIG_NET_SCH_NETEM and CONFIG_NET_SCH_TBF",
+        required=False,
+    )
+
+
 def _image() -> Check:
     from .image import image_info
 
@@ -137,7 +154,7 @@ def _memory(guests: int) -> Check:
 def checks(guests: int = 4) -> Iterator[Check]:
     """Every check, in order; each is run when the iterator reaches it."""
     steps: list[Callable[[], Check]] = [
-        _qemu, _tun, _namespaces, _kvm, _image,
+        _qemu, _tun, _namespaces, _qdiscs, _kvm, _image,
         lambda: _program("nsenter", "util-linux", "runs commands in lab namespaces", True),
         lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),
         lambda: _program("dnsmasq", "dnsmasq-base", "DHCP on a host-only bridge", False),

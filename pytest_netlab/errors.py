@@ -80,6 +80,17 @@ class CommandTimeout(CommandError):
         )
 
 
+class TransferError(CommandError):
+    """Copying a file to or from a guest (``vm.put``, ``vm.get``) failed; the message
+    names the path that failed and why."""
+
+    def __init__(self, where: str, operation: str, path: str, reason: str) -> None:
+        self.path = path
+        self.reason = reason
+        super().__init__(where, operation, -1, "", reason)
+        self.args = (f"{where}: {operation}: {path}: {reason}",)
+
+
 def _tail(text: str, lines: int = 40) -> str:
     parts = text.rstrip("\n").splitlines()
     if len(parts) <= lines:

@@ -1,16 +1,25 @@
-"""Link impairment: delay, jitter, loss and a rate limit on a guest NIC, as a netem
-qdisc on the NIC inside the guest.
+"""Link impairment: delay, jitter, loss and a rate limit on a guest NIC.
 
-Why in the guest and not on the TAP in the lab namespace: the host kernel may lack
-``sch_netem`` (the project's own machines do: ``CONFIG_NET_SCH_NETEM`` is not set),
-while the guest image always has it. A qdisc shapes what a device sends, so an
-impairment applies to what the guest sends on that NIC; a delay of 100 ms on one NIC
-adds 100 ms to every round trip through it.
+A qdisc shapes what a device *sends*, so where it sits decides which direction is
+impaired:
+
+- ``where="tap"``: on the NIC's TAP in the lab namespace (through pyroute2), so it
+  shapes the traffic going **to** the guest. Delay, jitter and loss need the host
+  kernel's ``sch_netem``; a rate alone is a ``tbf`` qdisc.
+- ``where="guest"``: a netem qdisc on ``ethN`` inside the guest (through ``tc``), so it
+  shapes the traffic coming **from** the guest. The guest image always has netem.
+- ``where="auto"`` (the default): the TAP when the host kernel has the qdisc needed,
+  else the guest. Some hosts (the project's own machines among them) lack
+  ``sch_netem``: there delay and loss go to the guest, a rate alone to the TAP.
+
+Either way a delay of 100 ms on one NIC adds 100 ms to every round trip through it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 from .errors import ConfigError
 
@@ -21,21 +30,36 @@ def _number(value: object, what: str, low: float, high: float, unit: str) -> flo
     return float(value)
 
 
+Where = Literal["auto", "tap", "guest"]
+PLACES = ("auto", "tap", "guest")
+# tbf: how long a packet may wait for tokens before it is dropped; long enough that a
+# TCP sender at a low rate fills the queue rather than losing packets
+TBF_LATENCY_MS = 200
+NETEM_LIMIT = 10000  # packets; netem's default of 1000 drops at low rates under load
+
+
 @dataclass(frozen=True)
 class Impairment:
-    """What netem does to a NIC's traffic; all zero/None is no impairment."""
+    """What a NIC's traffic suffers, and where (see the module's doc); all zero/None
+    is no impairment."""
 
     delay_ms: float = 0.0
     jitter_ms: float = 0.0
     loss_percent: float = 0.0
     rate_kbit: int | None = None
+    where: Where = "auto"
 
     def validated(self) -> Impairment:
         """Return self if every value is usable.
 
         Raises:
-            ConfigError: a value out of range, or jitter without a delay.
+            ConfigError: a value out of range, jitter without a delay, or an unknown *where*.
         """
+        if self.where not in PLACES:
+            raise ConfigError(
+                f"where {self.where!r} is not accepted: give 'auto', 'tap' (shapes traffic to "
+                "the guest) or 'guest' (shapes traffic from the guest)"
+            )
         _number(self.delay_ms, "delay_ms", 0, 60_000, " ms")
         _number(self.jitter_ms, "jitter_ms", 0, 60_000, " ms")
         _number(self.loss_percent, "loss_percent", 0, 100, " %")
@@ -63,6 +87,56 @@ class Impairment:
     def none(self) -> bool:
         return not (self.delay_ms or self.loss_percent or self.rate_kbit)
 
+    @property
+    def tap_qdisc_kind(self) -> str | None:
+        """The qdisc that does this on a TAP: netem for delay/jitter/loss (with its own
+        rate), tbf for a rate alone, None for nothing."""
+        if self.delay_ms or self.loss_percent:
+            return "netem"
+        return "tbf" if self.rate_kbit else None
+
+    def placed(self, host_has_qdisc: Callable[[str], bool]) -> Impairment:
+        """This impairment with *where* settled to ``"tap"`` or ``"guest"``;
+        *host_has_qdisc(kind)* says whether the host kernel has a qdisc kind.
+
+        Raises:
+            ConfigError: ``where="tap"`` and the host kernel lacks the qdisc needed.
+        """
+        kind = self.tap_qdisc_kind
+        if self.where == "guest" or kind is None:  # nothing to place: a removal
+            return self
+        if host_has_qdisc(kind):
+            return replace(self, where="tap")
+        if self.where == "tap":
+            raise ConfigError(
+                f"where='tap' needs the {kind} qdisc, which this host's kernel lacks "
+                f"(no sch_{kind}): use where='guest' (shapes traffic from the guest) instead"
+            )
+        return replace(self, where="guest")
+
+    def tap_qdisc(self) -> tuple[str, dict[str, Any]] | None:
+        """The ``IPRoute.tc("replace", kind, index, 0x10000, **parameters)`` arguments
+        that set this on a TAP: ``(kind, parameters)``, or None for no qdisc."""
+        kind = self.tap_qdisc_kind
+        if kind == "netem":
+            parameters: dict[str, Any] = {"limit": NETEM_LIMIT}
+            if self.delay_ms:
+                parameters["delay"] = round(self.delay_ms * 1000)  # µs
+                if self.jitter_ms:
+                    parameters["jitter"] = round(self.jitter_ms * 1000)
+            if self.loss_percent:
+                parameters["loss"] = self.loss_percent
+            if self.rate_kbit:
+                parameters["rate"] = f"{self.rate_kbit}kbit"
+            return kind, parameters
+        if kind == "tbf":
+            assert self.rate_kbit is not None
+            rate_bytes = self.rate_kbit * 1000 // 8
+            # a burst of 10 ms at the rate, at least two full frames
+            burst = max(rate_bytes // 100, 2 * 1514)
+            return kind, {"rate": f"{self.rate_kbit}kbit", "burst": burst, "latency": f"{TBF_LATENCY_MS}ms"}
+        return None
+
     def tc_argv(self, device: str) -> list[str]:
         """The ``tc`` command that sets this impairment on *device* (replacing any)."""
         if self.none:
@@ -76,6 +150,5 @@ class Impairment:
             argv += ["loss", f"{self.loss_percent:g}%"]
         if self.rate_kbit:
             argv += ["rate", f"{self.rate_kbit}kbit"]
-        # netem's default queue (1000 packets) drops at low rates under load; keep more
-        argv += ["limit", "10000"]
+        argv += ["limit", str(NETEM_LIMIT)]
         return argv

@@ -25,8 +25,8 @@ from typing import Any
 from . import validation
 from .errors import CommandError, ConfigError, GuestGoneError, LabError, NetlabError
 from .image import GuestImage
-from .impairment import Impairment
-from .netns import HostCommandResult, LabNamespace
+from .impairment import Impairment, Where
+from .netns import HostCommandResult, LabNamespace, host_has_qdisc
 from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
 from .ping import PingResult, parse_ping
 from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
@@ -95,6 +95,19 @@ class Bridge:
         return f"<Bridge {self.name} of {self.lab.name}>"
 
 
+def _local_path(local: object) -> Path:
+    if not isinstance(local, (str, os.PathLike)) or not str(local):
+        raise ConfigError(f"local path {local!r} is not accepted: give a str or a pathlib.Path")
+    return Path(local)
+
+
+def _check_remote_path(remote: object) -> None:
+    if not isinstance(remote, str) or not remote or "\0" in remote:
+        raise ConfigError(
+            f"remote path {remote!r} is not accepted: give a path in the guest, e.g. '/tmp/file'"
+        )
+
+
 class VM:
     """A guest of the lab. Usable once ``lab.start()`` has returned."""
 
@@ -109,6 +122,7 @@ class VM:
         self._ssh: SSHSession | None = None
         self._console_ready = False  # a guest without network: booted, console only
         self.impairments: dict[int, Impairment] = {}
+        self._impaired_at: dict[int, str] = {}  # NIC index -> "tap" or "guest", as set now
         self.log = log.getChild(spec.name)
 
     # -- state ------------------------------------------------------------------------
@@ -356,36 +370,37 @@ class VM:
 
     # -- files ------------------------------------------------------------------------
     def put(self, local: str | Path, remote: str, *, mode: int | None = None, timeout: float = 60.0) -> None:
-        """Copy the local file *local* to path *remote* in the guest.
-
-        The image has no SFTP server, so the bytes go through ``cat`` on an SSH exec
-        channel (binary-safe).
+        """Copy the local file *local* to path *remote* in the guest (over SFTP, on the
+        guest's SSH connection); with *mode* (e.g. ``0o600``) the file has that mode
+        before its first byte is written.
 
         Raises:
-            OSError: *local* cannot be read.
-            CommandError: the guest could not write *remote*.
+            ConfigError: *local* or *remote* is not a path, or *mode* is not a file mode.
+            TransferError: *local* cannot be read, or the guest cannot write *remote*
+                (the message names the path); a :class:`CommandError`.
+            SSHError: the connection is gone.
         """
-        data = Path(local).read_bytes()
-        command = f"cat > {shlex.quote(remote)}"
-        if mode is not None:
-            command += f" && chmod {mode:o} {shlex.quote(remote)}"
-        status, _, err, _ = self._session().run_bytes(command, timeout=timeout, stdin=data)
-        if status != 0:
-            raise CommandError(self.name, command, status, "", err.decode(errors="replace"))
+        _check_remote_path(remote)
+        if mode is not None and (
+            isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
+        ):
+            raise ConfigError(
+                f"mode {mode!r} is not accepted: give a file mode from 0o0 to 0o7777, e.g. 0o644"
+            )
+        self._session().put_file(_local_path(local), remote, mode=mode, timeout=timeout)
 
     def get(self, remote: str, local: str | Path, *, timeout: float = 60.0) -> Path:
-        """Copy the guest's file *remote* to *local* (a file path); return *local*.
+        """Copy the guest's file *remote* to *local* (a file path; over SFTP); return *local*.
 
         Raises:
-            CommandError: the guest could not read *remote*.
-            OSError: *local* cannot be written.
+            ConfigError: *remote* or *local* is not a path.
+            TransferError: the guest cannot read *remote*, or *local* cannot be written
+                (e.g. its directory does not exist); the message names the path.
+            SSHError: the connection is gone.
         """
-        command = f"cat -- {shlex.quote(remote)}"
-        status, out, err, _ = self._session().run_bytes(command, timeout=timeout)
-        if status != 0:
-            raise CommandError(self.name, command, status, "", err.decode(errors="replace"))
-        path = Path(local)
-        path.write_bytes(out)
+        _check_remote_path(remote)
+        path = _local_path(local)
+        self._session().get_file(remote, path, timeout=timeout)
         return path
 
     # -- links ------------------------------------------------------------------------
@@ -426,18 +441,28 @@ class VM:
 
     def impair(
         self, nic: int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
-        loss_percent: float = 0, rate_kbit: int | None = None,
+        loss_percent: float = 0, rate_kbit: int | None = None, where: Where = "auto",
     ) -> Impairment:
-        """Delay, jitter, drop or rate-limit what the guest sends on a lab NIC (a netem
-        qdisc on its ``ethN``). Call it before ``start()`` to have it from the first
-        packet, or any time after to change it; all defaults remove it.
+        """Delay, jitter, drop or rate-limit the traffic of a lab NIC. Call it before
+        ``start()`` to have it from the first packet, or any time after to change it;
+        all defaults remove it.
+
+        *where* says which side of the link gets the qdisc, and so which direction
+        suffers: ``"tap"``, on the NIC's TAP in the lab namespace, shapes the traffic
+        going **to** the guest; ``"guest"``, a netem qdisc on ``ethN`` in the guest,
+        the traffic coming **from** the guest; ``"auto"`` takes the TAP when the host
+        kernel has the qdisc needed (netem for delay, jitter and loss, tbf for a rate
+        alone), else the guest. The returned :class:`Impairment` says where it went.
 
         Raises:
-            ConfigError: no such NIC, or a value out of range.
+            ConfigError: no such NIC, a value out of range, an unknown *where*, or
+                ``where="tap"`` for delay, jitter or loss on a host without netem.
+            NamespaceError: the kernel refused the qdisc on the TAP.
             CommandError: ``tc`` in the guest refused it.
         """
         index = self.nic_index(nic)
-        impairment = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit).validated()
+        wanted = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit, where).validated()
+        impairment = wanted.placed(host_has_qdisc)
         previous = self.impairments.get(index)
         self.impairments[index] = impairment
         if self.started and not (impairment.none and (previous is None or previous.none)):
@@ -445,11 +470,27 @@ class VM:
         return impairment
 
     def _apply_impairment(self, index: int, impairment: Impairment) -> None:
-        argv = impairment.tc_argv(f"eth{index}")
-        command = shlex.join(argv)
-        if impairment.none:
-            command += " 2>/dev/null || true"  # nothing to remove is fine
-        self.ssh(command)
+        applied = self._impaired_at.get(index)
+        target = None if impairment.none else impairment.where
+        if applied is not None and applied != target:
+            self._remove_impairment(index, applied)
+        if target == "tap":
+            qdisc = impairment.tap_qdisc()
+            assert qdisc is not None  # not none, so there is a qdisc to set
+            self.lab.namespace.set_root_qdisc(self.taps[index], *qdisc)
+        elif target == "guest":
+            self.ssh(shlex.join(impairment.tc_argv(f"eth{index}")))
+        if target is None:
+            self._impaired_at.pop(index, None)
+        else:
+            self._impaired_at[index] = target
+
+    def _remove_impairment(self, index: int, where: str) -> None:
+        if where == "tap":
+            self.lab.namespace.remove_root_qdisc(self.taps[index])
+        else:
+            self.ssh(shlex.join(Impairment().tc_argv(f"eth{index}")) + " 2>/dev/null || true")
+        self._impaired_at.pop(index, None)
 
     def set_sysctl(self, key: str, value: str | int) -> None:
         if not key.replace(".", "").replace("_", "").replace("/", "").replace("-", "").isalnum():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import functools
 import logging
 import os
 import shlex
@@ -39,6 +40,7 @@ IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
 IFF_VNET_HDR = 0x4000
 PR_SET_PDEATHSIG = 1
+TC_H_ROOT = 0xFFFFFFFF  # the parent of a device's root qdisc
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -69,28 +71,80 @@ def _setns(path: Path) -> None:
         os.close(fd)
 
 
+def _in_thread(func: Callable[[], _T], name: str) -> _T:
+    """Run *func* in a short-lived thread of its own and return what it returns."""
+    result: list[_T] = []
+    failure: list[BaseException] = []
+
+    def body() -> None:
+        try:
+            result.append(func())
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+            failure.append(exc)
+
+    thread = threading.Thread(target=body, name=name, daemon=True)
+    thread.start()
+    thread.join()
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
 def run_in_netns(name: str, func: Callable[[], _T]) -> _T:
     """Run *func* in a short-lived thread that has entered network namespace *name*.
 
     Sockets and TAP devices that *func* creates belong to that namespace, and stay
     there when used from other threads.
     """
-    result: list[_T] = []
-    failure: list[BaseException] = []
 
-    def body() -> None:
-        try:
-            _setns(NETNS_RUN_DIR / name)
-            result.append(func())
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller below
-            failure.append(exc)
+    def body() -> _T:
+        _setns(NETNS_RUN_DIR / name)
+        return func()
 
-    thread = threading.Thread(target=body, name=f"netns-{name}", daemon=True)
-    thread.start()
-    thread.join()
-    if failure:
-        raise failure[0]
-    return result[0]
+    return _in_thread(body, f"netns-{name}")
+
+
+# what a probe gives each qdisc kind: the least it accepts
+_PROBE_PARAMETERS: dict[str, dict[str, object]] = {
+    "tbf": {"rate": "1mbit", "burst": 3028, "latency": "50ms"},
+}
+
+
+@functools.cache
+def host_has_qdisc(kind: str) -> bool:
+    """Whether the host kernel can make a *kind* qdisc (``netem``, ``tbf``), loading its
+    module if it has one.
+
+    Tried on the loopback of a network namespace that a short-lived thread makes for
+    itself (``unshare``), which goes away with the thread: nothing on the host changes
+    and nothing is left to remove.
+
+    Raises:
+        NamespaceError: the probe itself failed (no CAP_SYS_ADMIN, say).
+    """
+
+    def probe() -> bool:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        with IPRoute() as ipr:
+            loopback = int(ipr.link_lookup(ifname="lo")[0])
+            try:
+                ipr.tc("add", kind, loopback, 0x10000, **_PROBE_PARAMETERS.get(kind, {}))
+            except NetlinkError as exc:
+                if exc.code in (errno.ENOENT, errno.EOPNOTSUPP):  # no such qdisc kind
+                    return False
+                raise
+        return True
+
+    try:
+        found = _in_thread(probe, f"qdisc-probe-{kind}")
+    except (OSError, NetlinkError) as exc:
+        raise NamespaceError(
+            f"cannot find out whether the host kernel has the {kind} qdisc: {exc}"
+        ) from exc
+    log.debug("host kernel %s the %s qdisc", "has" if found else "lacks", kind)
+    return found
 
 
 def open_tap(ifname: str, queues: int = 1) -> list[int]:
@@ -242,6 +296,44 @@ class LabNamespace:
             raise NamespaceError(
                 f"cannot add {address}/{prefixlen} to {ifname!r}: {os.strerror(exc.code)}"
             ) from exc
+
+    def set_root_qdisc(self, ifname: str, kind: str, parameters: dict[str, object]) -> None:
+        """Make a *kind* qdisc with *parameters* (pyroute2's names) the root qdisc of
+        *ifname*, replacing any.
+
+        Raises:
+            NamespaceError: the kernel refused it; the message names the device.
+        """
+        try:
+            self.ipr.tc("replace", kind, self._index(ifname), 0x10000, **parameters)
+        except NetlinkError as exc:
+            raise NamespaceError(
+                f"cannot set a {kind} qdisc on {ifname!r} in {self.name!r}: {os.strerror(exc.code)}"
+            ) from exc
+
+    def remove_root_qdisc(self, ifname: str) -> None:
+        """Remove the root qdisc this lab set on *ifname* (the device's default is back);
+        none there is fine.
+
+        Raises:
+            NamespaceError: the kernel refused it.
+        """
+        try:
+            self.ipr.tc("del", index=self._index(ifname), parent=TC_H_ROOT)
+        except NetlinkError as exc:
+            if exc.code in (errno.ENOENT, errno.EINVAL):  # no qdisc of ours there
+                return
+            raise NamespaceError(
+                f"cannot remove the qdisc of {ifname!r} in {self.name!r}: {os.strerror(exc.code)}"
+            ) from exc
+
+    def root_qdisc(self, ifname: str) -> str | None:
+        """The kind of *ifname*'s root qdisc (``tbf``, ``noqueue``...), or None."""
+        for qdisc in self.ipr.get_qdiscs(self._index(ifname)):
+            if qdisc["parent"] == TC_H_ROOT:
+                kind = qdisc.get_attr("TCA_KIND")
+                return str(kind) if kind is not None else None
+        return None
 
     def links(self) -> list[str]:
         """Names of the links in the namespace."""

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import logging
 import secrets
 import select
 import shlex
+import shutil
 import socket
+import stat
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +21,7 @@ import paramiko
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from .errors import CommandError, CommandTimeout, SSHError
+from .errors import CommandError, CommandTimeout, SSHError, TransferError
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +125,8 @@ class SSHSession:
         self.history: list[CommandRecord] = []
         self._idle: list[_Shell] = []  # shells waiting for their next command
         self._lock = threading.Lock()
+        self._sftp: paramiko.SFTPClient | None = None  # opened at the first file copy
+        self._sftp_lock = threading.Lock()  # one copy at a time on it
 
     def connect(self, timeout: float = 10.0) -> None:
         """Connect and authenticate.
@@ -236,16 +242,116 @@ class SSHSession:
         shell.close()
         return result
 
-    def sftp(self) -> paramiko.SFTPClient:
-        if self._client is None:
-            raise SSHError(f"{self.guest}: no SSH connection")
-        return self._client.open_sftp()
+    # -- files (SFTP) -------------------------------------------------------------------
+    def _sftp_client(self, timeout: float) -> paramiko.SFTPClient:
+        """The connection's SFTP session, opened on first use (call with _sftp_lock held)."""
+        current = self._sftp.get_channel() if self._sftp is not None else None
+        if self._sftp is None or current is None or current.closed:
+            transport = self._transport()
+            try:
+                channel = transport.open_session(timeout=timeout)
+                channel.invoke_subsystem("sftp")
+                self._sftp = paramiko.SFTPClient(channel)
+            except (OSError, EOFError, paramiko.SSHException) as exc:
+                raise SSHError(
+                    f"{self.guest}: no SFTP session ({exc or type(exc).__name__}): the guest image "
+                    "needs /usr/lib/sftp-server; rebuild it with `netlab image build --rebuild`"
+                ) from exc
+        sftp_channel = self._sftp.get_channel()
+        if sftp_channel is not None:
+            sftp_channel.settimeout(timeout)
+        return self._sftp
+
+    def _drop_sftp(self) -> None:
+        # after a timeout, answers to requests in flight may still come: start afresh
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+
+    def put_file(self, local: Path, remote: str, *, mode: int | None = None, timeout: float = 60.0) -> None:
+        """Copy the local file *local* to *remote* in the guest over SFTP, creating or
+        truncating it; with *mode*, the file gets that mode before any byte is written.
+
+        Raises:
+            TransferError: *local* cannot be read, or the guest cannot write *remote*
+                (e.g. its directory does not exist); the message names the path.
+            SSHError: the connection is gone, or the guest has no SFTP server.
+        """
+        operation = f"put {local} -> {remote}"
+        try:
+            source = local.open("rb")
+        except OSError as exc:
+            raise TransferError(self.guest, operation, str(local), _reason(exc)) from exc
+        with source, self._transfer(operation, remote, timeout) as sftp, sftp.open(remote, "wb") as target:
+            if mode is not None:
+                target.chmod(mode)
+            target.set_pipelined(True)  # don't wait for each write's answer
+            shutil.copyfileobj(source, target, 32768)
+
+    def get_file(self, remote: str, local: Path, *, timeout: float = 60.0) -> None:
+        """Copy the guest's file *remote* to *local* (a file path, created or replaced)
+        over SFTP. *local* is opened only once *remote* is open for reading.
+
+        Raises:
+            TransferError: the guest cannot read *remote* (missing, a directory, no
+                permission), or *local* cannot be written (e.g. its directory does not
+                exist); the message names the path.
+            SSHError: the connection is gone, or the guest has no SFTP server.
+        """
+        operation = f"get {remote} -> {local}"
+        if not local.parent.is_dir():
+            raise TransferError(self.guest, operation, str(local.parent), "no such local directory")
+        with self._transfer(operation, remote, timeout) as sftp, sftp.open(remote, "rb") as source:
+            attributes = source.stat()
+            if stat.S_ISDIR(attributes.st_mode or 0):
+                raise TransferError(self.guest, operation, remote, "is a directory")
+            source.prefetch(attributes.st_size)  # ask for every block up front, as paramiko's own get() does
+            try:
+                with local.open("wb") as target:
+                    shutil.copyfileobj(source, target, 32768)
+            except OSError as exc:
+                if exc.filename is None:  # not the local side's error
+                    raise
+                raise TransferError(self.guest, operation, str(local), _reason(exc)) from exc
+
+    @contextlib.contextmanager
+    def _transfer(self, operation: str, remote: str, timeout: float) -> Iterator[paramiko.SFTPClient]:
+        """Hold the SFTP session for one copy; turn its errors into :class:`TransferError`
+        naming *remote*, and record the copy in the history like a command."""
+        started = time.monotonic()
+        record = CommandRecord(f"sftp {operation}", None, 0.0)
+        self.history.append(record)
+        with self._sftp_lock:
+            try:
+                yield self._sftp_client(timeout)
+                record.status = 0
+            except TransferError:
+                record.status = 1
+                raise
+            except TimeoutError as exc:
+                record.status = 1
+                self._drop_sftp()
+                raise TransferError(self.guest, operation, remote, f"no answer within {timeout:g} s") from exc
+            except OSError as exc:  # paramiko's answer to an SFTP status: errno and text
+                record.status = 1
+                raise TransferError(self.guest, operation, remote, _reason(exc)) from exc
+            except (EOFError, paramiko.SSHException) as exc:
+                record.status = 1
+                self._drop_sftp()
+                raise SSHError(f"{self.guest}: SSH failed during {operation}: {exc}") from exc
+            finally:
+                record.duration = time.monotonic() - started
+                log.debug("%s: %s -> %s (%.3f s)", self.guest, record.command, record.status, record.duration)
 
     def close(self) -> None:
         with self._lock:
             shells, self._idle = self._idle, []
         for shell in shells:
             shell.close()
+        # not under _sftp_lock: closing the channel is what ends a copy that hangs
+        sftp, self._sftp = self._sftp, None
+        if sftp is not None:
+            sftp.close()
         if self._client is not None:
             self._client.close()
             self._client = None
@@ -369,6 +475,11 @@ class _Shell:
     def close(self) -> None:
         self.alive = False
         self.channel.close()
+
+
+def _reason(exc: OSError) -> str:
+    """What an OSError says without its own repetition of the path."""
+    return exc.strerror or str(exc) or type(exc).__name__
 
 
 def public_key_line(key: paramiko.PKey) -> str:

@@ -18,6 +18,7 @@ def test_a_failed_lab_test_leaves_evidence_in_the_report_and_on_disk(pytester: p
             h1 = netlab.vm("h1", nics=[br1])
             h2 = netlab.vm("h2", nics=[br1])
             netlab.start()
+            h2.impair(0, rate_kbit=8000, where="tap")  # a TAP qdisc, in the lab namespace
             h1.ssh("ip addr add 10.20.10.1/24 dev eth0 && ip link set eth0 up")
             h1.ssh("echo marker-command", check=False)
             h1.ssh("exit 7", check=False)
@@ -61,6 +62,8 @@ def test_a_failed_lab_test_leaves_evidence_in_the_report_and_on_disk(pytester: p
     assert "net.ipv4.ip_forward = 0" in (test_dir / "h1" / "sysctl.txt").read_text()
     links = (test_dir / "lab-namespace" / "bridge-link.txt").read_text()
     assert "vport11" in links and "vport12" in links and "master br1" in links
+    assert "qdisc tbf 1: dev vport12 root" in (test_dir / "lab-namespace" / "qdisc.txt").read_text()
+    result.stdout.fnmatch_lines(["*--- tc qdisc ---", "qdisc tbf 1: dev vport12 root * rate 8Mbit *"])
     commands = (test_dir / "h1" / "commands.txt").read_text().splitlines()
     assert [line.split()[2] for line in commands] == ["0", "0", "7", "1"]
     # a guest that died still leaves its console and history, and the note says why

@@ -3,11 +3,15 @@ impairment and packet capture."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import socket
+import time
 
 import pytest
 
-from pytest_netlab import CommandError, ConfigError, WaitTimeout
+from pytest_netlab import CommandError, ConfigError, SSHError, TransferError, WaitTimeout
+from pytest_netlab.netns import host_has_qdisc, run_in_netns
 from pytest_netlab.pcap import read_pcap
 
 
@@ -51,10 +55,70 @@ def test_put_and_get_copy_binary_files_both_ways(netlab, tmp_path):
     vm.put(tmp_path / "up.bin", "/tmp/copy.bin", mode=0o600)
     assert vm.ssh("stat -c '%s %a' /tmp/copy.bin").stdout.split() == [str(len(data)), "600"]
     assert vm.get("/tmp/copy.bin", tmp_path / "down.bin").read_bytes() == data
-    with pytest.raises(CommandError, match="cat -- /no/such/file"):
+    with pytest.raises(CommandError, match="/no/such/file"):
         vm.get("/no/such/file", tmp_path / "never")
     with pytest.raises(CommandError, match="/no/such/dir/f"):
         vm.put(tmp_path / "up.bin", "/no/such/dir/f")
+
+
+def test_put_and_get_over_sftp_keep_large_files_intact_and_name_the_failing_path(netlab, tmp_path):
+    vm = netlab.vm("h1")
+    netlab.start()
+    data = os.urandom(4 * 1024 * 1024 + 17)
+    (tmp_path / "big.bin").write_bytes(data)
+    started = time.monotonic()
+    vm.put(tmp_path / "big.bin", "/tmp/big.bin", mode=0o640)
+    vm.get("/tmp/big.bin", tmp_path / "back.bin")
+    elapsed = time.monotonic() - started
+    digest = hashlib.sha256(data).hexdigest()
+    assert vm.ssh("sha256sum /tmp/big.bin; stat -c %a /tmp/big.bin").stdout.split() == [
+        digest, "/tmp/big.bin", "640",
+    ]
+    assert hashlib.sha256((tmp_path / "back.bin").read_bytes()).hexdigest() == digest
+    assert elapsed < 20, f"8 MiB over SFTP took {elapsed:.1f} s"
+    # an empty file, and a mode change on an existing one
+    (tmp_path / "empty").write_bytes(b"")
+    vm.put(tmp_path / "empty", "/tmp/big.bin", mode=0o600)
+    assert vm.ssh("stat -c '%s %a' /tmp/big.bin").stdout.split() == ["0", "600"]
+    assert vm.get("/tmp/big.bin", tmp_path / "empty.back").read_bytes() == b""
+
+    missing = r"h1: get /no/such/file -> .*: /no/such/file: No such file"
+    with pytest.raises(TransferError, match=missing) as info:
+        vm.get("/no/such/file", tmp_path / "never")
+    assert isinstance(info.value, CommandError) and info.value.path == "/no/such/file"
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(TransferError, match=r": /tmp: is a directory"):
+        vm.get("/tmp", tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+    with pytest.raises(TransferError, match=rf": {tmp_path}/missing-dir: no such local directory"):
+        vm.get("/tmp/big.bin", tmp_path / "missing-dir" / "f")
+    with pytest.raises(TransferError, match=rf": {tmp_path}/absent: No such file or directory"):
+        vm.put(tmp_path / "absent", "/tmp/x")
+    with pytest.raises(TransferError, match=r": /no/such/dir/f: No such file"):
+        vm.put(tmp_path / "empty", "/no/such/dir/f")
+    with pytest.raises(ConfigError, match=r"mode '644' is not accepted: give a file mode from 0o0 to 0o7777"):
+        vm.put(tmp_path / "empty", "/tmp/x", mode="644")
+    with pytest.raises(ConfigError, match=r"remote path None is not accepted"):
+        vm.get(None, tmp_path / "x")
+    with pytest.raises(ConfigError, match=r"local path 3 is not accepted: give a str or a pathlib.Path"):
+        vm.put(3, "/tmp/x")
+    # the SFTP session survives its errors and is one per connection
+    vm.put(tmp_path / "empty", "/tmp/after-errors")
+    assert vm.ssh("test -e /tmp/after-errors").ok
+    assert [r.command.split()[:2] for r in vm.history if r.command.startswith("sftp")][:2] == [
+        ["sftp", "put"], ["sftp", "get"],
+    ]
+
+
+def test_a_guest_without_sftp_server_gets_an_error_that_says_to_rebuild_the_image(netlab, tmp_path):
+    vm = netlab.vm("h1")
+    netlab.start()
+    vm.ssh("rm /usr/lib/sftp-server")  # as in an image built before it had one
+    (tmp_path / "f").write_bytes(b"x")
+    rebuild = r"^h1: no SFTP session \(.*\): the guest image needs /usr/lib/sftp-server; rebuild it"
+    with pytest.raises(SSHError, match=rebuild):
+        vm.put(tmp_path / "f", "/tmp/f")
+    assert vm.ssh("echo still-fine").stdout == "still-fine\n"
 
 
 def test_pulling_the_cable_is_seen_as_carrier_loss(netlab):
@@ -100,6 +164,68 @@ def test_delay_shows_in_the_rtt_and_full_loss_breaks_the_ping(netlab):
         h1.impair(0, loss_percent=150)
     with pytest.raises(ConfigError, match="jitter_ms 5 needs a delay"):
         h1.impair(0, jitter_ms=5)
+
+
+def _seconds_to_send(netlab, vm, address: str, size: int) -> float:
+    """Send *size* bytes over TCP from the lab namespace to the guest; return how long
+    until the guest had them all."""
+    vm.ssh("rm -f /tmp/received; nc -l -p 5001 > /tmp/received 2>/dev/null </dev/null &")
+    started = time.monotonic()
+    deadline = started + 20
+    while True:
+        sock = run_in_netns(netlab.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        sock.settimeout(20)
+        try:
+            sock.connect((address, 5001))
+            break
+        except ConnectionRefusedError:  # nc not listening yet
+            sock.close()
+            assert time.monotonic() < deadline, "nc in the guest never listened"
+            time.sleep(0.05)
+    with sock:
+        started = time.monotonic()
+        sock.sendall(bytes(size))  # returns once the bytes are in the socket's buffer
+        sock.shutdown(socket.SHUT_WR)
+        vm.wait_until(f"test $(wc -c < /tmp/received) = {size}", timeout=20, interval=0.05)
+        return time.monotonic() - started
+
+
+def test_a_rate_on_the_tap_slows_the_traffic_to_the_guest_until_lifted(netlab):
+    br1 = netlab.bridge("br1")
+    vm = netlab.vm("h1", nics=[br1])
+    placed = vm.impair(0, rate_kbit=800, where="tap")  # before start: set once the TAP exists
+    assert placed.where == "tap"
+    netlab.start()
+    br1.add_address("10.20.30.1/24")
+    vm.ssh("ip addr add 10.20.30.2/24 dev eth0 && ip link set eth0 up")
+    tap = vm.taps[0]
+    assert netlab.namespace.root_qdisc(tap) == "tbf"
+    assert "netem" not in vm.ssh("tc qdisc show dev eth0").stdout  # nothing in the guest
+    slow = _seconds_to_send(netlab, vm, "10.20.30.2", 200_000)
+    # 200 kB at 800 kbit/s is 2 s; the first 10 ms worth (the burst) goes at once
+    assert slow >= 1.7, f"200 kB at 800 kbit/s took only {slow:.2f} s"
+
+    vm.impair(0)  # all defaults: removed
+    assert netlab.namespace.root_qdisc(tap) != "tbf"
+    fast = _seconds_to_send(netlab, vm, "10.20.30.2", 200_000)
+    assert fast < slow / 2, f"without the rate limit: {fast:.2f} s, with it {slow:.2f} s"
+
+    # a rate alone goes to the TAP by default where the host has tbf; changeable in place
+    assert vm.impair(0, rate_kbit=8000).where == ("tap" if host_has_qdisc("tbf") else "guest")
+    if host_has_qdisc("netem"):
+        assert vm.impair(0, delay_ms=20, where="tap").where == "tap"
+    else:
+        with pytest.raises(ConfigError, match=r"where='tap' needs the netem qdisc, .*use where='guest'"):
+            vm.impair(0, delay_ms=20, where="tap")
+        # auto: netem in the guest instead, and the TAP's tbf is taken off
+        assert vm.impair(0, delay_ms=20).where == "guest"
+        assert netlab.namespace.root_qdisc(tap) != "tbf"
+        assert "delay 20ms" in vm.ssh("tc qdisc show dev eth0").stdout
+    with pytest.raises(ConfigError, match="where 'both' is not accepted: give 'auto', 'tap'"):
+        vm.impair(0, rate_kbit=100, where="both")
+    vm.impair(0)
+    assert "netem" not in vm.ssh("tc qdisc show dev eth0").stdout
+    assert netlab.namespace.root_qdisc(tap) != "tbf"
 
 
 def test_capture_shows_what_crossed_a_bridge(netlab):

@@ -1,11 +1,14 @@
-"""Impairment settings: checks and the tc command they become (pure logic)."""
+"""Impairment settings: checks, where they go, and the tc command or pyroute2 call they
+become (pure logic; the real qdiscs are tested in test_helpers.py)."""
 
 from __future__ import annotations
 
 import pytest
+from pyroute2.netlink.rtnl.tcmsg import sched_netem, sched_tbf
 
 from pytest_netlab import ConfigError, WaitTimeout
 from pytest_netlab.impairment import Impairment
+from pytest_netlab.netns import TC_H_ROOT, LabNamespace
 from pytest_netlab.retry import retry_until
 
 
@@ -17,6 +20,81 @@ def test_settings_become_one_netem_command():
         "delay", "100ms", "10ms", "loss", "0.5%", "rate", "1000kbit", "limit", "10000",
     ]
     assert Impairment().tc_argv("eth0") == ["tc", "qdisc", "del", "dev", "eth0", "root"]
+
+
+def _host(*kinds):
+    return lambda kind: kind in kinds
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "host", "where"),
+    [
+        ({"rate_kbit": 800}, ("tbf",), "tap"),
+        ({"rate_kbit": 800}, (), "guest"),
+        ({"delay_ms": 10}, ("tbf",), "guest"),  # no netem on the host: the guest's
+        ({"delay_ms": 10}, ("tbf", "netem"), "tap"),
+        ({"loss_percent": 1, "rate_kbit": 800}, ("tbf",), "guest"),
+        ({"rate_kbit": 800, "where": "guest"}, ("tbf", "netem"), "guest"),
+        ({"delay_ms": 10, "where": "tap"}, ("netem",), "tap"),
+    ],
+)
+def test_auto_puts_an_impairment_on_the_tap_where_the_host_has_the_qdisc(kwargs, host, where):
+    assert Impairment(**kwargs).validated().placed(_host(*host)).where == where
+
+
+def test_tap_without_netem_on_the_host_is_refused_with_the_way_out():
+    with pytest.raises(
+        ConfigError,
+        match=r"^where='tap' needs the netem qdisc, which this host's kernel lacks \(no sch_netem\): "
+        r"use where='guest' \(shapes traffic from the guest\) instead$",
+    ):
+        Impairment(loss_percent=5, where="tap").validated().placed(_host("tbf"))
+    with pytest.raises(ConfigError, match="where 'TAP' is not accepted: give 'auto', 'tap'"):
+        Impairment(rate_kbit=800, where="TAP").validated()  # type: ignore[arg-type]
+
+
+def test_on_a_tap_delay_and_loss_become_netem_and_a_rate_alone_tbf():
+    kind, parameters = Impairment(delay_ms=100, jitter_ms=10, loss_percent=0.5, rate_kbit=1000).tap_qdisc()
+    assert (kind, parameters) == (
+        "netem", {"limit": 10000, "delay": 100_000, "jitter": 10_000, "loss": 0.5, "rate": "1000kbit"},
+    )
+    # what pyroute2 puts into the netlink message from them (delays in the kernel's ticks)
+    options = sched_netem.get_parameters(parameters)
+    assert options["delay"] > 0 and options["jitter"] == options["delay"] / 10
+    assert options["loss"] == int(0xFFFFFFFF * 0.5 / 100) and options["limit"] == 10000
+    rate = dict(options["attrs"])["TCA_NETEM_RATE"]
+    assert rate["rate"] == 1_000_000 // 8  # bytes/s
+    kind, parameters = Impairment(rate_kbit=800).tap_qdisc()
+    assert (kind, parameters) == ("tbf", {"rate": "800kbit", "burst": 3028, "latency": "200ms"})
+    tbf = dict(sched_tbf.get_parameters(parameters)["attrs"])["TCA_TBF_PARMS"]
+    assert tbf["rate"] == 100_000 and tbf["limit"] == 100_000 * 2 // 10 + 3028
+    assert Impairment().tap_qdisc() is None
+
+
+class _FakeIPRoute:
+    """Records the tc calls; one link, 'vport1', index 7."""
+
+    def __init__(self):
+        self.calls = []
+
+    def link_lookup(self, ifname):
+        return [7] if ifname == "vport1" else []
+
+    def tc(self, *args, **kwargs):
+        self.calls.append((args, kwargs))
+
+
+def test_the_tap_gets_one_root_qdisc_replaced_in_place_and_removed_by_its_parent():
+    namespace = LabNamespace("netlab-fake")
+    namespace._ipr = fake = _FakeIPRoute()
+    kind, parameters = Impairment(delay_ms=50, loss_percent=1).tap_qdisc()
+    namespace.set_root_qdisc("vport1", kind, parameters)
+    namespace.remove_root_qdisc("vport1")
+    assert fake.calls == [
+        (("replace", "netem", 7, 0x10000), {"limit": 10000, "delay": 50_000, "loss": 1}),
+        (("del",), {"index": 7, "parent": TC_H_ROOT}),
+    ]
+    namespace._ipr = None
 
 
 @pytest.mark.parametrize(
