@@ -19,14 +19,18 @@ from dataclasses import dataclass
 
 from . import validation
 from .errors import ConfigError
+from .qemu import MGMT_NET
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-# QEMU's user-mode (slirp) NAT network: a lab subnet inside it would shadow the
-# management NIC's routes
-NAT_NETWORK = ipaddress.ip_network("10.0.2.0/24")
+# networks the guests have already: a lab subnet overlapping one would take its routes
+NAT_NETWORK = ipaddress.ip_network("10.0.2.0/24")  # netlab.nat(), QEMU's user-mode default
+RESERVED = {
+    NAT_NETWORK: "the user-mode NAT network",
+    ipaddress.ip_network(MGMT_NET): "the management network (SSH to the guests)",
+}
 SMALLEST_PREFIX = {4: 30, 6: 126}  # room for at least two guests
 HOSTS_BEGIN = "# netlab: lab addresses (begin)"
 HOSTS_END = "# netlab: lab addresses (end)"
@@ -76,11 +80,12 @@ def check_overlaps(bridge: str, subnets: Sequence[Network], others: Mapping[str,
         ConfigError: naming both subnets.
     """
     for network in subnets:
-        if network.version == 4 and network.overlaps(NAT_NETWORK):
-            raise ConfigError(
-                f"subnet {network} of bridge {bridge!r} overlaps the user-mode NAT network "
-                f"{NAT_NETWORK} (the management NIC's): choose another subnet"
-            )
+        for reserved, what in RESERVED.items():
+            if network.version == reserved.version and network.overlaps(reserved):
+                raise ConfigError(
+                    f"subnet {network} of bridge {bridge!r} overlaps {what} {reserved}: "
+                    "choose another subnet"
+                )
         for other, theirs in others.items():
             for their in theirs:
                 if other != bridge and their.version == network.version and network.overlaps(their):

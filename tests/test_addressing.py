@@ -186,6 +186,9 @@ def test_overlapping_subnets_name_both():
     message = "10.0.0.0/16 of bridge 'br1' overlaps the user-mode NAT network"
     with pytest.raises(ConfigError, match=re.escape(message)):
         check_overlaps("br1", parse_subnets("10.0.0.0/16", "br1"), {})
+    message = "100.64.0.0/10 of bridge 'br1' overlaps the management network (SSH to the guests)"
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_overlaps("br1", parse_subnets("100.64.0.0/10", "br1"), {})
     check_overlaps("br2", (NET2,), {"br1": (NET1,)})  # apart: fine
 
 
