@@ -86,6 +86,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 f"  {name}: ssh -i {session.key.private_path} -p {vm.host_port(22)} "
                 "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null root@127.0.0.1"
             )
+            if vm.addresses:  # chosen by the address plan (bridges with a subnet)
+                print("    " + ", ".join(f"{nic} {' '.join(a)}" for nic, a in vm.addresses.items()))
         print(topology.mermaid(), end="", flush=True)
         signal.signal(signal.SIGTERM, stop)
         try:
