@@ -1052,7 +1052,7 @@ def _disk_format(path: Path) -> str:
 
 
 def _host_or_address(value: object) -> str:
-    if isinstance(value, str) and value and all(c.isalnum() or c in ".-:" for c in value):
+    if isinstance(value, str) and value and all(c.isalnum() or c in ".-:_" for c in value):
         if any(c.isalpha() for c in value.replace(":", "")) and ":" not in value:
             return value  # a host name, e.g. from /etc/hosts
         return str(validation.ip_address(value))
