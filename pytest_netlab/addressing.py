@@ -178,11 +178,7 @@ def check_gateway(value: object, guest: str) -> str | None:
 
 
 class AddressPlan:
-    """The addresses of a lab's guests; grows as guests are started.
-
-    *subnets* maps each bridge with a subnet to its networks; *bridge_addresses* are
-    the addresses the lab namespace has on its bridges (used, never handed out).
-    """
+    """The addresses and default routes of a lab's guests; grows at each start."""
 
     def __init__(self) -> None:
         self.assigned: dict[str, list[tuple[Interface, ...]]] = {}  # guest -> per NIC
@@ -195,8 +191,10 @@ class AddressPlan:
         all_guests: Sequence[GuestRequest] = (),
     ) -> None:
         """Give each NIC of *guests* (those not planned yet) its addresses, then resolve
-        their gateways; *all_guests* (default: *guests*) are every guest of the lab, in
-        declaration order, for ``gateway=NAME`` and ``"auto"``.
+        their gateways. *subnets* maps each bridge with a subnet to its networks;
+        *bridge_addresses* are the lab namespace's own on its bridges (never handed out);
+        *all_guests* (default: *guests*) are every guest of the lab, in declaration
+        order, for ``gateway=NAME`` and ``"auto"``.
 
         Raises:
             ConfigError: an address used twice, a subnet with no address left, a gateway

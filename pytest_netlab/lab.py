@@ -906,10 +906,12 @@ class Lab:
         each answers SSH.
 
         Raises:
-            ConfigError: QEMU is not installed (nothing is created then).
+            ConfigError: QEMU is not installed, or the address plan cannot work
+                (nothing is created then).
             BootTimeout: a guest did not come up within *timeout* seconds.
             QemuError: a QEMU process failed; the message has its command line and output.
             SSHError: a guest came up but SSH to it failed.
+            LabError: the planned addresses could not be set in a guest.
         """
         if threading.get_ident() != self._owner:
             raise LabError("start() must be called from the thread that made the lab")
@@ -952,7 +954,13 @@ class Lab:
             vm._ssh = session
             if vm.name in setups:
                 # addresses, default route and /etc/hosts: one command, one round trip
-                vm.ssh(setups[vm.name])
+                try:
+                    vm.ssh(setups[vm.name])
+                except CommandError as exc:  # the lab could not be built, not a test failure
+                    raise LabError(
+                        f"{vm.name}: setting the planned addresses failed (the guest needs "
+                        f"iproute2's ip and sed): {exc}"
+                    ) from exc
             # impairments asked for before start() apply before the test's first command
             for index, impairment in vm.impairments.items():
                 if not impairment.none:
