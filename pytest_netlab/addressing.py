@@ -32,6 +32,7 @@ RESERVED = {
     ipaddress.ip_network(MGMT_NET): "the management network (SSH to the guests)",
 }
 SMALLEST_PREFIX = {4: 30, 6: 126}  # room for at least two guests
+IPV6_DEFAULT_METRIC = 100
 HOSTS_BEGIN = "# netlab: lab addresses (begin)"
 HOSTS_END = "# netlab: lab addresses (end)"
 _SUBNET_HINT = (
@@ -249,17 +250,28 @@ class AddressPlan:
         """One shell command that gives *guest* its addresses and default routes (one
         ``ip -batch``) and writes the lab's names into ``/etc/hosts``."""
         lines: list[str] = []
+        no_dad: list[str] = []
         for index, interfaces in enumerate(self.assigned.get(guest, [])):
             for interface in interfaces:
                 flags = " nodad" if interface.version == 6 else ""  # usable at once
                 lines.append(f"addr add {interface} dev eth{index}{flags}")
             if interfaces:
                 lines.append(f"link set eth{index} up")
+            if any(i.version == 6 for i in interfaces):
+                # no DAD for the link-local address either: until it is done (1-2 s)
+                # a router cannot send neighbour solicitations, so forwards nothing
+                no_dad.append(f"echo 0 > /proc/sys/net/ipv6/conf/eth{index}/accept_dad\n")
         for gateway in self.gateways.get(guest, ()):
-            lines.append(f"route add {'0.0.0.0/0' if gateway.version == 4 else '::/0'} via {gateway}")
-        script = ""
+            if gateway.version == 4:
+                lines.append(f"route add 0.0.0.0/0 via {gateway}")
+            else:
+                # the management NIC learns an IPv6 default route (metric 1024) from
+                # QEMU's router advertisements: the lab's comes before it
+                lines.append(f"route add ::/0 via {gateway} metric {IPV6_DEFAULT_METRIC}")
+        # set -e: a refused address or route fails the whole command (it runs in a subshell)
+        script = "set -e\n" + "".join(no_dad)
         if lines:
-            script = "ip -batch - <<'NETLAB_EOF'\n" + "\n".join(lines) + "\nNETLAB_EOF\n"
+            script += "ip -batch - <<'NETLAB_EOF'\n" + "\n".join(lines) + "\nNETLAB_EOF\n"
         return script + self.hosts_script()
 
     def hosts_script(self) -> str:

@@ -83,7 +83,8 @@ def test_dual_stack_gives_one_address_of_each_version_and_two_routes():
     assert [str(a) for a in plan.gateways["h1"]] == ["10.20.10.1", "fd00:20:10::1"]
     script = plan.guest_script("h1")
     assert "addr add fd00:20:10::2/64 dev eth0 nodad\n" in script
-    assert "route add ::/0 via fd00:20:10::1\n" in script
+    assert script.startswith("set -e\necho 0 > /proc/sys/net/ipv6/conf/eth0/accept_dad\nip -batch")
+    assert "route add ::/0 via fd00:20:10::1 metric 100\n" in script
     assert "route add 0.0.0.0/0 via 10.20.10.1\n" in script
 
 
@@ -100,7 +101,7 @@ def test_guest_script_is_one_ip_batch_and_one_hosts_block():
     plan.assign(SUBNETS, three_machines())
     script = plan.guest_script("h1")
     assert script.startswith(
-        "ip -batch - <<'NETLAB_EOF'\naddr add 10.20.10.2/24 dev eth0\nlink set eth0 up\n"
+        "set -e\nip -batch - <<'NETLAB_EOF'\naddr add 10.20.10.2/24 dev eth0\nlink set eth0 up\n"
         "route add 0.0.0.0/0 via 10.20.10.1\nNETLAB_EOF\n"
     )
     assert (
