@@ -16,3 +16,12 @@ def test_h1_reaches_h2_through_rt2_from_a_topology_file(netlab, tmp_path):
     assert reply, reply.output
     assert "10.20.20.2" in vms["h1"].ssh("ip route get 10.20.20.2").stdout
     assert vms["rt2"].ssh("sysctl -n net.ipv4.ip_forward").stdout == "1\n"
+
+
+def test_three_machines_from_a_file_with_an_address_plan(netlab):
+    vms = Topology.from_toml(Path(__file__).parent / "topologies" / "three_machines_auto.toml").apply(netlab)
+
+    h1, rt2, h2 = vms["h1"], vms["rt2"], vms["h2"]
+    assert (rt2.address("br1"), rt2.address("br2")) == ("10.20.10.1", "10.20.20.1")
+    assert (h1.address("br1"), h2.address("br2")) == ("10.20.10.2", "10.20.20.2")
+    assert h1.ping("h2") and h2.ping("h1-br1")

@@ -67,6 +67,12 @@ def describe(lab: Lab) -> str:
             lines.append(f"  {vm.name}: {shlex.join(ssh_argv(vm, known_hosts))}")
         else:
             lines.append(f"  {vm.name}: no network, no SSH (serial console only)")
+        if vm.started and (addresses := vm.addresses):
+            # chosen by the address plan (bridges with a subnet) or given with address=
+            lines.append(
+                f"  {vm.name} addresses: "
+                + ", ".join(f"{nic} {' '.join(a)}" for nic, a in addresses.items())
+            )
         lines.append(f"  {vm.name} console log: {vm.console_log}")
     return "\n".join(lines) + "\n"
 

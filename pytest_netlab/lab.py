@@ -23,6 +23,16 @@ from pathlib import Path
 from typing import Any
 
 from . import validation
+from .addressing import (
+    AddressPlan,
+    GuestRequest,
+    Interface,
+    Network,
+    NicRequest,
+    check_overlaps,
+    explicit_addresses,
+    parse_subnets,
+)
 from .errors import CommandError, ConfigError, GuestGoneError, LabError, NetlabError
 from .image import GuestImage
 from .impairment import Impairment, Where
@@ -73,23 +83,48 @@ def namespace_name(pid: int, number: int) -> str:
 class Bridge:
     """A Linux bridge inside the lab namespace."""
 
-    def __init__(self, lab: Lab, name: str, number: int) -> None:
+    def __init__(self, lab: Lab, name: str, number: int, subnets: tuple[Network, ...] = ()) -> None:
         self.lab = lab
         self.name = name
         self.number = number
         self.ports = 0
+        self.subnets = subnets  # the address plan's networks (netlab.bridge(subnet=...))
+        self.addresses: list[Interface] = []  # the lab namespace's own, from add_address
 
     def nic(
         self, *, model: str = "virtio-net-pci", mac: str | None = None, tap: str | None = None,
-        queues: int = 1, vectors: int | None = None,
+        queues: int = 1, vectors: int | None = None, address: str | Sequence[str] | None = None,
     ) -> NicSpec:
-        """A NIC on this bridge with options, for ``nics=[...]``."""
-        return NicSpec(self.name, model, mac, tap, queues, vectors).validated()
+        """A NIC on this bridge with options, for ``nics=[...]``.
+
+        *address* (with prefix length, or a list of one IPv4 and one IPv6 address) is
+        set in the guest at start, instead of one from the bridge's subnet; on a bridge
+        with a subnet it must be inside it.
+
+        Raises:
+            ConfigError: a bad option, or an address outside the bridge's subnet.
+        """
+        addresses = () if address is None else tuple(
+            str(i) for i in explicit_addresses(address, self.name, self.subnets)
+        )
+        return NicSpec(self.name, model, mac, tap, queues, vectors, addresses).validated()
 
     def add_address(self, address: str) -> None:
-        """Give the bridge an address in the lab namespace (a host-only network)."""
+        """Give the bridge an address in the lab namespace (a host-only network). The
+        address plan never hands it to a guest.
+
+        Raises:
+            ConfigError: a malformed address, or one a guest has already.
+        """
         iface = validation.ip_interface(address)
+        owner = self.lab._address_owner(iface.ip)
+        if owner is not None:
+            raise ConfigError(
+                f"address {iface.ip} for bridge {self.name!r} is used already by {owner}: "
+                "give the bridge another address"
+            )
         self.lab.namespace.add_address(self.name, str(iface.ip), iface.network.prefixlen)
+        self.addresses.append(iface)
 
     def __repr__(self) -> str:
         return f"<Bridge {self.name} of {self.lab.name}>"
@@ -426,6 +461,70 @@ class VM:
             )
         return index
 
+    # -- addresses --------------------------------------------------------------------
+    @property
+    def addresses(self) -> dict[str, list[str]]:
+        """The addresses the lab gave this guest at start, by interface:
+        ``{"eth0": ["10.20.10.2/24"]}`` (only NICs with addresses; see
+        :mod:`pytest_netlab.addressing` for how they are chosen).
+
+        Raises:
+            LabError: the guest is not started (addresses are chosen at start).
+        """
+        if not self.started:
+            raise LabError(f"{self.name}: addresses are chosen at netlab.start(); call it first")
+        nics = self.lab.plan.assigned.get(self.name, [])
+        return {f"eth{i}": [str(a) for a in interfaces] for i, interfaces in enumerate(nics) if interfaces}
+
+    def address(self, nic: Bridge | str | int = 0, *, version: int | None = None) -> str:
+        """The address (without prefix length) the lab gave the guest's NIC *nic*: a
+        bridge (its first NIC on it), a bridge's name, ``ethN``, an index or a TAP name.
+        IPv4 if it has one, unless *version* is 6.
+
+        Raises:
+            ConfigError: no such NIC, or a *version* other than 4 or 6.
+            LabError: the guest is not started, or the NIC has no address of that version.
+        """
+        if version not in (None, 4, 6):
+            raise ConfigError(f"version {version!r} is not accepted: give 4, 6 or None")
+        index = self._nic_position(nic)
+        interfaces = self.addresses.get(f"eth{index}", [])
+        found = [a.split("/")[0] for a in interfaces if version is None or (":" in a) == (version == 6)]
+        if not found:
+            what = f"an IPv{version} address" if version else "an address"
+            raise LabError(
+                f"{self.name}: eth{index} has no {what} from the lab (give its bridge a "
+                "subnet, or the NIC an address with bridge.nic(address=...))"
+            )
+        return found[0]
+
+    def _nic_position(self, nic: Bridge | str | int) -> int:
+        """The ``ethN`` number of *nic* among all the guest's NICs (NAT ones too)."""
+        nics = self.spec.nics
+        bridge = nic.name if isinstance(nic, Bridge) else None
+        if isinstance(nic, str) and nic in self.lab.bridges:
+            bridge = nic
+        if bridge is not None:
+            for index, spec in enumerate(nics):
+                if spec.bridge == bridge:
+                    return index
+            raise ConfigError(
+                f"{self.name} has no NIC on bridge {bridge!r} (its bridges: "
+                f"{', '.join(sorted({n.bridge for n in nics if n.bridge})) or 'none'})"
+            )
+        if isinstance(nic, str) and nic.startswith("eth") and nic[3:].isdigit():
+            nic = int(nic[3:])
+        elif isinstance(nic, str) and nic in self.taps:
+            on_bridges = [i for i, n in enumerate(nics) if n.bridge is not None]
+            nic = on_bridges[self.taps.index(nic)]
+        if isinstance(nic, int) and not isinstance(nic, bool) and 0 <= nic < len(nics):
+            return nic
+        raise ConfigError(
+            f"NIC {nic!r} of {self.name!r} is not accepted: give a bridge, a bridge's name, "
+            f"eth0..eth{len(nics) - 1}, an index or a TAP name" if nics
+            else f"NIC {nic!r} of {self.name!r}: the guest has no NICs"
+        )
+
     def set_link(self, nic: int | str, up: bool) -> None:
         """Pull (``up=False``) or plug back (``up=True``) the cable of a lab NIC: the
         guest sees carrier loss. Uses QMP ``set_link`` on the NIC's netdev.
@@ -544,6 +643,7 @@ class Lab:
         self.log = log.getChild(self.name)
         self.timings: dict[str, float] = {}
         self.diagram: str | None = None  # Mermaid text, set when built from a Topology
+        self.plan = AddressPlan()  # filled at start() when a bridge has a subnet (opt-in)
         _open_labs.add(self)
 
     # -- building ---------------------------------------------------------------------
@@ -554,18 +654,25 @@ class Lab:
             self.namespace.create()
             self.workdir.mkdir(parents=True, exist_ok=True)
 
-    def bridge(self, name: str) -> Bridge:
+    def bridge(self, name: str, *, subnet: str | Sequence[str] | None = None) -> Bridge:
         """Create bridge *name* (up, STP off) in the lab namespace.
 
+        *subnet* (e.g. ``"10.20.10.0/24"``, an IPv6 prefix, or a list of one of each)
+        makes the lab address every guest NIC on the bridge at start, see
+        :mod:`pytest_netlab.addressing`; without it nothing is set in the guests.
+
         Raises:
-            ConfigError: a bad or duplicate name.
+            ConfigError: a bad or duplicate name; a bad subnet, or one that overlaps
+                another bridge's or the user-mode NAT network 10.0.2.0/24.
         """
         validation.interface_name(name, "bridge name")
         if name in self.bridges:
             raise ConfigError(f"bridge {name!r} exists already in this lab: give each bridge its own name")
+        subnets = () if subnet is None else parse_subnets(subnet, name)
+        check_overlaps(name, subnets, {b: br.subnets for b, br in self.bridges.items()})
         self._ensure_namespace()
         self.namespace.add_bridge(name)
-        bridge = Bridge(self, name, len(self.bridges) + 1)
+        bridge = Bridge(self, name, len(self.bridges) + 1, subnets)
         self.bridges[name] = bridge
         if self._recording:
             self._record(name)
@@ -663,6 +770,7 @@ class Lab:
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
         forwards: Sequence[int] = (), numa: bool = False, aslr: bool = False,
+        gateway: str | None = None,
     ) -> VM:
         """Declare guest *name*; it boots at the next ``start()``.
 
@@ -680,9 +788,14 @@ class Lab:
         linked program about 50 ms slower (QEMU translates the libraries again at each
         new address).
 
+        *gateway*: a default route set at start (with the addresses of the bridges'
+        subnets): ``"auto"`` (via the first router on the guest's first addressed
+        bridge; nothing for a router), a router's name, or an address.
+
         Raises:
-            ConfigError: bad or duplicate name, a bridge of another lab, duplicate MACs
-                or TAP names, sizes out of range, unreadable kernel or disk.
+            ConfigError: bad or duplicate name, a bridge of another lab, duplicate MACs,
+                TAP names or addresses, sizes out of range, unreadable kernel or disk,
+                a bad gateway.
         """
         if name in self.vms:
             raise ConfigError(f"guest {name!r} exists already in this lab: give each guest its own name")
@@ -711,8 +824,16 @@ class Lab:
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
             append=append, disks=[Path(d) for d in disks], network=network,
-            forwards=list(forwards), numa=numa, aslr=aslr,
+            forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway,
         ).validated()
+        given = [validation.ip_interface(a).ip for nic in specs for a in nic.addresses]
+        for address in given:
+            owner = self._address_owner(address)
+            if owner is not None or given.count(address) > 1:
+                raise ConfigError(
+                    f"address {address} of {name!r} is used already by {owner or name}: "
+                    "give each NIC its own address"
+                )
         number = len(self.vms) + 1
         chosen = {nic.mac.lower() for nic in specs if nic.mac}
         auto = (m for i in itertools.count() if (m := lab_mac(number, i)) not in self._macs | chosen)
@@ -745,6 +866,54 @@ class Lab:
         vm = cls(self, spec, number, macs, taps)
         self.vms[name] = vm
         return vm
+
+    def _address_owner(self, address: Any) -> str | None:
+        """Who has *address* (an ``ipaddress`` address) in this lab: a guest's NIC
+        (given or planned) or a bridge's host side; ``None`` if it is free."""
+        for bridge in self.bridges.values():
+            if any(i.ip == address for i in bridge.addresses):
+                return f"bridge {bridge.name!r} (host side)"
+        for vm in self.vms.values():
+            if any(validation.ip_interface(a).ip == address for n in vm.spec.nics for a in n.addresses):
+                return vm.name
+        for guest, nics in self.plan.assigned.items():
+            if any(i.ip == address for interfaces in nics for i in interfaces):
+                return guest
+        return None
+
+    def _addressing(self) -> bool:
+        """Whether the lab asked for addresses: a subnet, a NIC address or a gateway."""
+        return any(b.subnets for b in self.bridges.values()) or any(
+            vm.spec.gateway is not None or any(n.addresses for n in vm.spec.nics)
+            for vm in self.vms.values()
+        )
+
+    def _plan_addresses(self, pending: Sequence[VM]) -> dict[str, str]:
+        """Choose the addresses of *pending* guests; return the set-up command of each
+        guest that gets one (see :mod:`pytest_netlab.addressing`).
+
+        Raises:
+            ConfigError: a subnet with no free address, a duplicate address, a gateway
+                that cannot be resolved, clashing host names.
+        """
+        if not self._addressing():
+            return {}
+        requests = {
+            vm.name: GuestRequest(
+                vm.name, isinstance(vm, Router),
+                tuple(NicRequest(n.bridge, tuple(validation.ip_interface(a) for a in n.addresses))
+                      for n in vm.spec.nics),
+                vm.spec.gateway,
+            )
+            for vm in self.vms.values()
+        }
+        self.plan.assign(
+            {b: br.subnets for b, br in self.bridges.items() if br.subnets},
+            [requests[vm.name] for vm in pending],
+            {b: br.addresses for b, br in self.bridges.items()},
+            list(requests.values()),
+        )
+        return {vm.name: self.plan.guest_script(vm.name) for vm in pending if vm.spec.network}
 
     def router(self, name: str, nics: Sequence[Bridge | NicSpec] = (), **options: Any) -> Router:
         """Declare a guest that routes (see :meth:`Router.enable_forwarding`)."""
@@ -817,10 +986,12 @@ class Lab:
         each answers SSH.
 
         Raises:
-            ConfigError: QEMU is not installed (nothing is created then).
+            ConfigError: QEMU is not installed, or the address plan cannot work
+                (nothing is created then).
             BootTimeout: a guest did not come up within *timeout* seconds.
             QemuError: a QEMU process failed; the message has its command line and output.
             SSHError: a guest came up but SSH to it failed.
+            LabError: the planned addresses could not be set in a guest.
         """
         if threading.get_ident() != self._owner:
             raise LabError("start() must be called from the thread that made the lab")
@@ -828,6 +999,7 @@ class Lab:
         if not pending:
             return
         find_qemu()  # a missing QEMU is bad input: say so before anything is made
+        setups = self._plan_addresses(pending)  # so is an address plan that cannot work
         self._ensure_namespace()
         boot_timeout = timeout or self.settings.boot_timeout
         started = time.monotonic()
@@ -860,6 +1032,15 @@ class Lab:
             session = SSHSession(vm.name, ports[vm.name], self.key, vm.machine.host_key)
             session.connect(self.settings.ssh_timeout)
             vm._ssh = session
+            if vm.name in setups:
+                # addresses, default route and /etc/hosts: one command, one round trip
+                try:
+                    vm.ssh(setups[vm.name])
+                except CommandError as exc:  # the lab could not be built, not a test failure
+                    raise LabError(
+                        f"{vm.name}: setting the planned addresses failed (the guest needs "
+                        f"iproute2's ip and sed): {exc}"
+                    ) from exc
             # impairments asked for before start() apply before the test's first command
             for index, impairment in vm.impairments.items():
                 if not impairment.none:
@@ -872,6 +1053,11 @@ class Lab:
         failed = [e for e in errors if e is not None]
         if failed:
             raise failed[0]
+        if setups:
+            # guests started earlier learn the new guests' names
+            for vm in self.vms.values():
+                if vm not in pending and vm._ssh is not None:
+                    vm.ssh(self.plan.hosts_script())
         self.timings["start"] = time.monotonic() - started
 
     # -- the lab namespace ------------------------------------------------------------
@@ -954,7 +1140,7 @@ def _disk_format(path: Path) -> str:
 
 
 def _host_or_address(value: object) -> str:
-    if isinstance(value, str) and value and all(c.isalnum() or c in ".-:" for c in value):
+    if isinstance(value, str) and value and all(c.isalnum() or c in ".-:_" for c in value):
         if any(c.isalpha() for c in value.replace(":", "")) and ":" not in value:
             return value  # a host name, e.g. from /etc/hosts
         return str(validation.ip_address(value))

@@ -21,6 +21,17 @@ The documents' three-machine set-up, as TOML::
     [nodes.h2]
     links = [{ bridge = "br2", address = "10.20.20.2/24" }]
     routes = [{ to = "10.20.10.0/24", via = "10.20.20.1" }]
+
+With an address plan instead (see :mod:`pytest_netlab.addressing`), links without an
+address get one from their bridge's ``subnet``, and ``gateway = "auto"`` gives a host a
+default route through the router on its first bridge::
+
+    [bridges.br1]
+    subnet = "10.20.10.0/24"
+
+    [nodes.h1]
+    gateway = "auto"
+    links = [{ bridge = "br1" }]
 """
 
 from __future__ import annotations
@@ -28,12 +39,13 @@ from __future__ import annotations
 import ipaddress
 import shlex
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import validation
+from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -65,12 +77,14 @@ class NodeSpec:
     forwarding: bool = False
     memory: int = 128
     cpus: int = 1
+    gateway: str | None = None  # "auto", a router's name or an address (address plan)
 
 
 @dataclass(frozen=True)
 class BridgeSpec:
     name: str
     address: str | None = None  # a host-only address on the bridge, in the lab namespace
+    subnet: tuple[str, ...] = ()  # the address plan's networks: guests' links get addresses
 
 
 @dataclass
@@ -93,15 +107,26 @@ class Topology:
         topology = cls()
         for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
             bridge = _table(raw_bridge or {}, f"bridge {name!r}")
-            _keys(bridge, {"address"}, f"bridge {name!r}")
+            _keys(bridge, {"address", "subnet"}, f"bridge {name!r}")
             validation.interface_name(name, "bridge name")
             address = bridge.get("address")
             if address is not None:
                 validation.ip_interface(address)
-            topology.bridges[name] = BridgeSpec(name, address)
+            subnets = () if bridge.get("subnet") is None else parse_subnets(bridge["subnet"], name)
+            check_overlaps(name, subnets, {b: topology._subnets(b) for b in topology.bridges})
+            topology.bridges[name] = BridgeSpec(name, address, tuple(str(n) for n in subnets))
         for name, raw in _table(data.get("nodes", {}), "nodes").items():
             topology.nodes[name] = topology._node(name, _table(raw, f"node {name!r}"))
+        for node in topology.nodes.values():
+            if node.gateway not in (None, "auto", *topology.nodes) and not _is_address(node.gateway):
+                raise ConfigError(
+                    f"node {node.name!r}: gateway {node.gateway!r} is not a node of the topology: "
+                    "give 'auto', a router's name or an address"
+                )
         return topology
+
+    def _subnets(self, bridge: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        return tuple(ipaddress.ip_network(n) for n in self.bridges[bridge].subnet)
 
     @classmethod
     def from_toml(cls, source: str | Path) -> Topology:
@@ -122,7 +147,7 @@ class Topology:
 
     def _node(self, name: str, raw: Mapping[str, Any]) -> NodeSpec:
         where = f"node {name!r}"
-        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus"}, where)
+        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus", "gateway"}, where)
         validation.guest_name(name)
         role = raw.get("role", "host")
         if role not in ROLES:
@@ -138,7 +163,7 @@ class Topology:
                     f"(bridges: {', '.join(self.bridges) or 'none'}); add [bridges.{bridge}]"
                 )
             if link.get("address") is not None:
-                validation.ip_interface(link["address"])
+                explicit_addresses(link["address"], bridge, self._subnets(bridge))
             if link.get("mac") is not None:
                 validation.mac_address(link["mac"])
             validation.nic_model(link.get("model", "virtio-net-pci"))
@@ -166,6 +191,7 @@ class Topology:
             name, role, tuple(links), tuple(routes), forwarding,
             validation.int_in_range(raw.get("memory", 128), 64, 65536, "memory", " MiB"),
             validation.int_in_range(raw.get("cpus", 1), 1, 64, "cpus"),
+            check_gateway(raw.get("gateway"), name),
         )
 
     # -- building ---------------------------------------------------------------------
@@ -178,30 +204,40 @@ class Topology:
             LabError, CommandError: booting or configuring failed.
         """
         lab.diagram = self.mermaid()  # the evidence of a failure includes the picture
-        bridges = {name: lab.bridge(name) for name in self.bridges}
+        bridges = {
+            name: lab.bridge(name, subnet=list(spec.subnet) or None) for name, spec in self.bridges.items()
+        }
         for spec in self.bridges.values():
             if spec.address:
                 bridges[spec.name].add_address(spec.address)
+        planned = {name for name, spec in self.bridges.items() if spec.subnet}
         vms = {
             node.name: lab.vm(
-                node.name, [bridges[link.bridge].nic(mac=link.mac, model=link.model) for link in node.links],
-                role=node.role, memory=node.memory, cpus=node.cpus,
+                node.name,
+                [bridges[link.bridge].nic(
+                    mac=link.mac, model=link.model,
+                    address=link.address if link.bridge in planned else None,
+                ) for link in node.links],
+                role=node.role, memory=node.memory, cpus=node.cpus, gateway=node.gateway,
             )
             for node in self.nodes.values()
         }
         if start:
             lab.start()
             for node in self.nodes.values():
-                script = self.guest_script(node)
+                script = self.guest_script(node, planned)
                 if script:
                     vms[node.name].ssh(script)
         return vms
 
     @staticmethod
-    def guest_script(node: NodeSpec) -> str:
-        """The shell commands that give *node* its addresses, routes and forwarding."""
+    def guest_script(node: NodeSpec, planned: Collection[str] = ()) -> str:
+        """The shell commands that give *node* its addresses, routes and forwarding;
+        links to the *planned* bridges (those with a subnet) are left to the lab."""
         commands: list[str] = []
         for index, link in enumerate(node.links):
+            if link.bridge in planned:
+                continue
             if link.address:
                 commands.append(f"ip addr add {shlex.quote(link.address)} dev eth{index}")
             commands.append(f"ip link set eth{index} up")
@@ -218,7 +254,7 @@ class Topology:
         links labelled with the guest's interface and address."""
         lines = ["graph LR"]
         for bridge in self.bridges.values():
-            label = bridge.name + (f"<br/>{bridge.address}" if bridge.address else "")
+            label = "<br/>".join([bridge.name, *bridge.subnet] + ([bridge.address] if bridge.address else []))
             lines.append(f'    {_id(bridge.name)}(("{label}"))')
         for node in self.nodes.values():
             shape = ('{{"', '"}}') if node.role == "router" else ('["', '"]')
@@ -229,6 +265,14 @@ class Topology:
                 label = f"eth{index}" + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
+
+
+def _is_address(value: object) -> bool:
+    try:
+        ipaddress.ip_address(str(value))
+    except ValueError:
+        return False
+    return True
 
 
 def _id(name: str) -> str:

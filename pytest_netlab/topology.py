@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import validation
+from .addressing import check_gateway
 from .errors import ConfigError
 
 MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
@@ -30,6 +31,7 @@ class NicSpec:
     tap: str | None = None
     queues: int = 1
     vectors: int | None = None
+    addresses: tuple[str, ...] = ()  # given with bridge.nic(address=...), checked there
 
     @property
     def nat(self) -> bool:
@@ -37,9 +39,11 @@ class NicSpec:
 
     def validated(self) -> NicSpec:
         validation.nic_model(self.model)
-        if self.nat and (self.tap is not None or self.queues != 1 or self.vectors is not None):
+        if self.nat and (self.tap is not None or self.queues != 1 or self.vectors is not None
+                         or self.addresses):
             raise ConfigError(
-                "a user-mode NAT NIC has no TAP and one queue: give it only model= and mac="
+                "a user-mode NAT NIC has no TAP, one queue and QEMU's address: give it only "
+                "model= and mac="
             )
         if self.mac is not None:
             validation.mac_address(self.mac)
@@ -74,6 +78,7 @@ class GuestSpec:
     forwards: list[int] = field(default_factory=list)  # guest TCP ports forwarded from 127.0.0.1
     numa: bool = False  # memory from a memory backend, given to one NUMA node
     aslr: bool = False  # address space layout randomisation in the guest (off: faster execs under TCG)
+    gateway: str | None = None  # "auto", a router's name or an address: a default route (addressing)
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
@@ -86,6 +91,7 @@ class GuestSpec:
                 )
         for nic in self.nics:
             nic.validated()
+        self.gateway = check_gateway(self.gateway, self.name)
         if self.initrd is not None and self.kernel is None:
             raise ConfigError(f"{self.name}: initrd={str(self.initrd)!r} needs kernel= as well")
         if self.rootfs is not None and self.kernel is None:

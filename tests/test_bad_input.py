@@ -191,3 +191,28 @@ def test_unknown_nic_model(netlab):
     with _refused(r"queues=4 is not accepted for NIC model 'e1000': only virtio-net-pci has multiqueue"):
         br1.nic(model="e1000", queues=4)
     _assert_nothing_made(netlab, links)
+
+
+def test_address_plans_that_cannot_work(netlab):
+    with _refused(r"subnet '10.20.10.1/24' of bridge 'br1' is not accepted: give a network") as info:
+        netlab.bridge("br1", subnet="10.20.10.1/24")
+    _assert_one_line(info)
+    with _refused(r"subnet 10.0.0.0/8 of bridge 'br1' overlaps the user-mode NAT network 10.0.2.0/24"):
+        netlab.bridge("br1", subnet="10.0.0.0/8")
+    _assert_nothing_made(netlab)
+    br1 = netlab.bridge("br1", subnet="10.20.10.0/24")
+    links = netlab.namespace.links()
+    with _refused(r"subnet 10.20.0.0/16 of bridge 'br2' overlaps subnet 10.20.10.0/24 of bridge 'br1'"):
+        netlab.bridge("br2", subnet="10.20.0.0/16")
+    with _refused(r"address 10.20.20.5/24 on bridge 'br1' is not inside its subnet 10.20.10.0/24"):
+        br1.nic(address="10.20.20.5/24")
+    netlab.vm("h1", nics=[br1.nic(address="10.20.10.50/24")])
+    with _refused(r"address 10.20.10.50 of 'h2' is used already by h1: give each NIC its own address"):
+        netlab.vm("h2", nics=[br1.nic(address="10.20.10.50/24")])
+    with _refused(r"gateway '10.20.10.0/24' of 'h2' is not accepted: give 'auto'"):
+        netlab.vm("h2", nics=[br1], gateway="10.20.10.0/24")
+    netlab.vm("h3", nics=[br1], gateway="auto")
+    with _refused(r"h3: gateway='auto' finds no router on bridge 'br1'") as info:
+        netlab.start()
+    _assert_one_line(info)
+    _assert_nothing_made(netlab, links)

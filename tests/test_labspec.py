@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -59,3 +60,37 @@ def test_bad_topologies_are_refused_with_the_value_named(data, message):
 def test_bad_toml_is_a_config_error():
     with pytest.raises(ConfigError, match="cannot be read"):
         Topology.from_toml("[nodes.h1\nrole = 'host'\n")
+
+
+AUTO = THREE.with_name("three_machines_auto.toml")
+
+
+def test_the_address_plan_file_loads_and_leaves_the_planned_links_to_the_lab():
+    topology = Topology.from_toml(AUTO)
+    assert topology.bridges["br1"].subnet == ("10.20.10.0/24",)
+    assert topology.nodes["h1"].gateway == "auto"
+    planned = {"br1", "br2"}
+    assert Topology.guest_script(topology.nodes["h1"], planned) == ""
+    assert Topology.guest_script(topology.nodes["rt2"], planned) == (
+        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
+    )
+    assert '    n_br1(("br1<br/>10.20.10.0/24"))' in topology.mermaid()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"bridges": {"br1": {"subnet": "10.20.10.1/24"}}}, "subnet '10.20.10.1/24' of bridge 'br1'"),
+        ({"bridges": {"br1": {"subnet": "10.20.0.0/16"}, "br2": {"subnet": "10.20.20.0/24"}}},
+         "subnet 10.20.20.0/24 of bridge 'br2' overlaps subnet 10.20.0.0/16 of bridge 'br1'"),
+        ({"bridges": {"br1": {"subnet": "10.0.2.0/24"}}}, "overlaps the user-mode NAT network"),
+        ({"bridges": {"br1": {"subnet": "10.20.10.0/24"}},
+          "nodes": {"h1": {"links": [{"bridge": "br1", "address": "10.9.9.9/24"}]}}},
+         "address 10.9.9.9/24 on bridge 'br1' is not inside its subnet 10.20.10.0/24"),
+        ({"nodes": {"h1": {"gateway": "everywhere please"}}}, "gateway 'everywhere please' of 'h1'"),
+        ({"nodes": {"h1": {"gateway": "rt9"}}}, "node 'h1': gateway 'rt9' is not a node of the topology"),
+    ],
+)
+def test_bad_address_plans_are_refused_with_the_value_named(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Topology.from_dict(data)

@@ -1,0 +1,38 @@
+"""The documents' three machines with an address plan per bridge: the lab chooses the
+addresses (routers first), sets the default routes, and names every guest in /etc/hosts."""
+
+from __future__ import annotations
+
+
+def test_h1_pings_h2_by_name_through_rt2(netlab):
+    br1 = netlab.bridge("br1", subnet="10.20.10.0/24")
+    br2 = netlab.bridge("br2", subnet="10.20.20.0/24")
+    h1 = netlab.vm("h1", nics=[br1], gateway="auto")
+    rt2 = netlab.router("rt2", nics=[br1, br2])
+    h2 = netlab.vm("h2", nics=[br2], gateway="auto")
+    netlab.start()  # addresses, default routes and /etc/hosts are set before it returns
+
+    assert rt2.addresses == {"eth0": ["10.20.10.1/24"], "eth1": ["10.20.20.1/24"]}
+    assert h1.address(br1) == "10.20.10.2"
+    assert h2.address("eth0") == "10.20.20.2"
+    assert h1.ping("rt2-br1")
+    assert not h1.ping("h2", timeout=1)  # forwarding is off by default
+    rt2.enable_forwarding()
+    assert h1.ping("h2")
+    assert h2.ping("h1")
+    route = h1.ssh("ip route get " + h2.address()).stdout
+    assert f"via {rt2.address(br1)} dev eth0" in route
+
+
+def test_explicit_addresses_dual_stack_and_a_host_only_bridge(netlab):
+    lan = netlab.bridge("lan", subnet=["10.30.0.0/24", "fd00:30::/64"])
+    lan.add_address("10.30.0.1/24")  # the lab namespace's own: never handed out
+    a = netlab.vm("a", nics=[lan.nic(address="10.30.0.50/24")])
+    b = netlab.vm("b", nics=[lan])
+    netlab.start()
+
+    assert a.addresses == {"eth0": ["10.30.0.50/24", "fd00:30::1/64"]}
+    assert b.address(lan) == "10.30.0.2"
+    assert b.address(lan, version=6) == "fd00:30::2"
+    assert a.ping("b") and a.ping("b-lan-v6")
+    assert netlab.run(["ping", "-c", "1", "-W", "2", b.address()]).ok

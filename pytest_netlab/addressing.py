@@ -1,0 +1,405 @@
+"""Automatic addresses: a subnet per bridge, an address per guest NIC, a default route
+and ``/etc/hosts`` names, all as pure logic (nothing here touches the system).
+
+The rule, applied when a lab starts: every NIC on a bridge with a subnet gets, for each
+of the bridge's subnets (one IPv4, one IPv6 at most), the lowest address of the subnet
+that is not used yet, going through the routers first and then the other guests, each
+in the order they were declared, their NICs in order. Used means: given explicitly to a
+NIC (``bridge.nic(address=...)``), given to the bridge on the host side
+(``bridge.add_address``), or handed out before. So ``h1 -- rt2 -- h2`` on
+10.20.10.0/24 and 10.20.20.0/24 gives rt2 10.20.10.1 and 10.20.20.1, h1 10.20.10.2 and
+h2 10.20.20.2.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from . import validation
+from .errors import ConfigError
+from .qemu import MGMT_NET
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+# networks the guests have already: a lab subnet overlapping one would take its routes
+NAT_NETWORK = ipaddress.ip_network("10.0.2.0/24")  # netlab.nat(), QEMU's user-mode default
+RESERVED = {
+    NAT_NETWORK: "the user-mode NAT network",
+    ipaddress.ip_network(MGMT_NET): "the management network (SSH to the guests)",
+}
+SMALLEST_PREFIX = {4: 30, 6: 126}  # room for at least two guests
+IPV6_DEFAULT_METRIC = 100
+HOSTS_BEGIN = "# netlab: lab addresses (begin)"
+HOSTS_END = "# netlab: lab addresses (end)"
+_SUBNET_HINT = (
+    "give a network with its host bits zero, e.g. 10.20.10.0/24 or fd00:20:10::/64, "
+    "or a list of one IPv4 and one IPv6 network"
+)
+
+
+def parse_subnets(value: object, bridge: str) -> tuple[Network, ...]:
+    """The subnets of *bridge*: a network or a list of at most one per IP version.
+
+    Raises:
+        ConfigError: not a network, host bits set, too small, two of one version.
+    """
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigError(f"subnet {value!r} of bridge {bridge!r} is not accepted: {_SUBNET_HINT}")
+    networks: list[Network] = []
+    for item in values:
+        try:
+            if not isinstance(item, str):
+                raise ValueError
+            network = ipaddress.ip_network(item)
+        except ValueError:
+            raise ConfigError(
+                f"subnet {item!r} of bridge {bridge!r} is not accepted: {_SUBNET_HINT}"
+            ) from None
+        if network.prefixlen > SMALLEST_PREFIX[network.version]:
+            raise ConfigError(
+                f"subnet {item!r} of bridge {bridge!r} is too small: give at most "
+                f"/{SMALLEST_PREFIX[network.version]} for IPv{network.version}"
+            )
+        if any(n.version == network.version for n in networks):
+            raise ConfigError(
+                f"subnet {item!r} of bridge {bridge!r} is a second IPv{network.version} "
+                "subnet: give at most one IPv4 and one IPv6 subnet per bridge"
+            )
+        networks.append(network)
+    return tuple(networks)
+
+
+def check_overlaps(bridge: str, subnets: Sequence[Network], others: Mapping[str, Sequence[Network]]) -> None:
+    """Refuse a subnet of *bridge* that overlaps another bridge's or the NAT network.
+
+    Raises:
+        ConfigError: naming both subnets.
+    """
+    for network in subnets:
+        for reserved, what in RESERVED.items():
+            if network.version == reserved.version and network.overlaps(reserved):
+                raise ConfigError(
+                    f"subnet {network} of bridge {bridge!r} overlaps {what} {reserved}: "
+                    "choose another subnet"
+                )
+        for other, theirs in others.items():
+            for their in theirs:
+                if other != bridge and their.version == network.version and network.overlaps(their):
+                    raise ConfigError(
+                        f"subnet {network} of bridge {bridge!r} overlaps subnet {their} of "
+                        f"bridge {other!r}: give each bridge its own subnet"
+                    )
+
+
+def explicit_addresses(value: object, bridge: str, subnets: Sequence[Network]) -> tuple[Interface, ...]:
+    """The addresses given to one NIC with ``bridge.nic(address=...)``: a string or a
+    list, at most one per IP version; on a bridge with a subnet of that version, an
+    address of that subnet with its prefix length.
+
+    Raises:
+        ConfigError: malformed, outside the subnet, or two of one version.
+    """
+    values = [value] if isinstance(value, str) else value
+    if not isinstance(values, (list, tuple)) or not values:
+        raise ConfigError(
+            f"address {value!r} on bridge {bridge!r} is not accepted: give an address with a "
+            "prefix length, e.g. 10.20.10.50/24, or a list of one IPv4 and one IPv6 address"
+        )
+    interfaces: list[Interface] = []
+    for item in values:
+        interface = validation.ip_interface(item)
+        for network in subnets:
+            if network.version != interface.version:
+                continue
+            if interface.network != network:
+                raise ConfigError(
+                    f"address {item} on bridge {bridge!r} is not inside its subnet {network}: "
+                    f"give an address of {network} with /{network.prefixlen}"
+                )
+            if network.version == 4 and interface.ip in (network.network_address, network.broadcast_address):
+                raise ConfigError(
+                    f"address {item} on bridge {bridge!r} is the network or broadcast address "
+                    f"of {network}: give one of its host addresses"
+                )
+        if any(i.version == interface.version for i in interfaces):
+            raise ConfigError(
+                f"address {item} on bridge {bridge!r} is a second IPv{interface.version} "
+                "address of one NIC: give at most one IPv4 and one IPv6 address"
+            )
+        interfaces.append(interface)
+    return tuple(interfaces)
+
+
+@dataclass(frozen=True)
+class NicRequest:
+    """One NIC of a guest, as the planner sees it: its bridge (``None`` for a NAT NIC)
+    and the addresses given to it explicitly."""
+
+    bridge: str | None
+    explicit: tuple[Interface, ...] = ()
+
+
+@dataclass(frozen=True)
+class GuestRequest:
+    """One guest: its NICs in order (``eth0``, ``eth1``...) and its gateway wish
+    (``None``, ``"auto"``, a guest's name or an address)."""
+
+    name: str
+    router: bool
+    nics: tuple[NicRequest, ...]
+    gateway: str | None = None
+
+
+def check_gateway(value: object, guest: str) -> str | None:
+    """Return *value* if it is accepted as ``gateway=``.
+
+    Raises:
+        ConfigError: not ``"auto"``, a guest name or an address.
+    """
+    if value is None or value == "auto":
+        return value
+    if isinstance(value, str):
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError:
+            pass
+        try:
+            return validation.guest_name(value)
+        except ConfigError:
+            pass
+    raise ConfigError(
+        f"gateway {value!r} of {guest!r} is not accepted: give 'auto', the name of a "
+        "router of the lab, or an address"
+    )
+
+
+class AddressPlan:
+    """The addresses and default routes of a lab's guests; grows at each start."""
+
+    def __init__(self) -> None:
+        self.assigned: dict[str, list[tuple[Interface, ...]]] = {}  # guest -> per NIC
+        self.gateways: dict[str, tuple[Address, ...]] = {}
+        self.bridges_of: dict[str, tuple[str | None, ...]] = {}  # guest -> bridge per NIC
+
+    def assign(
+        self, subnets: Mapping[str, Sequence[Network]], guests: Sequence[GuestRequest],
+        bridge_addresses: Mapping[str, Iterable[Interface]] | None = None,
+        all_guests: Sequence[GuestRequest] = (),
+    ) -> None:
+        """Give each NIC of *guests* (those not planned yet) its addresses, then resolve
+        their gateways. *subnets* maps each bridge with a subnet to its networks;
+        *bridge_addresses* are the lab namespace's own on its bridges (never handed out);
+        *all_guests* (default: *guests*) are every guest of the lab, in declaration
+        order, for ``gateway=NAME`` and ``"auto"``.
+
+        Raises:
+            ConfigError: an address used twice, a subnet with no address left, a gateway
+                that cannot be resolved. Nothing is planned then.
+        """
+        known = list(all_guests) or list(guests)
+        owners: dict[Address, str] = {}
+        for bridge, interfaces in (bridge_addresses or {}).items():
+            for interface in interfaces:
+                owners[interface.ip] = f"bridge {bridge!r} (host side)"
+        for name, planned in self.assigned.items():
+            for interfaces in planned:
+                for interface in interfaces:
+                    owners[interface.ip] = name
+        fresh = [g for g in guests if g.name not in self.assigned]
+        for guest in fresh:
+            for nic in guest.nics:
+                for interface in nic.explicit:
+                    if interface.ip in owners:
+                        raise ConfigError(
+                            f"address {interface.ip} of {guest.name} on bridge {nic.bridge!r} is "
+                            f"used already by {owners[interface.ip]}: give each NIC its own address"
+                        )
+                    owners[interface.ip] = guest.name
+        assigned: dict[str, list[tuple[Interface, ...]]] = {}
+        for guest in [g for g in fresh if g.router] + [g for g in fresh if not g.router]:
+            nics: list[tuple[Interface, ...]] = []
+            for nic in guest.nics:
+                interfaces = list(nic.explicit)
+                for network in subnets.get(nic.bridge, ()) if nic.bridge is not None else ():
+                    if any(i.version == network.version for i in interfaces):
+                        continue
+                    address = _lowest_free(network, owners)
+                    if address is None:
+                        raise ConfigError(
+                            f"subnet {network} of bridge {nic.bridge!r} has no free address left "
+                            f"for {guest.name}: give the bridge a larger subnet"
+                        )
+                    owners[address] = guest.name
+                    interfaces.append(ipaddress.ip_interface(f"{address}/{network.prefixlen}"))
+                nics.append(tuple(sorted(interfaces, key=lambda i: i.version)))
+            assigned[guest.name] = nics
+        bridges_of = {g.name: tuple(n.bridge for n in g.nics) for g in known}
+        every = {**self.assigned, **assigned}
+        gateways = {g.name: _gateway(g, known, every, bridges_of) for g in fresh}
+        hosts_names(every, bridges_of)  # refuses clashing names before anything starts
+        self.assigned.update(assigned)
+        self.gateways.update(gateways)
+        self.bridges_of.update(bridges_of)
+
+    def guest_script(self, guest: str) -> str:
+        """One shell command that gives *guest* its addresses and default routes (one
+        ``ip -batch``) and writes the lab's names into ``/etc/hosts``."""
+        lines: list[str] = []
+        no_dad: list[str] = []
+        for index, interfaces in enumerate(self.assigned.get(guest, [])):
+            for interface in interfaces:
+                flags = " nodad" if interface.version == 6 else ""  # usable at once
+                lines.append(f"addr add {interface} dev eth{index}{flags}")
+            if interfaces:
+                lines.append(f"link set eth{index} up")
+            if any(i.version == 6 for i in interfaces):
+                # no DAD for the link-local address either: until it is done (1-2 s)
+                # a router cannot send neighbour solicitations, so forwards nothing
+                no_dad.append(f"echo 0 > /proc/sys/net/ipv6/conf/eth{index}/accept_dad\n")
+        for gateway in self.gateways.get(guest, ()):
+            if gateway.version == 4:
+                lines.append(f"route add 0.0.0.0/0 via {gateway}")
+            else:
+                # the management NIC learns an IPv6 default route (metric 1024) from
+                # QEMU's router advertisements: the lab's comes before it
+                lines.append(f"route add ::/0 via {gateway} metric {IPV6_DEFAULT_METRIC}")
+        # set -e: a refused address or route fails the whole command (it runs in a subshell)
+        script = "set -e\n" + "".join(no_dad)
+        if lines:
+            script += "ip -batch - <<'NETLAB_EOF'\n" + "\n".join(lines) + "\nNETLAB_EOF\n"
+        return script + self.hosts_script()
+
+    def hosts_script(self) -> str:
+        """A shell command that replaces the lab's block in ``/etc/hosts``."""
+        block = "\n".join(
+            [HOSTS_BEGIN, *(f"{address}\t{name}" for name, address in
+                            hosts_names(self.assigned, self.bridges_of).items()), HOSTS_END]
+        )
+        return (
+            f"sed -i '/^{HOSTS_BEGIN}$/,/^{HOSTS_END}$/d' /etc/hosts && "
+            f"cat >> /etc/hosts <<'NETLAB_EOF'\n{block}\nNETLAB_EOF\n"
+        )
+
+
+def hosts_names(
+    assigned: Mapping[str, Sequence[tuple[Interface, ...]]],
+    bridges_of: Mapping[str, Sequence[str | None]],
+) -> dict[str, Address]:
+    """Each name and its address: ``NAME`` its first IPv4 address (or IPv6 if it has
+    none), ``NAME-BRIDGE`` its address on that bridge (IPv4 first), ``NAME-BRIDGE-v6``
+    its IPv6 address there.
+
+    Raises:
+        ConfigError: two guests would get the same name (e.g. guest ``h1-br1`` and
+            guest ``h1`` on bridge ``br1``).
+    """
+    names: dict[str, Address] = {}
+    owner: dict[str, str] = {}
+
+    def add(name: str, address: Address, guest: str) -> None:
+        if name in owner and owner[name] != guest:
+            raise ConfigError(
+                f"host name {name!r} would name both {owner[name]} and {guest}: rename one "
+                "of the guests (names are NAME, NAME-BRIDGE and NAME-BRIDGE-v6)"
+            )
+        if name not in names:
+            names[name] = address
+            owner[name] = guest
+
+    for guest, nics in assigned.items():
+        every = [i for interfaces in nics for i in interfaces]
+        first = [i for i in every if i.version == 4] or every
+        if first:
+            add(guest, first[0].ip, guest)
+        for bridge, interfaces in zip(bridges_of.get(guest, ()), nics, strict=False):
+            if bridge is None or not interfaces:
+                continue
+            add(f"{guest}-{bridge}", interfaces[0].ip, guest)
+            for interface in interfaces:
+                if interface.version == 6:
+                    add(f"{guest}-{bridge}-v6", interface.ip, guest)
+    return names
+
+
+def _lowest_free(network: Network, owners: Mapping[Address, str]) -> Address | None:
+    for address in network.hosts():
+        if address not in owners:
+            return address
+    return None
+
+
+def _gateway(
+    guest: GuestRequest, known: Sequence[GuestRequest],
+    assigned: Mapping[str, Sequence[tuple[Interface, ...]]],
+    bridges_of: Mapping[str, Sequence[str | None]],
+) -> tuple[Address, ...]:
+    """The next hops of *guest*'s default routes (one per IP version at most)."""
+    wish = guest.gateway
+    if wish is None or (wish == "auto" and guest.router):
+        return ()
+    mine = list(zip(bridges_of[guest.name], assigned.get(guest.name, []), strict=True))
+    addressed = [(bridge, interfaces) for bridge, interfaces in mine if bridge is not None and interfaces]
+    if not addressed:
+        raise ConfigError(
+            f"{guest.name}: gateway={wish!r} needs an address on a lab bridge: put it on a "
+            "bridge with a subnet or give its NIC an address"
+        )
+    if wish == "auto":
+        bridge, interfaces = addressed[0]
+        routers = [g.name for g in known if g.router and bridge in bridges_of.get(g.name, ())]
+        if not routers:
+            raise ConfigError(
+                f"{guest.name}: gateway='auto' finds no router on bridge {bridge!r} (its first "
+                "addressed bridge): declare one with netlab.router(), or give gateway=ADDRESS"
+            )
+        found = _their_addresses(routers[0], bridge, interfaces, assigned, bridges_of)
+        if not found:
+            raise ConfigError(
+                f"{guest.name}: gateway='auto' picks router {routers[0]}, which has no address "
+                f"of the same IP version on bridge {bridge!r}: give gateway=ADDRESS"
+            )
+        return found
+    try:
+        address = ipaddress.ip_address(wish)
+    except ValueError:
+        pass
+    else:
+        if not any(address in i.network for _, interfaces in addressed for i in interfaces):
+            raise ConfigError(
+                f"{guest.name}: gateway {wish} is not in a subnet of its NICs "
+                f"({', '.join(str(i.network) for _, ifs in addressed for i in ifs)}): "
+                "give an address on one of its bridges"
+            )
+        return (address,)
+    if wish not in bridges_of or wish == guest.name:
+        raise ConfigError(
+            f"{guest.name}: gateway {wish!r} is not another guest of the lab: give 'auto', "
+            "a router's name or an address"
+        )
+    for bridge, interfaces in addressed:
+        if bridge in bridges_of[wish]:
+            found = _their_addresses(wish, bridge, interfaces, assigned, bridges_of)
+            if found:
+                return found
+    raise ConfigError(
+        f"{guest.name}: gateway {wish!r} has no address on a bridge of {guest.name}: "
+        "give a router on one of its bridges, or an address"
+    )
+
+
+def _their_addresses(
+    router: str, bridge: str, mine: Sequence[Interface],
+    assigned: Mapping[str, Sequence[tuple[Interface, ...]]],
+    bridges_of: Mapping[str, Sequence[str | None]],
+) -> tuple[Address, ...]:
+    """*router*'s addresses on *bridge*, of the IP versions *mine* has."""
+    versions = {i.version for i in mine}
+    for their_bridge, interfaces in zip(bridges_of[router], assigned.get(router, []), strict=False):
+        if their_bridge == bridge:
+            return tuple(i.ip for i in interfaces if i.version in versions)
+    return ()
