@@ -141,8 +141,6 @@ class QemuMachine:
             ]
         argv += [
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            # MIGRATION events: saving and loading a state are waited for without polling
-            "-global", "migration.x-events=on",
             "-kernel", str(c.kernel), "-append", c.cmdline,
             "-chardev", f"socket,id=mon,fd={qmp_fd}", "-mon", "chardev=mon,mode=control",
             "-chardev", f"socket,id=con,fd={console_fd}", "-serial", "chardev:con",
@@ -174,7 +172,9 @@ class QemuMachine:
         # a new generation id on every start makes a resumed Linux guest reseed its RNG
         argv += ["-device", "vmgenid,guid=auto"]
         if c.incoming is not None:
-            argv += ["-incoming", f"exec:cat {shlex.quote(str(c.incoming))}"]
+            # started over QMP once MIGRATION events are on (see launch): events sent
+            # while QMP is being negotiated would break the handshake
+            argv += ["-incoming", "defer"]
         argv += c.extra_args
         return argv
 
@@ -223,6 +223,14 @@ class QemuMachine:
             self._qmp.connect()
         except (QMPError, OSError) as exc:
             raise self._died_error(f"QMP handshake failed ({exc})") from exc
+        if self.config.incoming is not None:
+            self._migration_events()
+            self.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(self.config.incoming))}")
+
+    def _migration_events(self) -> None:
+        """Have QEMU send MIGRATION events, so that saving and loading a state are
+        waited for without polling."""
+        self.qmp("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
 
     def _read_console(self) -> None:
         assert self._console_sock is not None
@@ -353,6 +361,7 @@ class QemuMachine:
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
         """Pause the guest and write its whole state to *path* (for ``incoming``)."""
         self.qmp("stop")
+        self._migration_events()
         self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
         status = self._wait_migration(timeout)
         if status != "completed":
