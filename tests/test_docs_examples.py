@@ -142,8 +142,13 @@ def test_topology_as_a_dict(netlab):
 
 
 def test_topology_errors_name_the_node_and_value():
-    with pytest.raises(ConfigError, match="bridge 'br9'"):
+    # --8<-- [start:topology-refused]
+    with pytest.raises(ConfigError) as refused:
         Topology.from_dict({"nodes": {"h1": {"links": [{"bridge": "br9"}]}}})
+    assert str(refused.value) == (
+        "node 'h1': link to bridge 'br9', which is not declared (bridges: none); add [bridges.br9]"
+    )
+    # --8<-- [end:topology-refused]
 
 
 def test_the_mermaid_picture_in_the_docs_is_the_three_machines_file():
@@ -151,3 +156,22 @@ def test_the_mermaid_picture_in_the_docs_is_the_three_machines_file():
     shown = re.search(r"```mermaid\n(.*?)```", page, re.S)
     assert shown, "docs/topology.md shows no mermaid picture"
     assert Topology.from_toml(THREE_MACHINES).mermaid().strip() == shown.group(1).strip()
+
+
+def _code_blocks(language: str) -> list[tuple[str, str]]:
+    blocks = []
+    for page in sorted((ROOT / "docs").rglob("*.md")):
+        text = page.read_text()
+        blocks += [(page.name, b) for b in re.findall(rf"^```{language}\n(.*?)^```", text, re.S | re.M)]
+    return blocks
+
+
+@pytest.mark.parametrize("language", ["python", "toml"])
+def test_every_code_example_in_the_docs_is_included_from_a_file_that_runs(language):
+    blocks = _code_blocks(language)
+    assert blocks
+    for page, block in blocks:
+        lines = [line for line in block.splitlines() if line.strip()]
+        assert all(line.startswith("--8<-- ") for line in lines), (
+            f"docs/{page} has a {language} example written by hand, not included from a test:\n{block}"
+        )
