@@ -107,6 +107,7 @@ def test_pcap_of_every_bridge_is_kept_with_the_evidence_of_a_failure(pytester: p
 
 def test_node_ids_become_safe_directory_names():
     assert sanitize_nodeid("tests/test_a.py::test_b[x-1/2 y]") == "tests_test_a.py__test_b_x-1_2_y"
+    assert sanitize_nodeid("tests/test_a.py::test_b[x]") == "tests_test_a.py__test_b_x"  # docs/evidence.md
     assert sanitize_nodeid("::") == "test"
 
 
