@@ -7,6 +7,7 @@ from pytest_netlab.labspec import Topology
 TOPOLOGY = Path(__file__).parent / "topologies" / "three_machines.toml"
 
 
+# --8<-- [start:from-toml]
 def test_h1_reaches_h2_through_rt2_from_a_topology_file(netlab, tmp_path):
     topology = Topology.from_toml(TOPOLOGY)
     (tmp_path / "lab.mmd").write_text(topology.mermaid())
@@ -16,6 +17,7 @@ def test_h1_reaches_h2_through_rt2_from_a_topology_file(netlab, tmp_path):
     assert reply, reply.output
     assert "10.20.20.2" in vms["h1"].ssh("ip route get 10.20.20.2").stdout
     assert vms["rt2"].ssh("sysctl -n net.ipv4.ip_forward").stdout == "1\n"
+# --8<-- [end:from-toml]
 
 
 def test_three_machines_from_a_file_with_an_address_plan(netlab):

@@ -59,6 +59,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how long a guest may take to answer SSH (default: ini netlab_boot_timeout, else 120)",
     )
     group.addoption(
+        "--netlab-command-timeout", type=float, default=None, metavar="SECONDS",
+        help="how long vm.ssh() and vm.console_run() wait for a command given no timeout= "
+        "(default: ini netlab_command_timeout, else 60)",
+    )
+    group.addoption(
         "--netlab-artifacts", default=None, metavar="DIR",
         help="where the evidence of failed lab tests goes, a directory per test id "
         "(default: netlab-artifacts inside the test's tmp_path)",
@@ -96,7 +101,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=f"{DEFAULT_KEEP_TIMEOUT:g}",
     )
     parser.addini(
-        "netlab_command_timeout", "default timeout of vm.ssh() in seconds (default 60)", default="60"
+        "netlab_command_timeout",
+        "default timeout of vm.ssh() and vm.console_run() in seconds (default 60)", default="60",
     )
 
 
@@ -113,9 +119,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     timeouts = {}
     for name, option in (
-        ("boot", "--netlab-boot-timeout"), ("command", None), ("keep", "--netlab-keep-timeout"),
+        ("boot", "--netlab-boot-timeout"), ("command", "--netlab-command-timeout"),
+        ("keep", "--netlab-keep-timeout"),
     ):
-        raw = config.getoption(option) if option else None
+        raw = config.getoption(option)
         if raw is None:  # an explicit 0 is refused below, not replaced by the ini value
             raw = config.getini(f"netlab_{name}_timeout")
         try:

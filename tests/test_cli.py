@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -43,3 +44,54 @@ def test_image_clean_removes_images_and_their_saved_boots(tmp_path, monkeypatch,
     assert not (tmp_path / "images" / "cloud-0123456789abcdef").exists()
     assert not (tmp_path / "templates" / "layout.state").exists()
     assert "layout.state" in capsys.readouterr().out
+
+
+def test_image_build_of_a_cached_image_and_image_info(capsys):
+    from pytest_netlab.cli import main
+
+    assert main(["image", "build"]) == 0  # cached: says where, builds nothing
+    kernel, initrd = capsys.readouterr().out.splitlines()[-2:]
+    assert kernel.startswith("kernel /") and initrd.startswith("initrd /")
+
+    assert main(["image", "info"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["built"] is True
+    assert kernel.removeprefix("kernel ").startswith(info["path"])
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid
+
+
+def test_down_without_a_name_takes_the_only_detached_lab_and_all_takes_every_one(
+    tmp_path, monkeypatch, capsys
+):
+    from pytest_netlab.cli import main
+    from pytest_netlab.detached import DetachedLab, detached_labs
+
+    # a runtime directory of this test's own: the machine's detached labs are never touched
+    monkeypatch.setattr("pytest_netlab.session.runtime_base", lambda: tmp_path)
+    assert main(["down", "--all"]) == 0
+    assert capsys.readouterr().out == "no detached labs\n"
+    assert main(["down"]) == 1
+    assert "no detached labs to tear down" in capsys.readouterr().err
+
+    # owners that died (kill -9): down removes what they left
+    def dead_lab() -> DetachedLab:
+        pid = _a_dead_pid()
+        lab = DetachedLab(f"netlab-{pid}-1", pid, "t.toml", str(tmp_path), "")
+        lab.save(tmp_path)
+        return lab
+
+    only = dead_lab()
+    assert main(["down"]) == 0
+    assert f"lab {only.name}: its owner (pid {only.pid}) was gone" in capsys.readouterr().out
+
+    for _ in range(2):
+        dead_lab()
+    assert main(["down"]) == 1
+    assert "name the one to tear down, or give --all" in capsys.readouterr().err
+    assert main(["down", "--all"]) == 0
+    assert detached_labs(tmp_path) == []

@@ -44,12 +44,15 @@ def test_a_failed_lab_test_leaves_evidence_in_the_report_and_on_disk(pytester: p
             f"evidence of the failure in {test_dir}*",
             "*- netlab h1 -*",
             f"files: {test_dir / 'h1'}",
+            "--- commands run (time, status, duration, command) ---",
             "*exit 0*ip addr add 10.20.10.1/24 dev eth0*",
             "*exit 0*echo marker-command",
             "*exit 7*exit 7",
             "*exit 1*ping -n -c 1 -W 0.5 10.20.10.2",
             "*--- ip addr (brief) ---",
             "eth0 <*UP*> 10.20.10.1/24*",
+            "--- ip neigh ---",
+            "10.20.10.2 dev eth0 *",
             "*--- console (last 30 lines) ---",
             "*- netlab h2 -*",
         ]
@@ -104,6 +107,7 @@ def test_pcap_of_every_bridge_is_kept_with_the_evidence_of_a_failure(pytester: p
 
 def test_node_ids_become_safe_directory_names():
     assert sanitize_nodeid("tests/test_a.py::test_b[x-1/2 y]") == "tests_test_a.py__test_b_x-1_2_y"
+    assert sanitize_nodeid("tests/test_a.py::test_b[x]") == "tests_test_a.py__test_b_x"  # docs/evidence.md
     assert sanitize_nodeid("::") == "test"
 
 

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from pytest_netlab import plugin
 
 pytest_plugins = ["pytester"]
 
@@ -77,3 +81,104 @@ def test_failed_lab_test_still_tears_down(pytester: pytest.Pytester):
     namespace, pid = probe.read_text().split()
     assert not os.path.exists(f"/run/netns/{namespace}")
     assert not os.path.exists(f"/proc/{pid}")
+
+
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+class _RecordingParser:
+    """Stands in for pytest's parser: records what the plugin declares."""
+
+    def __init__(self) -> None:
+        self.groups: dict[str, list[str]] = {}
+        self.inis: list[str] = []
+        self._group = ""
+
+    def getgroup(self, name: str, description: str = "") -> _RecordingParser:
+        self._group = name
+        return self
+
+    def addoption(self, *names: str, **kwargs: object) -> None:
+        self.groups.setdefault(self._group, []).extend(n for n in names if n.startswith("--"))
+
+    def addini(self, name: str, help: str, **kwargs: object) -> None:
+        self.inis.append(name)
+
+
+def _declared() -> _RecordingParser:
+    parser = _RecordingParser()
+    plugin.pytest_addoption(parser)  # type: ignore[arg-type]
+    return parser
+
+
+def _help_entries(lines: list[str]) -> dict[str, str]:
+    """Each entry of a --help section: its first word -> its whole text, lines joined.
+    An entry starts at a line indented by two spaces; deeper lines continue it."""
+    entries: dict[str, str] = {}
+    name = ""
+    for line in lines:
+        if re.match(r"  \S", line):
+            name = line.split()[0].split("=")[0]
+            entries[name] = line.strip()
+        elif name and line.startswith("   "):
+            entries[name] += " " + line.strip()
+        else:
+            name = ""
+    return entries
+
+
+def test_every_netlab_option_and_ini_has_its_default_in_the_help(pytester: pytest.Pytester):
+    out = pytester.runpytest("-p", "netlab", "--help").stdout.lines
+    start = out.index("pytest-netlab: network labs of QEMU guests:")
+    end = out.index("", start)
+    options = _help_entries(out[start + 1:end])
+    inis = {name: text for name, text in _help_entries(out).items() if name.startswith("netlab_")}
+
+    declared = _declared()
+    assert sorted(options) == sorted(declared.groups["netlab"])  # the group holds them all
+    assert list(declared.groups) == ["netlab"]
+    assert not [line for line in out[:start] + out[end:] if line.lstrip().startswith("--netlab-")]
+    assert sorted(inis) == sorted(declared.inis)
+    assert "--netlab-command-timeout" in options and "netlab_command_timeout" in inis
+    for name, text in {**options, **inis}.items():
+        assert "(default" in text, f"{name} does not say its default: {text}"
+
+
+def test_the_options_page_lists_every_option_and_ini():
+    page = (DOCS / "options.md").read_text()
+    declared = _declared()
+    for name in [*declared.groups["netlab"], *declared.inis]:
+        assert f"`{name}" in page, f"{name} is not in docs/options.md"
+
+
+def test_command_timeout_from_the_command_line_overrides_the_ini(pytester: pytest.Pytester):
+    pytester.makeini("[pytest]\nnetlab_command_timeout = 60\n")
+    pytester.makepyfile(
+        """
+        import time
+
+        import pytest
+
+        from pytest_netlab import CommandTimeout
+
+        def test_a_slow_command_times_out(netlab):
+            vm = netlab.vm("h1")
+            netlab.start()
+            started = time.monotonic()
+            with pytest.raises(CommandTimeout):
+                vm.ssh("sleep 30")
+            assert time.monotonic() - started < 10
+            assert vm.ssh("sleep 3", timeout=20).status == 0  # timeout= still wins
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "netlab", "--netlab-accel=tcg", "--netlab-command-timeout=2")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_zero_command_timeout_is_refused_as_the_options_page_shows(pytester: pytest.Pytester):
+    block = re.search(r"```\n\$ (pytest .*)\n(ERROR: .*)\n```", (DOCS / "options.md").read_text())
+    assert block, "docs/options.md shows no refused command"
+    command, error = block.groups()
+    result = pytester.runpytest(*command.split()[1:])
+    assert error in result.stderr.lines
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
