@@ -778,6 +778,9 @@ class Lab:
         it), ``bridge.nic(...)`` with options, or ``netlab.nat()``. In the guest they
         are ``eth0``, ``eth1``... in this order.
 
+        *append*: kernel parameters added to the guest's command line (the guest then
+        boots cold: a resumed kernel keeps the command line it was saved with).
+
         *forwards*: guest TCP ports reachable from the host's 127.0.0.1 (see
         :meth:`VM.forward_port`). ``network=False``: no NIC at all, not even the
         management NIC, so no SSH; the guest is driven with :meth:`VM.console_run`.
@@ -928,8 +931,9 @@ class Lab:
         spec = vm.spec
         store = self.settings.templates
         # saved states have TAP NICs and a management NIC only: NAT NICs and guests
-        # without network have other devices, so they cold-boot
-        resumable = spec.network and not any(n.nat for n in spec.nics)
+        # without network have other devices, so they cold-boot; a resumed kernel
+        # keeps the template's command line, so guests with parameters of their own too
+        resumable = spec.network and not any(n.nat for n in spec.nics) and not spec.append
         if (spec.kernel is None and not spec.disks and resumable
                 and self.settings.boot == "snapshot" and store):
             layout = Layout(

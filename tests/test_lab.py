@@ -125,3 +125,13 @@ def test_console_run_reaches_a_networked_guest_too(netlab):
     assert vm.console_run("printf 'no newline'").stdout == "no newline"
     with pytest.raises(CommandError, match="status 1"):
         vm.console_run("false")
+
+
+def test_kernel_parameters_of_a_guest_of_its_own_reach_its_kernel(netlab):
+    # a resumed guest would keep the template's command line: this one boots cold
+    vm = netlab.vm("h1", append="netlab.debug=1 quiet")
+    netlab.start()
+
+    assert vm.ssh("cat /proc/cmdline").stdout.split()[-2:] == ["netlab.debug=1", "quiet"]
+    # netlab.debug=1: the init's timed stages on the console
+    assert "NETLAB-DEBUG" in vm.console_log.read_text()
