@@ -65,13 +65,19 @@ def parse_subnets(value: object, bridge: str) -> tuple[Network, ...]:
                 f"subnet {item!r} of bridge {bridge!r} is too small: give at most "
                 f"/{SMALLEST_PREFIX[network.version]} for IPv{network.version}"
             )
-        if any(n.version == network.version for n in networks):
-            raise ConfigError(
-                f"subnet {item!r} of bridge {bridge!r} is a second IPv{network.version} "
-                "subnet: give at most one IPv4 and one IPv6 subnet per bridge"
-            )
+        _one_per_version(networks, network, f"subnet {item!r} of bridge {bridge!r}", "subnet", "bridge")
         networks.append(network)
     return tuple(networks)
+
+
+def _one_per_version(
+    have: Sequence[Network | Interface], new: Network | Interface, what: str, noun: str, per: str
+) -> None:
+    if any(h.version == new.version for h in have):
+        raise ConfigError(
+            f"{what} is a second IPv{new.version} {noun}: give at most one IPv4 and one "
+            f"IPv6 {noun} per {per}"
+        )
 
 
 def check_overlaps(bridge: str, subnets: Sequence[Network], others: Mapping[str, Sequence[Network]]) -> None:
@@ -126,11 +132,7 @@ def explicit_addresses(value: object, bridge: str, subnets: Sequence[Network]) -
                     f"address {item} on bridge {bridge!r} is the network or broadcast address "
                     f"of {network}: give one of its host addresses"
                 )
-        if any(i.version == interface.version for i in interfaces):
-            raise ConfigError(
-                f"address {item} on bridge {bridge!r} is a second IPv{interface.version} "
-                "address of one NIC: give at most one IPv4 and one IPv6 address"
-            )
+        _one_per_version(interfaces, interface, f"address {item} on bridge {bridge!r}", "address", "NIC")
         interfaces.append(interface)
     return tuple(interfaces)
 

@@ -200,7 +200,7 @@ def test_overlapping_subnets_name_both():
         ("10.20.10.5/16", "address 10.20.10.5/16 on bridge 'br1' is not inside its subnet 10.20.10.0/24"),
         ("10.20.10.255/24", "is the network or broadcast address"),
         ("10.20.10.5", "address '10.20.10.5' is not accepted"),
-        (["10.20.10.5/24", "10.20.10.6/24"], "second IPv4 address of one NIC"),
+        (["10.20.10.5/24", "10.20.10.6/24"], "second IPv4 address: give at most one IPv4 and one"),
     ],
 )
 def test_bad_explicit_addresses_are_refused(value, message):
