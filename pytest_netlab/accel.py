@@ -96,6 +96,30 @@ def decide_accelerator(requested: str = "auto", cache_dir: Path | None = None) -
     unusable = kvm_device_usable()
     if unusable is None:
         unusable = _cached_probe(cache_dir)
+    return _decide(requested, unusable)
+
+
+def known_decision(requested: str, cache_dir: Path | None = None) -> AccelDecision | None:
+    """What :func:`decide_accelerator` would answer, when that needs no guest booted
+    under KVM (the probe is cached or /dev/kvm cannot be opened); else ``None``.
+
+    Raises:
+        AcceleratorError: ``kvm`` was requested but is known not to work.
+    """
+    if requested == "tcg":
+        return AccelDecision("tcg", "requested")
+    unusable = kvm_device_usable()
+    if unusable is None:
+        path, key = _probe_cache(cache_dir)
+        with FileLock(str(path) + ".lock"):
+            cached = _read_probe(path, key)
+        if cached is None:
+            return None
+        unusable = cached[0]
+    return _decide(requested, unusable)
+
+
+def _decide(requested: str, unusable: str | None) -> AccelDecision:
     if unusable is None:
         return AccelDecision("kvm", "a guest booted under KVM" if requested == "auto" else "requested")
     if requested == "kvm":
@@ -106,20 +130,31 @@ def decide_accelerator(requested: str = "auto", cache_dir: Path | None = None) -
     return AccelDecision("tcg", f"KVM not usable: {unusable}")
 
 
-def _cached_probe(cache_dir: Path | None) -> str | None:
+def _probe_cache(cache_dir: Path | None) -> tuple[Path, dict[str, str]]:
     from .image import cache_root
 
     root = cache_dir or cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    path = root / "kvm-probe.json"
-    key = {"boot_id": _boot_id(), "qemu": qemu_version()}
+    return root / "kvm-probe.json", {"boot_id": _boot_id(), "qemu": qemu_version()}
+
+
+def _read_probe(path: Path, key: dict[str, str]) -> tuple[str | None] | None:
+    """The cached probe's answer (in a 1-tuple: it may be ``None``), or ``None``."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if cached.get("key") != key:
+        return None
+    return (cached.get("unusable"),)
+
+
+def _cached_probe(cache_dir: Path | None) -> str | None:
+    path, key = _probe_cache(cache_dir)
     with FileLock(str(path) + ".lock"):
-        try:
-            cached = json.loads(path.read_text())
-            if cached.get("key") == key:
-                return cached.get("unusable")  # type: ignore[no-any-return]
-        except (OSError, ValueError):
-            pass
+        cached = _read_probe(path, key)
+        if cached is not None:
+            return cached[0]
         unusable = probe_kvm()
         path.write_text(json.dumps({"key": key, "unusable": unusable}))
         return unusable

@@ -170,10 +170,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[_SESSION_KEY]
     try:
-        return [
-            f"netlab: accelerator {session.accel}, {session.boot} boot, "
-            f"guest image {session.image.initrd.parent}"
-        ]
+        return [f"netlab: {session.describe()}"]
     except NetlabError as exc:
         return [f"netlab: not usable: {exc}"]
 

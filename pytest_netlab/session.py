@@ -10,9 +10,9 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .accel import AccelDecision, decide_accelerator
+from .accel import AccelDecision, decide_accelerator, known_decision
 from .errors import LabError
-from .image import GuestImage, cache_root, default_image
+from .image import GuestImage, cache_root, default_image, image_info
 from .lab import Lab, LabSettings
 from .qemu import qemu_version
 from .ssh import SessionKey
@@ -72,6 +72,19 @@ class NetlabSession:
         if self._accel is None:
             self._accel = decide_accelerator(self.accel_request)
         return self._accel
+
+    def describe(self) -> str:
+        """One line on the accelerator, boot mode and guest image, from what is known
+        without building the image or booting a guest under KVM (a run whose tests make
+        no lab pays for neither)."""
+        accel = self._accel or known_decision(self.accel_request)
+        accel_text = str(accel) if accel else f"{self.accel_request} (decided at the first lab)"
+        if self._image is not None:
+            image_text = str(self._image.initrd.parent)
+        else:
+            info = image_info()
+            image_text = str(info["path"]) + ("" if info["built"] else " (built at the first lab)")
+        return f"accelerator {accel_text}, {self.boot} boot, guest image {image_text}"
 
     def settings(self) -> LabSettings:
         if self._templates is None:

@@ -57,6 +57,24 @@ def test_header_names_the_accelerator_and_a_lab_test_passes(pytester: pytest.Pyt
     result.stdout.fnmatch_lines(["netlab: accelerator tcg (requested)*", "*1 passed*"])
 
 
+def test_a_run_without_labs_builds_nothing_and_boots_nothing(
+    pytester: pytest.Pytester, tmp_path, monkeypatch: pytest.MonkeyPatch
+):
+    # the plugin is loaded in every run of a project that installs it: the header must
+    # not build the image or boot a guest under KVM to find the accelerator
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("NETLAB_CACHE_DIR", str(cache))
+    pytester.makepyfile("def test_plain():\n    assert True\n")
+    result = pytester.runpytest_subprocess("-p", "netlab")
+    result.stdout.fnmatch_lines([
+        # "auto (decided at the first lab)", or "tcg (KVM not usable: ...)" without /dev/kvm
+        f"netlab: accelerator *, snapshot boot, guest image {cache}/images/*(built at the first lab)",
+        "*1 passed*",
+    ])
+    assert not (cache / "images").exists()
+    assert not (cache / "kvm-probe.json").exists()
+
+
 def test_failed_lab_test_still_tears_down(pytester: pytest.Pytester):
     pytester.makepyfile(
         """
