@@ -342,7 +342,8 @@ extract_vmlinux() {
 		magic=${pair%%:*}
 		cmd=${pair#*:}
 		command -v "${cmd%% *}" > /dev/null 2>&1 || continue
-		for off in $(LC_ALL=C grep -obUaP "$magic" "$1" 2> /dev/null | cut -d: -f1 | sed -n 1,5p); do
+		# grep finds no such magic for most formats: not an error
+		for off in $({ LC_ALL=C grep -obUaP "$magic" "$1" 2> /dev/null || true; } | cut -d: -f1 | sed -n 1,5p); do
 			tail -c "+$((off + 1))" "$1" | $cmd > "$2" 2> /dev/null || true
 			if [ "$(head -c 4 "$2" | od -An -tx1 | tr -d ' \n')" = 7f454c46 ]; then
 				return 0
