@@ -29,10 +29,10 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from .errors import LabError
-from .image import NIC_MODEL_MODULES, GuestImage
+from .image import NIC_MODEL_MODULES, PRUNE_AFTER_DAYS, GuestImage
 from .netns import LabNamespace
 from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, MachineConfig, NicConfig, QemuMachine
 
@@ -178,15 +178,41 @@ class TemplateStore:
         """
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{self._digest(layout, image)}.state"
-        if path.exists():
+        if _touch(path):
             return path
         with FileLock(str(path) + ".lock"):
-            if path.exists():
+            if _touch(path):
                 return path
             started = time.monotonic()
             self._make(layout, image, path, boot_timeout)
             log.info("saved a template guest for %s in %.1f s: %s", layout, time.monotonic() - started, path)
+        # the store grows here: states of older images, QEMU versions or layouts go
+        for old in self.prune():
+            log.info("removed a template guest state unused for %d days: %s", PRUNE_AFTER_DAYS, old)
         return path
+
+    def prune(self, older_than_days: float = PRUNE_AFTER_DAYS) -> list[Path]:
+        """Remove the saved states no guest was resumed from for *older_than_days* (a
+        state's modification time is its last use); a state being made is kept."""
+        too_old = time.time() - older_than_days * 86400
+        removed = []
+        for state in self.root.glob("*.state"):
+            try:
+                if state.stat().st_mtime >= too_old:
+                    continue
+            except FileNotFoundError:
+                continue
+            lock = FileLock(str(state) + ".lock")
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                continue
+            try:
+                state.unlink(missing_ok=True)
+                removed.append(state)
+            finally:
+                lock.release()
+        return removed
 
     def _make(self, layout: Layout, image: GuestImage, path: Path, boot_timeout: float) -> None:
         workdir = self.root / f"build-{os.getpid()}"
@@ -222,6 +248,15 @@ class TemplateStore:
             state.unlink()
             removed.append(state)
         return removed
+
+
+def _touch(path: Path) -> bool:
+    """Mark the saved state *path* as used now; ``False`` if there is none."""
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def _file_id(path: Path) -> list[object]:

@@ -159,6 +159,21 @@ def test_clean_images_removes_cached_images(monkeypatch: pytest.MonkeyPatch, tmp
     assert not old.exists()
 
 
+def test_saved_states_unused_for_a_week_are_pruned(tmp_path: Path) -> None:
+    from pytest_netlab.templates import TemplateStore
+
+    store = TemplateStore(tmp_path, "7.2.0")
+    stale, recent = tmp_path / "stale.state", tmp_path / "recent.state"
+    for path in (stale, recent):
+        path.write_bytes(b"saved")
+    eight_days_ago = time.time() - 8 * 86400
+    os.utime(stale, (eight_days_ago, eight_days_ago))
+    os.utime(recent, (time.time() - 6 * 86400,) * 2)
+
+    assert store.prune() == [stale]
+    assert not stale.exists() and recent.exists()
+
+
 # -- booting ---------------------------------------------------------------------------
 
 
