@@ -48,13 +48,14 @@ def ssh_argv(vm: VM, known_hosts: Path | None = None) -> list[str]:
     ]
 
 
-def describe(lab: Lab) -> str:
-    """Several lines: the lab's directory, how to enter its namespace, and per guest the
-    ``ssh`` command and console log. Writes the lab's ``known_hosts`` file."""
+def describe(lab: Lab, state: str = "") -> str:
+    """Several lines: the lab's name (and *state*, e.g. "up") and directory, how to enter
+    its namespace, and per guest the ``ssh`` command and console log. Writes the lab's
+    ``known_hosts`` file."""
     known_hosts = write_known_hosts(lab)
     namespace = NETNS_RUN_DIR / lab.name
     lines = [
-        f"lab {lab.name}; files in {lab.workdir}",
+        f"lab {lab.name}{f' is {state}' if state else ''}; files in {lab.workdir}",
         f"  lab namespace: nsenter --net={namespace} bash   (or: ip netns exec {lab.name} bash)",
     ]
     for vm in lab.vms.values():

@@ -83,7 +83,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     try:
         print(f"netlab: bringing up {args.topology} ({session.accel})", flush=True)
         topology.apply(lab)
-        text = f"lab {lab.name} is up\n{access.describe(lab)}"
+        text = access.describe(lab, state="up")
         print(text + topology.mermaid(), end="", flush=True)
         signal.signal(signal.SIGTERM, stop)
         try:

@@ -44,7 +44,7 @@ def test_detached_lab_outlives_the_command_until_netlab_down(tmp_path):
     topology = tmp_path / "one.toml"
     topology.write_text(ONE_GUEST)
     up = _netlab("up", str(topology), "--detach", "--accel", "tcg", "--workdir", str(tmp_path / "lab"))
-    name = re.search(r"^lab (netlab-(\d+)-\d+) is up$", up.stdout, re.M)
+    name = re.search(r"^lab (netlab-(\d+)-\d+) is up; files in ", up.stdout, re.M)
     assert up.returncode == 0 and name, up.stdout + up.stderr
     lab, owner = name.group(1), int(name.group(2))
     try:
