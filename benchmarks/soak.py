@@ -88,6 +88,11 @@ def run_lab(session: NetlabSession, workdir: Path, with_guest: bool) -> None:
             h1.ssh("ip addr add 10.20.10.1/24 dev eth0 && ip link set eth0 up")
             if not h1.ping("10.20.10.254", timeout=5):
                 raise RuntimeError(f"{lab.name}: h1 cannot ping the bridge")
+            # a file both ways: the SFTP channel must go with the lab too
+            (workdir / "sent").write_text(lab.name)
+            h1.put(workdir / "sent", "/tmp/sent")
+            if h1.get("/tmp/sent", workdir / "back").read_text() != lab.name:
+                raise RuntimeError(f"{lab.name}: the file came back changed")
         else:
             # TAPs as a guest's would be: opened by fd, gone when the fds are closed
             fds = lab.namespace.add_tap("vport11", "br1") + lab.namespace.add_tap("vport21", "br2")
