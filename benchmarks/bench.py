@@ -33,7 +33,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 
-from pytest_netlab.lab import VM, Lab, Router  # noqa: E402
+from pytest_netlab.guest import VM, Router  # noqa: E402
+from pytest_netlab.lab import Lab  # noqa: E402
 from pytest_netlab.session import NetlabSession  # noqa: E402
 
 Samples = dict[str, list[float]]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-from .lab import VM, Lab
+from .guest import VM
+from .lab import Lab
 from .netns import NETNS_RUN_DIR
 
 

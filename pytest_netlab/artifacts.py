@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .lab import VM, Lab
+    from .guest import VM
+    from .lab import Lab
 
 log = logging.getLogger(__name__)
 

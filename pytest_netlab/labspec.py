@@ -49,7 +49,8 @@ from .addressing import check_gateway, check_overlaps, explicit_addresses, parse
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from .lab import VM, Lab
+    from .guest import VM
+    from .lab import Lab
 
 ROLES = ("host", "router")
 

@@ -1,0 +1,529 @@
+"""A guest of a lab: a QEMU machine with NICs on the lab's bridges, and what a test does
+with it (commands over SSH, ping, files, links, impairment, forwarded ports).
+
+:class:`VM` and :class:`Router` are made by :meth:`pytest_netlab.lab.Lab.vm` and
+:meth:`~pytest_netlab.lab.Lab.router`; the lab owns them and tears them down.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shlex
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from . import validation
+from .bridge import Bridge
+from .errors import CommandError, ConfigError, GuestGoneError, LabError
+from .impairment import Impairment, Where
+from .netns import host_has_qdisc
+from .ping import PingResult, parse_ping
+from .qemu import QemuMachine
+from .retry import retry_until
+from .ssh import CommandResult, SSHSession
+from .topology import GuestSpec
+
+if TYPE_CHECKING:
+    from .lab import Lab
+
+log = logging.getLogger(__name__)
+
+
+def _local_path(local: object) -> Path:
+    if not isinstance(local, (str, os.PathLike)) or not str(local):
+        raise ConfigError(f"local path {local!r} is not accepted: give a str or a pathlib.Path")
+    return Path(local)
+
+
+def _check_remote_path(remote: object) -> None:
+    if not isinstance(remote, str) or not remote or "\0" in remote:
+        raise ConfigError(
+            f"remote path {remote!r} is not accepted: give a path in the guest, e.g. '/tmp/file'"
+        )
+
+
+class VM:
+    """A guest of the lab. Usable once ``lab.start()`` has returned."""
+
+    def __init__(self, lab: Lab, spec: GuestSpec, number: int, macs: list[str], taps: list[str]) -> None:
+        self.lab = lab
+        self.spec = spec
+        self.name = spec.name
+        self.number = number
+        self.macs = macs
+        self.taps = taps
+        self.machine: QemuMachine | None = None
+        self._ssh: SSHSession | None = None
+        self._console_ready = False  # a guest without network: booted, console only
+        self.impairments: dict[int, Impairment] = {}
+        self._impaired_at: dict[int, str] = {}  # NIC index -> "tap" or "guest", as set now
+        self.log = log.getChild(spec.name)
+
+    # -- state ------------------------------------------------------------------------
+    @property
+    def started(self) -> bool:
+        return self._ssh is not None or self._console_ready
+
+    @property
+    def console_log(self) -> Path:
+        return self.lab.workdir / self.name / "console.log"
+
+    def _session(self) -> SSHSession:
+        if not self.spec.network:
+            raise LabError(
+                f"{self.name} has no network (network=False), so no SSH: use vm.console_run()"
+            )
+        if self._ssh is None or self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        if not self.machine.is_running():
+            raise GuestGoneError(
+                f"{self.name}: the guest's QEMU is not running any more (exit status "
+                f"{self.machine.exitcode()}); console log {self.console_log}, last lines:\n"
+                f"{self.machine.console_tail(15)}"
+            )
+        return self._ssh
+
+    @property
+    def history(self) -> list[Any]:
+        """The commands run in this guest, in order, with status and duration."""
+        return list(self._ssh.history) if self._ssh else []
+
+    def forget_last_commands(self, count: int) -> None:
+        """Drop the last *count* entries of the history (commands the plugin ran for
+        its own purposes, e.g. to capture evidence, are not the test's)."""
+        if self._ssh is not None and count > 0:
+            del self._ssh.history[-count:]
+
+    # -- commands ---------------------------------------------------------------------
+    def ssh(
+        self, command: str, *, check: bool = True, timeout: float | None = None,
+        stdin: str | bytes | None = None,
+    ) -> CommandResult:
+        """Run *command* (a shell command line, as written) in the guest as root.
+
+        Raises:
+            CommandError: with ``check=True``, the command exited non-zero.
+            CommandTimeout: it did not finish within *timeout* seconds.
+            GuestGoneError: the guest is not running.
+            SSHError: the SSH connection broke.
+        """
+        session = self._session()
+        result = session.run(
+            command, timeout=timeout or self.lab.settings.command_timeout, stdin=stdin
+        )
+        if check:
+            result.check()
+        return result
+
+    def ping(
+        self, destination: str, *, count: int = 1, timeout: float = 2.0,
+        interval: float = 0.2, interface: str | None = None, size: int | None = None,
+        dont_fragment: bool = False,
+    ) -> PingResult:
+        """Ping *destination* from the guest; the result is truthy if a reply came back.
+
+        *timeout* is how long to wait for a reply after the last request.
+
+        Raises:
+            ConfigError: a malformed destination, interface or count.
+        """
+        dest = _host_or_address(destination)
+        validation.int_in_range(count, 1, 100000, what="ping count")
+        validation.positive_seconds(timeout, "ping timeout")
+        argv = ["ping", "-n", "-c", str(count), "-W", f"{timeout:g}"]
+        if count > 1:
+            argv += ["-i", f"{validation.positive_seconds(interval, 'ping interval'):g}"]
+        if interface is not None:
+            argv += ["-I", validation.interface_name(interface)]
+        if size is not None:
+            argv += ["-s", str(validation.int_in_range(size, 0, 65507, what="ping size"))]
+        if dont_fragment:
+            argv += ["-M", "do"]
+        if ":" in dest:
+            argv.insert(1, "-6")
+        argv.append(dest)
+        deadline = (count - 1) * interval + timeout + 30
+        result = self.ssh(shlex.join(argv), check=False, timeout=deadline)
+        return parse_ping(dest, result.stdout + result.stderr, result.status)
+
+    def console_run(self, command: str, *, check: bool = True, timeout: float | None = None) -> CommandResult:
+        """Run *command* in a root shell on the guest's serial console, not over the
+        network: the command channel of a guest made with ``network=False``. Works on
+        any started guest. stdout and stderr come back together, as ``stdout``.
+
+        Raises:
+            CommandError: with ``check=True``, the command exited non-zero.
+            CommandTimeout: it did not finish within *timeout* seconds.
+            GuestGoneError: the guest is not running.
+            LabError: the guest is not started.
+        """
+        if self.machine is None or not self.started:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        started = time.monotonic()
+        status, output = self.machine.console_run(command, timeout or self.lab.settings.command_timeout)
+        result = CommandResult(command, status, output, "", time.monotonic() - started, self.name)
+        self.log.debug("console: %s -> %d", command, status)
+        if check:
+            result.check()
+        return result
+
+    def forward_port(self, guest_port: int) -> int:
+        """Forward a new port on the host's 127.0.0.1 (chosen by the kernel) to TCP
+        *guest_port* of the guest (through its management NIC, like the SSH port);
+        return the host port. ``netlab.vm(..., forwards=[80])`` does this at start.
+
+        Raises:
+            ConfigError: a port out of range, or a guest without network.
+            LabError: the guest is not started.
+            QemuError: QEMU refused the forward.
+        """
+        validation.int_in_range(guest_port, 1, 65535, what="guest port")
+        if not self.spec.network:
+            raise ConfigError(f"{self.name} has no network (network=False): no port can be forwarded to it")
+        if self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        forwards = self.machine.host_forwards()
+        if guest_port in forwards:
+            return forwards[guest_port]
+        port = self.machine.add_host_forward(guest_port)
+        self.log.info("guest port %d forwarded from 127.0.0.1:%d", guest_port, port)
+        return port
+
+    def remove_forward(self, guest_port: int | None = None, *, host_port: int | None = None) -> None:
+        """Remove a forward made by :meth:`forward_port`, named by its *guest_port* or by
+        its *host_port* (exactly one); the host port no longer accepts connections.
+
+        Raises:
+            ConfigError: neither or both given, a port out of range, no such forward, or
+                the SSH port (the lab's own channel to the guest).
+            LabError: the guest is not started.
+            QemuError: QEMU refused to remove it.
+        """
+        if (guest_port is None) == (host_port is None):
+            raise ConfigError(
+                f"{self.name}.remove_forward(guest_port={guest_port!r}, host_port={host_port!r}): "
+                "give exactly one of guest_port and host_port"
+            )
+        if self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        forwards = self.machine.host_forwards()  # guest port -> host port
+        if guest_port is not None:
+            validation.int_in_range(guest_port, 1, 65535, what="guest port")
+            found = forwards.get(guest_port)
+            what = f"guest port {guest_port}"
+        else:
+            validation.int_in_range(host_port, 1, 65535, what="host port")
+            found = host_port if host_port in forwards.values() else None
+            what = f"host port {host_port}"
+        listing = ", ".join(f"{h} -> {g}" for g, h in sorted(forwards.items())) or "none"
+        if found is None:
+            raise ConfigError(f"{self.name}: {what} is not forwarded; forwards (host -> guest): {listing}")
+        if found == forwards.get(22):
+            raise ConfigError(
+                f"{self.name}: {what} is the SSH forward the lab uses to reach the guest; "
+                "it cannot be removed"
+            )
+        self.machine.remove_host_forward(found)
+        self.log.info("forward from 127.0.0.1:%d removed (%s)", found, what)
+
+    def host_port(self, guest_port: int = 22) -> int:
+        """The port on 127.0.0.1 of the host that is forwarded to *guest_port* of the guest.
+
+        Raises:
+            LabError: no such forward.
+        """
+        if self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        if not self.spec.network:
+            raise LabError(f"{self.name} has no network (network=False): no port is forwarded")
+        forwards = self.machine.host_forwards()
+        if guest_port not in forwards:
+            raise LabError(
+                f"{self.name}: guest port {guest_port} is not forwarded; "
+                f"forwarded guest ports: {sorted(forwards) or 'none'}"
+            )
+        return forwards[guest_port]
+
+    # -- waiting ----------------------------------------------------------------------
+    def wait_until(
+        self, condition: str | Callable[[], object], *, timeout: float = 30.0, interval: float = 0.5,
+    ) -> str:
+        """Retry *condition* until it succeeds: a shell command that exits 0, or a
+        callable that returns a true value (an ``AssertionError`` or ``CommandError``
+        it raises counts as "not yet"). Returns the output of the successful attempt.
+
+        Raises:
+            WaitTimeout: not within *timeout* seconds; it has the last attempt's output.
+            ConfigError: a bad timeout or interval.
+        """
+        return self._wait(condition, True, timeout, interval)
+
+    def wait_until_fails(
+        self, condition: str | Callable[[], object], *, timeout: float = 30.0, interval: float = 0.5,
+    ) -> str:
+        """Retry until *condition* fails (the command exits non-zero, the callable
+        returns a false value or raises ``AssertionError``/``CommandError``).
+
+        Raises:
+            WaitTimeout: it still succeeded after *timeout* seconds.
+            ConfigError: a bad timeout or interval.
+        """
+        return self._wait(condition, False, timeout, interval)
+
+    def _wait(
+        self, condition: str | Callable[[], object], want: bool, timeout: float, interval: float
+    ) -> str:
+        if isinstance(condition, str):
+            what = f"{self.name}: {condition!r} {'succeeds' if want else 'fails'}"
+
+            def attempt(left: float) -> tuple[bool, str]:
+                try:
+                    result = self.ssh(condition, check=False, timeout=max(left, 1.0))
+                except CommandError as exc:  # a timed-out command has not succeeded
+                    return (not want), str(exc)
+                seen = (
+                    f"exit status {result.status}\n--- stdout ---\n{result.stdout}"
+                    f"--- stderr ---\n{result.stderr}"
+                )
+                return result.ok == want, seen
+        elif callable(condition):
+            name = getattr(condition, "__name__", repr(condition))
+            what = f"{self.name}: {name}() {'is true' if want else 'is false'}"
+
+            def attempt(left: float) -> tuple[bool, str]:
+                try:
+                    value = condition()
+                except (AssertionError, CommandError) as exc:
+                    return (not want), f"{type(exc).__name__}: {exc}"
+                return bool(value) == want, f"returned {value!r}"
+        else:
+            raise ConfigError(
+                f"condition {condition!r} is not accepted: give a shell command (str) or a callable"
+            )
+        return retry_until(attempt, timeout=timeout, interval=interval, what=what)
+
+    # -- files ------------------------------------------------------------------------
+    def put(self, local: str | Path, remote: str, *, mode: int | None = None, timeout: float = 60.0) -> None:
+        """Copy the local file *local* to path *remote* in the guest (over SFTP, on the
+        guest's SSH connection); with *mode* (e.g. ``0o600``) the file has that mode
+        before its first byte is written.
+
+        Raises:
+            ConfigError: *local* or *remote* is not a path, or *mode* is not a file mode.
+            TransferError: *local* cannot be read, or the guest cannot write *remote*
+                (the message names the path); a :class:`CommandError`.
+            SSHError: the connection is gone.
+        """
+        _check_remote_path(remote)
+        if mode is not None and (
+            isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777
+        ):
+            raise ConfigError(
+                f"mode {mode!r} is not accepted: give a file mode from 0o0 to 0o7777, e.g. 0o644"
+            )
+        self._session().put_file(_local_path(local), remote, mode=mode, timeout=timeout)
+
+    def get(self, remote: str, local: str | Path, *, timeout: float = 60.0) -> Path:
+        """Copy the guest's file *remote* to *local* (a file path; over SFTP); return *local*.
+
+        Raises:
+            ConfigError: *remote* or *local* is not a path.
+            TransferError: the guest cannot read *remote*, or *local* cannot be written
+                (e.g. its directory does not exist); the message names the path.
+            SSHError: the connection is gone.
+        """
+        _check_remote_path(remote)
+        path = _local_path(local)
+        self._session().get_file(remote, path, timeout=timeout)
+        return path
+
+    # -- links ------------------------------------------------------------------------
+    def nic_index(self, nic: int | str) -> int:
+        """The position of a lab NIC given as an index, ``ethN`` or its TAP name.
+
+        Raises:
+            ConfigError: no such NIC.
+        """
+        count = len(self.taps)
+        index: int | None = None
+        if isinstance(nic, int) and not isinstance(nic, bool):
+            index = nic
+        elif isinstance(nic, str) and nic.startswith("eth") and nic[3:].isdigit():
+            index = int(nic[3:])
+        elif isinstance(nic, str) and nic in self.taps:
+            index = self.taps.index(nic)
+        if index is None or not 0 <= index < count:
+            raise ConfigError(
+                f"NIC {nic!r} of {self.name!r} is not accepted: give an index from 0 to {count - 1}, "
+                f"eth0..eth{count - 1} or a TAP name ({', '.join(self.taps)})"
+                if count else f"NIC {nic!r} of {self.name!r}: the guest has no lab NICs"
+            )
+        return index
+
+    # -- addresses --------------------------------------------------------------------
+    @property
+    def addresses(self) -> dict[str, list[str]]:
+        """The addresses the lab gave this guest at start, by interface:
+        ``{"eth0": ["10.20.10.2/24"]}`` (only NICs with addresses; see
+        :mod:`pytest_netlab.addressing` for how they are chosen).
+
+        Raises:
+            LabError: the guest is not started (addresses are chosen at start).
+        """
+        if not self.started:
+            raise LabError(f"{self.name}: addresses are chosen at netlab.start(); call it first")
+        nics = self.lab.plan.assigned.get(self.name, [])
+        return {f"eth{i}": [str(a) for a in interfaces] for i, interfaces in enumerate(nics) if interfaces}
+
+    def address(self, nic: Bridge | str | int = 0, *, version: int | None = None) -> str:
+        """The address (without prefix length) the lab gave the guest's NIC *nic*: a
+        bridge (its first NIC on it), a bridge's name, ``ethN``, an index or a TAP name.
+        IPv4 if it has one, unless *version* is 6.
+
+        Raises:
+            ConfigError: no such NIC, or a *version* other than 4 or 6.
+            LabError: the guest is not started, or the NIC has no address of that version.
+        """
+        if version not in (None, 4, 6):
+            raise ConfigError(f"version {version!r} is not accepted: give 4, 6 or None")
+        index = self._nic_position(nic)
+        interfaces = self.addresses.get(f"eth{index}", [])
+        found = [a.split("/")[0] for a in interfaces if version is None or (":" in a) == (version == 6)]
+        if not found:
+            what = f"an IPv{version} address" if version else "an address"
+            raise LabError(
+                f"{self.name}: eth{index} has no {what} from the lab (give its bridge a "
+                "subnet, or the NIC an address with bridge.nic(address=...))"
+            )
+        return found[0]
+
+    def _nic_position(self, nic: Bridge | str | int) -> int:
+        """The ``ethN`` number of *nic* among all the guest's NICs (NAT ones too)."""
+        nics = self.spec.nics
+        bridge = nic.name if isinstance(nic, Bridge) else None
+        if isinstance(nic, str) and nic in self.lab.bridges:
+            bridge = nic
+        if bridge is not None:
+            for index, spec in enumerate(nics):
+                if spec.bridge == bridge:
+                    return index
+            raise ConfigError(
+                f"{self.name} has no NIC on bridge {bridge!r} (its bridges: "
+                f"{', '.join(sorted({n.bridge for n in nics if n.bridge})) or 'none'})"
+            )
+        if isinstance(nic, str) and nic.startswith("eth") and nic[3:].isdigit():
+            nic = int(nic[3:])
+        elif isinstance(nic, str) and nic in self.taps:
+            on_bridges = [i for i, n in enumerate(nics) if n.bridge is not None]
+            nic = on_bridges[self.taps.index(nic)]
+        if isinstance(nic, int) and not isinstance(nic, bool) and 0 <= nic < len(nics):
+            return nic
+        raise ConfigError(
+            f"NIC {nic!r} of {self.name!r} is not accepted: give a bridge, a bridge's name, "
+            f"eth0..eth{len(nics) - 1}, an index or a TAP name" if nics
+            else f"NIC {nic!r} of {self.name!r}: the guest has no NICs"
+        )
+
+    def set_link(self, nic: int | str, up: bool) -> None:
+        """Pull (``up=False``) or plug back (``up=True``) the cable of a lab NIC: the
+        guest sees carrier loss. Uses QMP ``set_link`` on the NIC's netdev.
+
+        Raises:
+            ConfigError: no such NIC.
+            LabError: the guest is not started, or QEMU refused.
+        """
+        index = self.nic_index(nic)
+        if self.machine is None:
+            raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
+        self.machine.qmp("set_link", name=f"lab{index}", up=bool(up))
+
+    def impair(
+        self, nic: int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
+        loss_percent: float = 0, rate_kbit: int | None = None, where: Where = "auto",
+    ) -> Impairment:
+        """Delay, jitter, drop or rate-limit the traffic of a lab NIC. Call it before
+        ``start()`` to have it from the first packet, or any time after to change it;
+        all defaults remove it.
+
+        *where* says which side of the link gets the qdisc, and so which direction
+        suffers: ``"tap"``, on the NIC's TAP in the lab namespace, shapes the traffic
+        going **to** the guest; ``"guest"``, a netem qdisc on ``ethN`` in the guest,
+        the traffic coming **from** the guest; ``"auto"`` takes the TAP when the host
+        kernel has the qdisc needed (netem for delay, jitter and loss, tbf for a rate
+        alone), else the guest. The returned :class:`Impairment` says where it went.
+
+        Raises:
+            ConfigError: no such NIC, a value out of range, an unknown *where*, or
+                ``where="tap"`` for delay, jitter or loss on a host without netem.
+            NamespaceError: the kernel refused the qdisc on the TAP.
+            CommandError: ``tc`` in the guest refused it.
+        """
+        index = self.nic_index(nic)
+        wanted = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit, where).validated()
+        impairment = wanted.placed(host_has_qdisc)
+        previous = self.impairments.get(index)
+        self.impairments[index] = impairment
+        if self.started and not (impairment.none and (previous is None or previous.none)):
+            self._apply_impairment(index, impairment)
+        return impairment
+
+    def _apply_impairment(self, index: int, impairment: Impairment) -> None:
+        applied = self._impaired_at.get(index)
+        target = None if impairment.none else impairment.where
+        if applied is not None and applied != target:
+            self._remove_impairment(index, applied)
+        if target == "tap":
+            qdisc = impairment.tap_qdisc()
+            assert qdisc is not None  # not none, so there is a qdisc to set
+            self.lab.namespace.set_root_qdisc(self.taps[index], *qdisc)
+        elif target == "guest":
+            self.ssh(shlex.join(impairment.tc_argv(f"eth{index}")))
+        if target is None:
+            self._impaired_at.pop(index, None)
+        else:
+            self._impaired_at[index] = target
+
+    def _remove_impairment(self, index: int, where: str) -> None:
+        if where == "tap":
+            self.lab.namespace.remove_root_qdisc(self.taps[index])
+        else:
+            self.ssh(shlex.join(Impairment().tc_argv(f"eth{index}")) + " 2>/dev/null || true")
+        self._impaired_at.pop(index, None)
+
+    def set_sysctl(self, key: str, value: str | int) -> None:
+        if not key.replace(".", "").replace("_", "").replace("/", "").replace("-", "").isalnum():
+            raise ConfigError(f"sysctl key {key!r} is not accepted: use letters, digits, '.', '_', '-', '/'")
+        self.ssh(f"sysctl -qw {shlex.quote(key)}={shlex.quote(str(value))}")
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name} of {self.lab.name}>"
+
+
+class Router(VM):
+    """A guest that routes between its NICs once forwarding is on (off at boot)."""
+
+    def enable_forwarding(self, *, ipv4: bool = True, ipv6: bool = False) -> None:
+        self._forwarding(1, ipv4, ipv6)
+
+    def disable_forwarding(self, *, ipv4: bool = True, ipv6: bool = False) -> None:
+        self._forwarding(0, ipv4, ipv6)
+
+    def _forwarding(self, value: int, ipv4: bool, ipv6: bool) -> None:
+        keys = (["net.ipv4.ip_forward"] if ipv4 else []) + (
+            ["net.ipv6.conf.all.forwarding"] if ipv6 else []
+        )
+        if keys:
+            self.ssh("sysctl -qw " + " ".join(f"{k}={value}" for k in keys))
+
+
+def _host_or_address(value: object) -> str:
+    if isinstance(value, str) and value and all(c.isalnum() or c in ".-:_" for c in value):
+        if any(c.isalpha() for c in value.replace(":", "")) and ":" not in value:
+            return value  # a host name, e.g. from /etc/hosts
+        return str(validation.ip_address(value))
+    raise ConfigError(
+        f"ping destination {value!r} is not accepted: give an IPv4/IPv6 address or a host name"
+    )
