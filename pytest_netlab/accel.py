@@ -15,14 +15,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
+from .constants import ACCEL_CHOICES
 from .errors import AcceleratorError, ConfigError, LabError
 from .qemu import MachineConfig, QemuMachine, qemu_version
 
 log = logging.getLogger(__name__)
 
-ACCEL_CHOICES = ("auto", "kvm", "tcg")
 PROBE_TIMEOUT = 10.0
 
 
@@ -110,9 +108,8 @@ def known_decision(requested: str, cache_dir: Path | None = None) -> AccelDecisi
         return AccelDecision("tcg", "requested")
     unusable = kvm_device_usable()
     if unusable is None:
-        path, key = _probe_cache(cache_dir)
-        with FileLock(str(path) + ".lock"):
-            cached = _read_probe(path, key)
+        # read without the lock: a probe being written reads as none yet
+        cached = _read_probe(*_probe_cache(cache_dir))
         if cached is None:
             return None
         unusable = cached[0]
@@ -150,6 +147,8 @@ def _read_probe(path: Path, key: dict[str, str]) -> tuple[str | None] | None:
 
 
 def _cached_probe(cache_dir: Path | None) -> str | None:
+    from filelock import FileLock
+
     path, key = _probe_cache(cache_dir)
     with FileLock(str(path) + ".lock"):
         cached = _read_probe(path, key)

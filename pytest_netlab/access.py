@@ -10,9 +10,9 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
+from .constants import NETNS_RUN_DIR
 from .guest import VM
 from .lab import Lab
-from .netns import NETNS_RUN_DIR
 
 
 def known_hosts_path(lab: Lab) -> Path:

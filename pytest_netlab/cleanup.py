@@ -21,10 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pyroute2 import netns
-
-from .lab import NAMESPACE_PREFIX
-from .netns import NETNS_RUN_DIR
+from .constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
 
 log = logging.getLogger(__name__)
 
@@ -150,13 +147,16 @@ def remove_leftovers(runtime_base: Path | None = None, *, dry_run: bool = False)
         if not dry_run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    for name in netns.listnetns():
+    names = sorted(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.is_dir() else []
+    for name in names:
         match = _NS_NAME.match(name)
         if not match or int(match["pid"]) == me:
             continue
         if not owner_alive(int(match["pid"]), _changed_at(NETNS_RUN_DIR / name)):
             report.namespaces.append(name)
             if not dry_run:
+                from pyroute2 import netns  # only now: a run without leftovers needs none
+
                 try:
                     netns.remove(name)
                 except OSError as exc:

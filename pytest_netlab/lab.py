@@ -32,6 +32,7 @@ from .addressing import (
     parse_subnets,
 )
 from .bridge import Bridge
+from .constants import NAMESPACE_PREFIX
 from .errors import CommandError, ConfigError, LabError, NetlabError
 from .guest import VM, Router
 from .image import GuestImage
@@ -52,8 +53,6 @@ from .topology import GuestSpec, NicSpec, lab_mac, tap_name
 
 log = logging.getLogger(__name__)
 
-NAMESPACE_PREFIX = "netlab-"
-BOOT_MODES = ("snapshot", "cold")
 CAPTURE_SETTLE = 0.2  # seconds
 _lab_numbers = itertools.count(1)
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()

@@ -26,13 +26,13 @@ from typing import TypeVar
 
 from pyroute2 import IPRoute, NetlinkError, netns
 
+from .constants import NETNS_RUN_DIR
 from .errors import CommandError, CommandTimeout, NamespaceError
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
 
-NETNS_RUN_DIR = Path("/run/netns")
 CLONE_NEWNET = 0x40000000
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002

@@ -16,7 +16,6 @@ import dpkt
 
 from .errors import LabError
 
-PCAP_MODES = ("off", "on-failure", "always")
 READY_TIMEOUT = 10.0
 
 

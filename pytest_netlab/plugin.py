@@ -14,16 +14,20 @@ import sys
 from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
-from . import access, artifacts
-from .accel import ACCEL_CHOICES
+from .constants import ACCEL_CHOICES, BOOT_MODES, PCAP_MODES
 from .errors import NetlabError
 from .keep import DEFAULT_KEEP_TIMEOUT, Hold, kept_dir, open_terminal
-from .lab import BOOT_MODES, Lab, open_labs
-from .pcap import PCAP_MODES
 from .session import LabFactory, NetlabSession, runtime_base
+
+if TYPE_CHECKING:
+    from .lab import Lab
+
+# the lab's own modules (QEMU, SSH, netlink, pcap) are imported by the hooks and fixtures
+# that use them: this module is loaded in every run of a project with pytest-netlab
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +186,10 @@ def netlab_config(pytestconfig: pytest.Config) -> NetlabSession:
 
 
 def _artifacts_dir(item: pytest.Item, session: NetlabSession, labs: list[Lab]) -> Path:
+    from .artifacts import sanitize_nodeid
+
     if session.artifacts is not None:
-        return session.artifacts / artifacts.sanitize_nodeid(item.nodeid)
+        return session.artifacts / sanitize_nodeid(item.nodeid)
     tmp_path = getattr(item, "funcargs", {}).get("tmp_path")
     if isinstance(tmp_path, Path):
         return tmp_path / "netlab-artifacts"
@@ -199,6 +205,9 @@ def pytest_runtest_makereport(
     report = yield
     if report.when in ("setup", "call") and report.failed:
         item.stash[_FAILED_KEY] = True
+        from . import artifacts
+        from .lab import open_labs
+
         labs = [lab for lab in open_labs() if lab.namespace.created]
         session = item.config.stash.get(_SESSION_KEY, None)
         if labs and session is not None:
@@ -218,6 +227,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     policy = item.config.stash.get(_KEEP_KEY, None)
     failed = item.stash.get(_FAILED_KEY, False)
     if policy is not None and (policy.pause or (policy.on_fail and failed)):
+        from .lab import open_labs
+
         labs = [lab for lab in open_labs() if lab.namespace.created]
         if labs:
             try:
@@ -228,6 +239,8 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
 
 
 def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> None:
+    from . import access
+
     config = item.config
     worker = hasattr(config, "workerinput")  # an xdist worker has no terminal of its own
     terminal_fd = None if worker else open_terminal()

@@ -20,13 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-from qemu.qmp import QMPError
-from qemu.qmp.legacy import QEMUMonitorProtocol
+from typing import TYPE_CHECKING, Any
 
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError
-from .netns import die_with_parent, owner_environment
+
+if TYPE_CHECKING:
+    from qemu.qmp.legacy import QEMUMonitorProtocol
+
+# qemu.qmp and pyroute2 (through .netns) are imported where a machine is launched or
+# spoken to: finding QEMU and its version, as the pytest header does, needs neither
 
 log = logging.getLogger(__name__)
 
@@ -188,6 +190,11 @@ class QemuMachine:
         qmp_ours, qmp_theirs = socket.socketpair()
         con_ours, con_theirs = socket.socketpair()
         tap_fds = [fd for nic in self.config.nics for fd in nic.fds]
+        from qemu.qmp import QMPError
+        from qemu.qmp.legacy import QEMUMonitorProtocol
+
+        from .netns import die_with_parent, owner_environment
+
         self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno())
         self.log.debug("launch: %s", shlex.join(self.argv))
         try:
@@ -401,6 +408,8 @@ class QemuMachine:
                 f"{self.name}: QEMU is not running (exit status {self.exitcode()}); "
                 f"console log {self.console_log}"
             )
+        from qemu.qmp import QMPError
+
         try:
             return self._qmp.cmd(command, **arguments)
         except QMPError as exc:
@@ -503,6 +512,8 @@ class QemuMachine:
         proc = self._proc
         if self._closed or proc is None or proc.poll() is not None or self._qmp is None:
             return
+        from qemu.qmp import QMPError
+
         try:
             self._qmp.settimeout(timeout)
             self._qmp.cmd("quit")

@@ -9,14 +9,19 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from .accel import AccelDecision, decide_accelerator, known_decision
 from .errors import LabError
-from .image import GuestImage, cache_root, default_image, image_info
-from .lab import Lab, LabSettings
-from .qemu import qemu_version
-from .ssh import SessionKey
-from .templates import TemplateStore
+
+if TYPE_CHECKING:
+    from .accel import AccelDecision
+    from .image import GuestImage
+    from .lab import Lab, LabSettings
+    from .ssh import SessionKey
+    from .templates import TemplateStore
+
+# the lab's modules (QEMU, SSH, netlink) are imported when a lab needs them: the pytest
+# plugin makes a session in every run, most of which make no lab
 
 log = logging.getLogger(__name__)
 
@@ -58,18 +63,24 @@ class NetlabSession:
     @property
     def key(self) -> SessionKey:
         if self._key is None:
+            from .ssh import SessionKey
+
             self._key = SessionKey.generate(self.runtime_dir)
         return self._key
 
     @property
     def image(self) -> GuestImage:
         if self._image is None:
+            from .image import default_image
+
             self._image = default_image()
         return self._image
 
     @property
     def accel(self) -> AccelDecision:
         if self._accel is None:
+            from .accel import decide_accelerator
+
             self._accel = decide_accelerator(self.accel_request)
         return self._accel
 
@@ -77,6 +88,9 @@ class NetlabSession:
         """One line on the accelerator, boot mode and guest image, from what is known
         without building the image or booting a guest under KVM (a run whose tests make
         no lab pays for neither)."""
+        from .accel import known_decision
+        from .image import image_info
+
         accel = self._accel or known_decision(self.accel_request)
         accel_text = str(accel) if accel else f"{self.accel_request} (decided at the first lab)"
         if self._image is not None:
@@ -87,6 +101,11 @@ class NetlabSession:
         return f"accelerator {accel_text}, {self.boot} boot, guest image {image_text}"
 
     def settings(self) -> LabSettings:
+        from .image import cache_root
+        from .lab import LabSettings
+        from .qemu import qemu_version
+        from .templates import TemplateStore
+
         if self._templates is None:
             self._templates = TemplateStore(cache_root() / "templates", qemu_version())
         return LabSettings(
@@ -96,6 +115,8 @@ class NetlabSession:
         )
 
     def new_lab(self, workdir: Path) -> Lab:
+        from .lab import Lab
+
         self.labs_made += 1
         return Lab(workdir, self.image, self.key, self.settings())
 

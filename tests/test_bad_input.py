@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_netlab import ConfigError
+from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.lab import Lab
-from pytest_netlab.netns import NETNS_RUN_DIR
 
 pytest_plugins = ["pytester"]
 

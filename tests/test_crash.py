@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab import BootTimeout, cleanup, cli
-from pytest_netlab.netns import NETNS_RUN_DIR
+from pytest_netlab.constants import NETNS_RUN_DIR
 
 pytest_plugins = ["pytester"]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab.cleanup import remove_leftovers
+from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.detached import DetachedLab, detached_labs, find, take_down
 from pytest_netlab.errors import ConfigError
-from pytest_netlab.netns import NETNS_RUN_DIR
 from pytest_netlab.session import runtime_base
 
 ONE_GUEST = """

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.keep import kept_dir
-from pytest_netlab.netns import NETNS_RUN_DIR
 from pytest_netlab.session import runtime_base
 
 FAILING = """

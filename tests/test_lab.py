@@ -10,7 +10,7 @@ import time
 import pytest
 
 from pytest_netlab import CommandError, CommandTimeout, GuestGoneError
-from pytest_netlab.netns import NETNS_RUN_DIR
+from pytest_netlab.constants import NETNS_RUN_DIR
 
 
 def _listening(port: int) -> bool:

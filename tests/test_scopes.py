@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_netlab.netns import NETNS_RUN_DIR
+from pytest_netlab.constants import NETNS_RUN_DIR
 
 pytest_plugins = ["pytester"]
 
