@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .constants import ACCEL_CHOICES
-from .errors import AcceleratorError, ConfigError, LabError
+from .errors import AcceleratorError, BootTimeout, ConfigError, LabError
 from .qemu import MachineConfig, QemuMachine, qemu_version
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,9 @@ def probe_kvm(timeout: float = PROBE_TIMEOUT) -> str | None:
         try:
             machine.launch()
             machine.wait_ready(timeout)
+        except BootTimeout:
+            # (the console log went with the probe's temporary directory)
+            return f"a guest did not boot under KVM within {timeout:g} s"
         except LabError as exc:
             first = str(exc).splitlines()[0]
             return f"a guest did not boot under KVM: {first}"
@@ -132,7 +135,7 @@ def _probe_cache(cache_dir: Path | None) -> tuple[Path, dict[str, str]]:
 
     root = cache_dir or cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    return root / "kvm-probe.json", {"boot_id": _boot_id(), "qemu": qemu_version()}
+    return root / "kvm-probe.json", {"boot_id": _boot_id(), "qemu": qemu_version(), "format": "2"}
 
 
 def _read_probe(path: Path, key: dict[str, str]) -> tuple[str | None] | None:
