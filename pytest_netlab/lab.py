@@ -54,6 +54,7 @@ from .topology import GuestSpec, NicSpec, lab_mac, tap_name
 log = logging.getLogger(__name__)
 
 CAPTURE_SETTLE = 0.2  # seconds
+SSH_HANDSHAKE_MIN = 5.0  # seconds
 _lab_numbers = itertools.count(1)
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 
@@ -66,7 +67,6 @@ class LabSettings:
     boot: str = "snapshot"  # or "cold": see pytest_netlab.templates
     templates: TemplateStore | None = None
     boot_timeout: float = 120.0
-    ssh_timeout: float = 30.0
     command_timeout: float = 60.0
     pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
 
@@ -493,7 +493,9 @@ class Lab:
                 return
             assert vm.machine.host_key is not None
             session = SSHSession(vm.name, ports[vm.name], self.key, vm.machine.host_key)
-            session.connect(self.settings.ssh_timeout)
+            # the boot timeout is how long a guest may take to answer SSH: the handshake
+            # gets what is left of it (at least a few seconds, once the guest said ready)
+            session.connect(max(SSH_HANDSHAKE_MIN, boot_timeout - (time.monotonic() - started)))
             vm._ssh = session
             if vm.name in setups:
                 # addresses, default route and /etc/hosts: one command, one round trip
