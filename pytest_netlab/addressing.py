@@ -187,6 +187,7 @@ class AddressPlan:
         self.assigned: dict[str, list[tuple[Interface, ...]]] = {}  # guest -> per NIC
         self.gateways: dict[str, tuple[Address, ...]] = {}
         self.bridges_of: dict[str, tuple[str | None, ...]] = {}  # guest -> bridge per NIC
+        self.routers: set[str] = set()
 
     def assign(
         self, subnets: Mapping[str, Sequence[Network]], guests: Sequence[GuestRequest],
@@ -247,6 +248,44 @@ class AddressPlan:
         self.assigned.update(assigned)
         self.gateways.update(gateways)
         self.bridges_of.update(bridges_of)
+        self.routers.update(g.name for g in known if g.router)
+
+    def routes(self, guest: str) -> list[tuple[Network, Address]]:
+        """The routes router *guest* needs to the subnets behind other routers, as
+        (network, next hop): through the fewest routers, the first declared on a tie.
+        Hosts get none (their default route goes to a router, which knows the rest)."""
+        if guest not in self.routers:
+            return []
+        networks: dict[str, list[Network]] = {}
+        routers_on: dict[str, list[tuple[str, tuple[Interface, ...]]]] = {}
+        for name, nics in self.assigned.items():
+            for bridge, interfaces in zip(self.bridges_of.get(name, ()), nics, strict=False):
+                if bridge is None or not interfaces:
+                    continue
+                for network in (i.network for i in interfaces):
+                    if network not in networks.setdefault(bridge, []):
+                        networks[bridge].append(network)
+                if name in self.routers and name != guest:
+                    routers_on.setdefault(bridge, []).append((name, interfaces))
+        mine = [b for b, interfaces in zip(self.bridges_of.get(guest, ()), self.assigned.get(guest, []),
+                                           strict=False) if b is not None and interfaces]
+        # breadth first over bridges; a bridge reached remembers the neighbour it goes through
+        first_hop: dict[str, tuple[Interface, ...]] = {b: () for b in mine}
+        queue = list(mine)
+        for bridge in queue:
+            for router, interfaces in routers_on.get(bridge, []):
+                hop = first_hop[bridge] or interfaces
+                for beyond, theirs in zip(self.bridges_of[router], self.assigned[router], strict=False):
+                    if beyond is not None and theirs and beyond not in first_hop:
+                        first_hop[beyond] = hop
+                        queue.append(beyond)
+        routes = []
+        for bridge in queue[len(mine):]:
+            for network in networks.get(bridge, []):
+                via = [i.ip for i in first_hop[bridge] if i.version == network.version]
+                if via:
+                    routes.append((network, via[0]))
+        return routes
 
     def guest_script(self, guest: str) -> str:
         """One shell command that gives *guest* its addresses and default routes (one
@@ -263,6 +302,8 @@ class AddressPlan:
                 # no DAD for the link-local address either: until it is done (1-2 s)
                 # a router cannot send neighbour solicitations, so forwards nothing
                 no_dad.append(f"echo 0 > /proc/sys/net/ipv6/conf/eth{index}/accept_dad\n")
+        for network, via in self.routes(guest):
+            lines.append(f"route add {network} via {via}")
         for gateway in self.gateways.get(guest, ()):
             if gateway.version == 4:
                 lines.append(f"route add 0.0.0.0/0 via {gateway}")

@@ -49,6 +49,29 @@ def test_routers_first_then_hosts_lowest_free_address():
     }
 
 
+def test_routers_get_routes_to_the_subnets_behind_other_routers():
+    # h1 -- br1 -- rt1 -- br2 -- rt2 -- br3 -- rt3 -- br4, and a one-router lab needs none
+    net3, net4 = ipaddress.ip_network("10.20.30.0/24"), ipaddress.ip_network("10.20.40.0/24")
+    plan = AddressPlan()
+    plan.assign({**SUBNETS, "br3": (net3,), "br4": (net4,)}, [
+        GuestRequest("h1", False, (NicRequest("br1"),), "auto"),
+        GuestRequest("rt1", True, (NicRequest("br1"), NicRequest("br2"))),
+        GuestRequest("rt2", True, (NicRequest("br2"), NicRequest("br3"))),
+        GuestRequest("rt3", True, (NicRequest("br3"), NicRequest("br4"))),
+    ])
+    ip = ipaddress.ip_address
+    assert addresses(plan, "rt2") == [["10.20.20.2/24"], ["10.20.30.1/24"]]
+    assert plan.routes("rt1") == [(net3, ip("10.20.20.2")), (net4, ip("10.20.20.2"))]
+    assert plan.routes("rt2") == [(NET1, ip("10.20.20.1")), (net4, ip("10.20.30.2"))]
+    assert plan.routes("rt3") == [(NET2, ip("10.20.30.1")), (NET1, ip("10.20.30.1"))]
+    assert plan.routes("h1") == []
+    assert "route add 10.20.30.0/24 via 10.20.20.2\n" in plan.guest_script("rt1")
+
+    single = AddressPlan()
+    single.assign(SUBNETS, three_machines())
+    assert single.routes("rt2") == []
+
+
 def test_explicit_and_bridge_addresses_are_skipped():
     guests = [
         GuestRequest("h1", False, (NicRequest("br1"),)),
