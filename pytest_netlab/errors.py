@@ -41,6 +41,10 @@ class QemuError(LabError):
     """
 
 
+class StateLoadError(QemuError):
+    """A saved guest state could not be loaded into a new QEMU (a damaged file)."""
+
+
 class BootTimeout(QemuError):
     """A guest did not become ready in time; the message shows the end of its console."""
 

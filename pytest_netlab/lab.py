@@ -33,7 +33,7 @@ from .addressing import (
 )
 from .bridge import Bridge
 from .constants import NAMESPACE_PREFIX
-from .errors import CommandError, ConfigError, LabError, NetlabError
+from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
@@ -472,8 +472,16 @@ class Lab:
             vm.machine.launch()
             machines.append(vm.machine)
         for vm, machine in zip(pending, machines, strict=True):
-            if machine.config.incoming is not None:
-                machine.finish_incoming()
+            if (state := machine.config.incoming) is not None:
+                try:
+                    machine.finish_incoming()
+                except StateLoadError as exc:
+                    # every later guest of this layout would fail the same way
+                    state.unlink(missing_ok=True)
+                    raise LabError(
+                        f"{vm.name}: the saved guest state {state} could not be loaded, so it was "
+                        "removed: the next start makes it again (one cold boot)\n" + str(exc)
+                    ) from exc
                 host_key = GuestHostKey.generate()
                 machine.write_console(config_line(
                     vm.name, vm.macs, self.key.keytype, self.key.blob, host_key, aslr=vm.spec.aslr

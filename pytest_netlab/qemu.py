@@ -6,6 +6,7 @@ then kills, and is safe to call twice and after QEMU died by itself.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError
+from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
 
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -358,11 +359,25 @@ class QemuMachine:
         """Wait for the saved state given as ``incoming`` to load, then resume the guest.
 
         Raises:
-            QemuError: the state could not be loaded (QEMU exited or migration failed).
+            StateLoadError: QEMU refused the state (a damaged file).
+            QemuError: QEMU exited or the state did not load in time.
         """
-        status = self._wait_migration(timeout)
+        try:
+            status = self._wait_migration(timeout)
+        except GuestGoneError:
+            # QEMU exits as soon as it refuses a state, often before the event is read
+            if self._proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=2.0)
+            log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
+            if "load of migration failed" not in log_text:
+                raise
+            status = "failed"
         if status != "completed":
-            raise self._died_error(f"loading the saved state {self.config.incoming}: {status}")
+            error = self._died_error(f"loading the saved state {self.config.incoming}: {status}")
+            if status == "failed":  # QEMU read the file and refused it
+                raise StateLoadError(str(error))
+            raise error
         self.qmp("cont")
 
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
@@ -370,7 +385,17 @@ class QemuMachine:
         self.qmp("stop")
         self._migration_events()
         self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
-        status = self._wait_migration(timeout)
+        try:
+            status = self._wait_migration(timeout)
+        except GuestGoneError:
+            # QEMU exits as soon as it refuses a state, often before the event is read
+            if self._proc is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self._proc.wait(timeout=2.0)
+            log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
+            if "load of migration failed" not in log_text:
+                raise
+            status = "failed"
         if status != "completed":
             raise QemuError(f"{self.name}: saving the guest state to {path}: {status}")
 

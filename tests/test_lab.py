@@ -9,8 +9,9 @@ import time
 
 import pytest
 
-from pytest_netlab import CommandError, CommandTimeout, GuestGoneError
+from pytest_netlab import CommandError, CommandTimeout, GuestGoneError, LabError
 from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.templates import Layout
 
 
 def _listening(port: int) -> bool:
@@ -135,3 +136,24 @@ def test_kernel_parameters_of_a_guest_of_its_own_reach_its_kernel(netlab):
     assert vm.ssh("cat /proc/cmdline").stdout.split()[-2:] == ["netlab.debug=1", "quiet"]
     # netlab.debug=1: the init's timed stages on the console
     assert "NETLAB-DEBUG" in vm.console_log.read_text()
+
+
+def test_a_damaged_saved_state_is_removed_and_made_again(netlab_factory):
+    # a layout of its own (224 MiB), so that no other test resumes from the damaged file
+    with netlab_factory() as lab:
+        layout = Layout(224, 1, lab.settings.accel, (), numa=False)
+        store = lab.settings.templates
+        state = store.root / f"{store._digest(layout, lab.image)}.state"
+        state.parent.mkdir(parents=True, exist_ok=True)
+        state.write_bytes(b"QEVM" + bytes(4096))  # the magic, then nothing QEMU can use
+        lab.vm("h1", memory=224)
+        refused = r"h1: the saved guest state .* could not be loaded, so it was removed"
+        with pytest.raises(LabError, match=refused):
+            lab.start()
+        assert not state.exists()
+
+    with netlab_factory() as lab:
+        vm = lab.vm("h1", memory=224)
+        lab.start()  # makes the state again (one cold boot), then resumes from it
+        assert vm.ssh("echo up").stdout == "up\n"
+        assert state.stat().st_size > 10_000_000
