@@ -107,7 +107,9 @@ def _qdiscs() -> Check:
         "qdiscs", False,
         f"the host kernel has no {missing}: vm.impair() puts {moved} in the guest (which shapes "
         "the traffic from it, not to it); where='tap' refuses them",
-        f"modprobe sch_{missing.split()[0]}, or a kernel with CONFIG_NET_SCH_NETEM and CONFIG_NET_SCH_TBF",
+        "modprobe " + " ".join(f"sch_{q}" for q in missing.split(" and "))
+        + ", or a kernel with "
+        + " and ".join(f"CONFIG_NET_SCH_{q.upper()}" for q in missing.split(" and ")),
         required=False,
     )
 
