@@ -411,6 +411,35 @@ class Lab:
             nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues)
         return config
 
+    def _resume(self, vm: VM) -> None:
+        """Load the saved state *vm* was launched with and resume it. A state QEMU refuses
+        (a damaged file) is removed, made again with one cold boot, and loaded once more.
+
+        Raises:
+            LabError: the state could not be loaded, or was refused twice.
+        """
+        machine = vm.machine
+        assert machine is not None and machine.config.incoming is not None
+        state = machine.config.incoming
+        try:
+            machine.finish_incoming()
+            return
+        except StateLoadError as exc:
+            vm.log.warning("QEMU refused the saved state %s; making it again: %s",
+                           state, str(exc).splitlines()[0])
+            state.unlink(missing_ok=True)
+            machine.shutdown()  # its TAPs go with it; the new machine gets new ones
+        vm.machine = QemuMachine(self._machine_config(vm), self.workdir / vm.name)
+        vm.machine.launch()
+        try:
+            vm.machine.finish_incoming()
+        except StateLoadError as exc:
+            state.unlink(missing_ok=True)
+            raise LabError(
+                f"{vm.name}: QEMU refused the saved guest state {state} again after it was made "
+                "afresh; run with --netlab-boot=cold and look at the QEMU output below\n" + str(exc)
+            ) from exc
+
     def _image_for(self, vm: VM) -> GuestImage:
         """The default image, or its variant whose kernel drives the VM's NIC models."""
         return self.image.for_modules(nic_modules([n.model for n in vm.spec.nics]))
@@ -472,18 +501,11 @@ class Lab:
             vm.machine.launch()
             machines.append(vm.machine)
         for vm, machine in zip(pending, machines, strict=True):
-            if (state := machine.config.incoming) is not None:
-                try:
-                    machine.finish_incoming()
-                except StateLoadError as exc:
-                    # every later guest of this layout would fail the same way
-                    state.unlink(missing_ok=True)
-                    raise LabError(
-                        f"{vm.name}: the saved guest state {state} could not be loaded, so it was "
-                        "removed: the next start makes it again (one cold boot)\n" + str(exc)
-                    ) from exc
+            if machine.config.incoming is not None:
+                self._resume(vm)
+                assert vm.machine is not None
                 host_key = GuestHostKey.generate()
-                machine.write_console(config_line(
+                vm.machine.write_console(config_line(
                     vm.name, vm.macs, self.key.keytype, self.key.blob, host_key, aslr=vm.spec.aslr
                 ))
         self.log.info("launched %s in %.2f s", ", ".join(v.name for v in pending), time.monotonic() - started)
