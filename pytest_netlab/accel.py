@@ -92,12 +92,10 @@ def decide_accelerator(requested: str = "auto", cache_dir: Path | None = None) -
         raise ConfigError(
             f"accelerator {requested!r} is not accepted: use one of {', '.join(ACCEL_CHOICES)}"
         )
-    if requested == "tcg":
-        return AccelDecision("tcg", "requested")
-    unusable = kvm_device_usable()
-    if unusable is None:
-        unusable = _cached_probe(cache_dir)
-    return _decide(requested, unusable)
+    known = known_decision(requested, cache_dir)
+    if known is not None:
+        return known
+    return _decide(requested, _cached_probe(cache_dir))  # boots the probe guest, once
 
 
 def known_decision(requested: str, cache_dir: Path | None = None) -> AccelDecision | None:
