@@ -341,27 +341,24 @@ class VM:
         return path
 
     # -- links ------------------------------------------------------------------------
-    def nic_index(self, nic: int | str) -> int:
-        """The position of a lab NIC given as an index, ``ethN`` or its TAP name.
+    def nic_index(self, nic: Bridge | int | str) -> int:
+        """The ``ethN`` number of a lab NIC (one on a bridge) given as a bridge, a
+        bridge's name, an index, ``ethN`` or its TAP name.
 
         Raises:
-            ConfigError: no such NIC.
+            ConfigError: no such NIC, or a NAT NIC.
         """
-        count = len(self.taps)
-        index: int | None = None
-        if isinstance(nic, int) and not isinstance(nic, bool):
-            index = nic
-        elif isinstance(nic, str) and nic.startswith("eth") and nic[3:].isdigit():
-            index = int(nic[3:])
-        elif isinstance(nic, str) and nic in self.taps:
-            index = self.taps.index(nic)
-        if index is None or not 0 <= index < count:
+        index = self._nic_position(nic)
+        if self.spec.nics[index].bridge is None:
             raise ConfigError(
-                f"NIC {nic!r} of {self.name!r} is not accepted: give an index from 0 to {count - 1}, "
-                f"eth0..eth{count - 1} or a TAP name ({', '.join(self.taps)})"
-                if count else f"NIC {nic!r} of {self.name!r}: the guest has no lab NICs"
+                f"NIC {nic!r} of {self.name!r} is its NAT NIC (eth{index}), not on a lab bridge: "
+                "give one of its lab NICs"
             )
         return index
+
+    def _tap(self, index: int) -> str:
+        """The TAP of lab NIC ``eth<index>`` (NAT NICs have none)."""
+        return self.taps[sum(1 for n in self.spec.nics[:index] if n.bridge is not None)]
 
     # -- addresses --------------------------------------------------------------------
     @property
@@ -402,7 +399,7 @@ class VM:
 
     def _nic_position(self, nic: Bridge | str | int) -> int:
         """The ``ethN`` number of *nic* among all the guest's NICs (NAT ones too)."""
-        nics = self.spec.nics
+        given, nics = nic, self.spec.nics
         bridge = nic.name if isinstance(nic, Bridge) else None
         if isinstance(nic, str) and nic in self.lab.bridges:
             bridge = nic
@@ -422,12 +419,12 @@ class VM:
         if isinstance(nic, int) and not isinstance(nic, bool) and 0 <= nic < len(nics):
             return nic
         raise ConfigError(
-            f"NIC {nic!r} of {self.name!r} is not accepted: give a bridge, a bridge's name, "
-            f"eth0..eth{len(nics) - 1}, an index or a TAP name" if nics
-            else f"NIC {nic!r} of {self.name!r}: the guest has no NICs"
+            f"NIC {given!r} of {self.name!r} is not accepted: give a bridge, a bridge's name, "
+            f"eth0..eth{len(nics) - 1}, an index or a TAP name ({', '.join(self.taps) or 'none'})"
+            if nics else f"NIC {given!r} of {self.name!r}: the guest has no NICs"
         )
 
-    def set_link(self, nic: int | str, up: bool) -> None:
+    def set_link(self, nic: Bridge | int | str, up: bool) -> None:
         """Pull (``up=False``) or plug back (``up=True``) the cable of a lab NIC: the
         guest sees carrier loss. Uses QMP ``set_link`` on the NIC's netdev.
 
@@ -441,7 +438,7 @@ class VM:
         self.machine.qmp("set_link", name=f"lab{index}", up=bool(up))
 
     def impair(
-        self, nic: int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
+        self, nic: Bridge | int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
         loss_percent: float = 0, rate_kbit: int | None = None, where: Where = "auto",
     ) -> Impairment:
         """Delay, jitter, drop or rate-limit the traffic of a lab NIC. Call it before
@@ -478,7 +475,7 @@ class VM:
         if target == "tap":
             qdisc = impairment.tap_qdisc()
             assert qdisc is not None  # not none, so there is a qdisc to set
-            self.lab.namespace.set_root_qdisc(self.taps[index], *qdisc)
+            self.lab.namespace.set_root_qdisc(self._tap(index), *qdisc)
         elif target == "guest":
             self.ssh(shlex.join(impairment.tc_argv(f"eth{index}")))
         if target is None:
@@ -488,7 +485,7 @@ class VM:
 
     def _remove_impairment(self, index: int, where: str) -> None:
         if where == "tap":
-            self.lab.namespace.remove_root_qdisc(self.taps[index])
+            self.lab.namespace.remove_root_qdisc(self._tap(index))
         else:
             self.ssh(shlex.join(Impairment().tc_argv(f"eth{index}")) + " 2>/dev/null || true")
         self._impaired_at.pop(index, None)

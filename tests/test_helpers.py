@@ -137,6 +137,18 @@ def test_pulling_the_cable_is_seen_as_carrier_loss(netlab):
         vm.set_link("eth7", up=False)
 
 
+def test_lab_nics_are_named_by_their_eth_number_when_a_nat_nic_comes_first(netlab):
+    br1, br2 = netlab.bridge("br1"), netlab.bridge("br2")
+    vm = netlab.vm("h1", nics=[netlab.nat(), br1, br2])  # eth0 NAT, eth1 vport11, eth2 vport21
+
+    assert [vm.nic_index(n) for n in ("eth1", 2, br1, "br2", "vport21")] == [1, 2, 1, 2, 2]
+    assert [vm._tap(1), vm._tap(2)] == ["vport11", "vport21"]
+    with pytest.raises(ConfigError, match=r"NIC 'eth0' of 'h1' is its NAT NIC \(eth0\)"):
+        vm.nic_index("eth0")
+    with pytest.raises(ConfigError, match=r"NIC 'eth3' of 'h1' is not accepted: .*\(vport11, vport21\)"):
+        vm.nic_index("eth3")
+
+
 def test_delay_shows_in_the_rtt_and_full_loss_breaks_the_ping(netlab):
     br1 = netlab.bridge("br1")
     h1 = netlab.vm("h1", nics=[br1])
