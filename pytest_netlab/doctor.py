@@ -101,15 +101,16 @@ def _qdiscs() -> Check:
     netem, tbf = host_has_qdisc("netem"), host_has_qdisc("tbf")
     if netem and tbf:
         return Check("qdiscs", True, "netem and tbf: vm.impair() shapes the traffic to a guest on its TAP")
-    missing = " and ".join(k for k, ok in (("netem", netem), ("tbf", tbf)) if not ok)
-    moved = "delay, jitter and loss" + ("" if tbf else " and rates")
+    missing = [kind for kind, ok in (("netem", netem), ("tbf", tbf)) if not ok]
+    moved = " and ".join(
+        what for what, ok in (("delay, jitter and loss", netem), ("a rate alone", tbf)) if not ok
+    )
     return Check(
         "qdiscs", False,
-        f"the host kernel has no {missing}: vm.impair() puts {moved} in the guest (which shapes "
-        "the traffic from it, not to it); where='tap' refuses them",
-        "modprobe " + " ".join(f"sch_{q}" for q in missing.split(" and "))
-        + ", or a kernel with "
-        + " and ".join(f"CONFIG_NET_SCH_{q.upper()}" for q in missing.split(" and ")),
+        f"the host kernel has no {' and '.join(missing)}: vm.impair() puts {moved} in the guest "
+        "(which shapes the traffic from it, not to it); where='tap' refuses them",
+        f"modprobe {' '.join(f'sch_{q}' for q in missing)}, or a kernel with "
+        + " and ".join(f"CONFIG_NET_SCH_{q.upper()}" for q in missing),
         required=False,
     )
 
