@@ -23,8 +23,8 @@ def write_known_hosts(lab: Lab) -> Path | None:
     """Write the host key each guest printed at boot as a ``known_hosts`` file; ``None``
     when no guest has one (no guest with network is started)."""
     lines = []
-    for vm in _reachable(lab):
-        if vm.machine is not None and vm.machine.host_key and vm.machine.is_running():
+    for vm in lab.vms.values():
+        if vm.spec.network and vm.machine is not None and vm.machine.host_key and vm.machine.is_running():
             lines.append(f"[127.0.0.1]:{vm.host_port(22)} {vm.machine.host_key}")
     if not lines:
         return None
@@ -78,6 +78,3 @@ def describe(lab: Lab, state: str = "") -> str:
         lines.append(f"  {vm.name} console log: {vm.console_log}")
     return "\n".join(lines) + "\n"
 
-
-def _reachable(lab: Lab) -> list[VM]:
-    return [vm for vm in lab.vms.values() if vm.machine is not None and vm.spec.network]
