@@ -41,8 +41,11 @@ log = logging.getLogger(__name__)
 #: image variant -> the Debian kernel metapackage it follows
 VARIANTS: dict[str, str] = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 DEFAULT_VARIANT = "cloud"
-#: modules only the generic kernel has (Debian's cloud kernel builds no such NIC drivers)
-GENERIC_ONLY_MODULES: frozenset[str] = frozenset({"e1000", "e1000e", "8139cp", "8139too"})
+#: modules only the generic kernel has (Debian's cloud kernel builds no such NIC drivers,
+#: and no 9p file system for host directories in guests)
+GENERIC_ONLY_MODULES: frozenset[str] = frozenset(
+    {"e1000", "e1000e", "8139cp", "8139too", "9p", "9pnet_virtio"}
+)
 #: QEMU NIC model -> guest modules that drive it (virtio is always loaded)
 NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
     "virtio-net-pci": (),

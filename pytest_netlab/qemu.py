@@ -78,6 +78,27 @@ class NicConfig:
     nat: bool = False  # a user-mode (slirp) NAT NIC instead of a TAP: no fds
 
 
+@dataclass(frozen=True)
+class FsShare:
+    """A host directory given to the guest as a virtio-9p device with *tag*.
+
+    ``security_model=mapped-xattr``: QEMU creates the guest's files as its own user (the
+    one running the tests) with host mode 0600/0700 and keeps the owner and mode the
+    guest set in ``user.virtfs.*`` extended attributes, so a guest's root (QEMU runs as
+    root here) can plant no setuid file or device node on the host.
+    """
+
+    path: Path
+    tag: str
+    readonly: bool = True
+
+    def argv(self, index: int) -> list[str]:
+        path = str(self.path).replace(",", ",,")  # QEMU's option syntax escapes ',' as ',,'
+        fsdev = f"local,id=share{index},path={path},security_model=mapped-xattr"
+        return ["-fsdev", fsdev + (",readonly=on" if self.readonly else ""),
+                "-device", f"virtio-9p-pci,fsdev=share{index},mount_tag={self.tag}"]
+
+
 @dataclass
 class MachineConfig:
     """Everything needed to start one guest."""
@@ -95,6 +116,7 @@ class MachineConfig:
     drives: list[str] = field(default_factory=list)
     incoming: Path | None = None  # a saved state to resume instead of booting
     numa: bool = False  # guest RAM from a memory backend, as one NUMA node
+    shares: list[FsShare] = field(default_factory=list)  # host directories (virtio-9p)
 
 
 class QemuMachine:
@@ -172,6 +194,8 @@ class QemuMachine:
             ]
         for drive in c.drives:
             argv += ["-drive", drive]
+        for i, fs in enumerate(c.shares):
+            argv += fs.argv(i)
         # a new generation id on every start makes a resumed Linux guest reseed its RNG
         argv += ["-device", "vmgenid,guid=auto"]
         if c.incoming is not None:

@@ -11,6 +11,7 @@ from pathlib import Path
 from . import validation
 from .addressing import check_gateway
 from .errors import ConfigError
+from .shares import Share
 
 MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
 CPU_RANGE = (1, 64)
@@ -79,6 +80,7 @@ class GuestSpec:
     numa: bool = False  # memory from a memory backend, given to one NUMA node
     aslr: bool = False  # address space layout randomisation in the guest (off: faster execs under TCG)
     gateway: str | None = None  # "auto", a router's name or an address: a default route (addressing)
+    shares: tuple[Share, ...] = ()  # host directories in the guest, checked by shares.shares_of
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
