@@ -76,11 +76,16 @@ def shares_of(value: object, guest_name: str) -> tuple[Share, ...]:
             of the guest's system directories, or inside another share; a host or guest
             path given twice; more than :data:`MAX_SHARES` shares.
     """
-    if isinstance(value, Mapping):
-        items = [_checked(host, guest, False) for host, guest in value.items()]
-    elif isinstance(value, (list, tuple)) and all(isinstance(s, Share) for s in value):
-        items = [_checked(s.host, s.guest, s.rw) for s in value]
-    else:
+    try:
+        if isinstance(value, Mapping):
+            items = [_checked(host, guest, False) for host, guest in value.items()]
+        elif isinstance(value, (list, tuple)) and all(isinstance(s, Share) for s in value):
+            items = [_checked(s.host, s.guest, s.rw) for s in value]
+        else:
+            items = None
+    except ConfigError as exc:
+        raise ConfigError(f"{guest_name}: {exc}") from None
+    if items is None:
         raise ConfigError(
             f"shares={value!r} of {guest_name!r} is not accepted: give a dict "
             "{'/abs/host/dir': '/guest/dir'} (read-only) or a list of "
