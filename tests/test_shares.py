@@ -128,7 +128,11 @@ def test_read_only_is_enforced_by_qemu_and_console_guests_mount_too(netlab, tmp_
     source = tmp_path / "with, comma"  # ',' is escaped as ',,' for QEMU
     source.mkdir()
     (source / "hello.txt").write_text("from the host\n")
-    resumed = netlab.vm("h1", shares={source: "/mnt/src"})
+    out = tmp_path / "out"
+    out.mkdir()
+    resumed = netlab.vm(
+        "h1", shares=[netlab.share(source, "/mnt/src"), netlab.share(out, "/mnt/out", rw=True)]
+    )
     island = netlab.vm("island", network=False, shares={source: "/mnt/src"})  # cold boot, console
     netlab.start()
 
@@ -138,4 +142,13 @@ def test_read_only_is_enforced_by_qemu_and_console_guests_mount_too(netlab, tmp_
     refused = resumed.ssh("echo x > /mnt/src/new; mkdir /mnt/src/d", check=False)
     assert refused.status != 0 and refused.stderr.count("Read-only file system") == 2
     assert sorted(os.listdir(source)) == ["hello.txt"]
+    # mapped-xattr: the guest sees the owner and mode it set; on the host the file is the
+    # test user's, 0600, with the guest's view in user.virtfs.* attributes
+    resumed.ssh("echo data > /mnt/out/f && chown 65534:65534 /mnt/out/f && chmod 4755 /mnt/out/f")
+    assert resumed.ssh("stat -c '%u %g %a' /mnt/out/f").stdout == "65534 65534 4755\n"
+    resumed.ssh("echo plain > /mnt/out/g")  # the session's umask is 022, as on a cold boot
+    assert resumed.ssh("stat -c %a /mnt/out/g").stdout == "644\n"
+    host = (out / "f").stat()
+    assert (host.st_uid, host.st_gid, host.st_mode & 0o7777) == (os.getuid(), os.getgid(), 0o600)
+    assert "user.virtfs.mode" in os.listxattr(out / "f")
     assert island.console_run("cat /mnt/src/hello.txt").stdout == "from the host\n"
