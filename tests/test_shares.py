@@ -152,3 +152,12 @@ def test_read_only_is_enforced_by_qemu_and_console_guests_mount_too(netlab, tmp_
     assert (host.st_uid, host.st_gid, host.st_mode & 0o7777) == (os.getuid(), os.getgid(), 0o600)
     assert "user.virtfs.mode" in os.listxattr(out / "f")
     assert island.console_run("cat /mnt/src/hello.txt").stdout == "from the host\n"
+
+
+def test_guests_with_shares_run_the_generic_kernel(monkeypatch):
+    from pytest_netlab.image import VARIANT_ENV, variant_for
+    from pytest_netlab.shares import SHARE_MODULES
+
+    monkeypatch.delenv(VARIANT_ENV, raising=False)
+    assert variant_for(SHARE_MODULES) == "generic"  # Debian's cloud kernel has no 9p
+    assert variant_for(()) == "cloud"
