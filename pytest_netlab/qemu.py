@@ -146,6 +146,7 @@ class QemuMachine:
         self._reader: threading.Thread | None = None
         self._closed = False
         self._console_shell = False
+        self._quit_sent = False  # a second quit, sent while QEMU exits, makes it reset QMP
         self.launched_at = 0.0
         self.ready_at = 0.0
 
@@ -549,13 +550,15 @@ class QemuMachine:
     def request_quit(self, timeout: float = 2.0) -> None:
         """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
         proc = self._proc
-        if self._closed or proc is None or proc.poll() is not None or self._qmp is None:
+        if (self._closed or self._quit_sent or proc is None or proc.poll() is not None
+                or self._qmp is None):
             return
         from qemu.qmp import QMPError
 
         try:
             self._qmp.settimeout(timeout)
             self._qmp.cmd("quit")
+            self._quit_sent = True
         except (QMPError, OSError, TimeoutError, EOFError, RuntimeError) as exc:
             self.log.debug("QMP quit failed (%s); it will be killed", exc)
 
