@@ -16,7 +16,6 @@ Two forms, as a demanding user expects from ``docker run -v``:
 
 from __future__ import annotations
 
-import errno
 import os
 import posixpath
 import shlex
@@ -133,12 +132,10 @@ def _check_user_xattrs(path: Path) -> None:
         os.setxattr(path, probe, b"1")
         os.removexattr(path, probe)
     except OSError as exc:
-        if exc.errno not in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.EPERM, errno.EACCES):
-            raise
         raise ConfigError(
-            f"share host path {str(path)!r} is on a file system without user extended "
-            f"attributes ({exc.strerror}), which an rw share needs: use a directory on ext4, "
-            "xfs or btrfs (tmpfs has them from Linux 6.6), or share it read-only"
+            f"share host path {str(path)!r} takes no user extended attributes ({exc.strerror}), "
+            "which an rw share needs: use a directory on ext4, xfs or btrfs (tmpfs has them "
+            "from Linux 6.6), or share it read-only"
         ) from None
 
 
