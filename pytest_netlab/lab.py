@@ -509,7 +509,8 @@ class Lab:
             else:
                 vm.console_run(script)
         except CommandError as exc:  # the lab could not be built, not a test failure
-            raise LabError(f"{vm.name}: mounting its shares failed (its kernel needs 9p): {exc}") from exc
+            hint = " (a kernel of its own needs 9p and 9pnet_virtio)" if vm.spec.kernel else ""
+            raise LabError(f"{vm.name}: mounting its shares failed{hint}: {exc}") from exc
 
     def start(self, timeout: float | None = None) -> None:
         """Boot every declared guest that is not running yet, all at once; return when
