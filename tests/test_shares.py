@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_netlab import ConfigError
+from pytest_netlab import ConfigError, LabError
 from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.qemu import FsShare
 from pytest_netlab.shares import MAX_SHARES, Share, mount_script, share, shares_of
@@ -164,3 +164,12 @@ def test_guests_with_shares_run_the_generic_kernel(monkeypatch):
     monkeypatch.delenv(VARIANT_ENV, raising=False)
     assert variant_for(SHARE_MODULES) == "generic"  # Debian's cloud kernel has no 9p
     assert variant_for(()) == "cloud"
+
+
+def test_a_mount_that_fails_is_a_lab_error_naming_the_guest(netlab, tmp_path, monkeypatch):
+    import pytest_netlab.lab
+
+    monkeypatch.setattr(pytest_netlab.lab, "mount_script", lambda _: "mount -t 9p nosuchtag /mnt")
+    netlab.vm("h1", shares={tmp_path: "/mnt/src"})
+    with pytest.raises(LabError, match=r"^h1: mounting its shares failed: .*mount -t 9p nosuchtag"):
+        netlab.start()
