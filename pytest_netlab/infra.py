@@ -27,7 +27,7 @@ except ImportError:  # the optional extra is not installed: said when a host is 
     Host = None
 
 
-class PinnedParamikoBackend(ParamikoBackend):  # type: ignore[misc,valid-type]
+class PinnedParamikoBackend(ParamikoBackend):  # type: ignore[misc]
     """testinfra's paramiko backend with the host keys of *known_hosts* pinned."""
 
     NAME = "netlab-paramiko"
