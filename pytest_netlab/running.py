@@ -161,5 +161,9 @@ def table(labs: list[RunningLab]) -> str:
     )
 
 
-def _short(command: str, limit: int = 50) -> str:
-    return command if len(command) <= limit else command[: limit - 3] + "..."
+def _short(command: str, limit: int = 60) -> str:
+    # the programs without their directories: "python3 pytest -n 2 tests/..."
+    words = [w.rsplit("/", 1)[-1] if i < 2 and w.startswith("/") else w
+             for i, w in enumerate(command.split(" "))]
+    text = " ".join(words)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
