@@ -249,16 +249,16 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     from .running import find_running
     from .session import runtime_base
 
+    if sys.stdout.isatty():
+        raise ConfigError(
+            "netlab capture writes pcap to its output: pipe it (| wireshark -k -i -, | tcpdump -r -) "
+            "or redirect it (> FILE.pcap)"
+        )
     lab = find_running(runtime_base(), args.lab)
     bridges = _bridges_of(lab.name)
     if args.bridge not in bridges:
         raise ConfigError(
             f"lab {lab.name} has no bridge {args.bridge!r}: bridges are {', '.join(bridges) or 'none'}"
-        )
-    if sys.stdout.isatty():
-        raise ConfigError(
-            "netlab capture writes pcap to its output: pipe it (| wireshark -k -i -, | tcpdump -r -) "
-            "or redirect it (> FILE.pcap)"
         )
     argv = ["nsenter", f"--net={NETNS_RUN_DIR / lab.name}", "--",
             "tcpdump", "-n", "-i", args.bridge, "--immediate-mode", "-U", "-s", "0", "-w", "-",

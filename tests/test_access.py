@@ -157,3 +157,32 @@ def test_testinfra_checks_a_guest_over_the_pinned_ssh(netlab):
     # --8<-- [end:testinfra]
     assert h1.testinfra is host  # one connection, kept
     assert (netlab.workdir / "ssh_config").exists() and (netlab.workdir / "inventory.yml").exists()
+
+
+def test_capture_refuses_a_terminal_and_exec_a_missing_command():
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        to_terminal = subprocess.run(
+            [sys.executable, "-m", "pytest_netlab.cli", "capture", "netlab-0-1", "br1"],
+            stdout=slave, stderr=subprocess.PIPE, text=True, timeout=60, check=False,
+        )
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert to_terminal.returncode == 1
+    assert to_terminal.stderr.startswith("netlab: netlab capture writes pcap to its output: pipe it")
+    no_command = _netlab("exec", "netlab-0-1", "h1")
+    assert (no_command.returncode, no_command.stderr) == (
+        1, "netlab: netlab exec needs a command to run in the guest, e.g. netlab exec LAB h1 ip -br addr\n"
+    )
+
+
+def test_testinfra_without_pytest_testinfra_says_how_to_install_it(monkeypatch):
+    from pytest_netlab import infra
+    from pytest_netlab.errors import ConfigError
+
+    monkeypatch.setattr(infra, "Host", None)
+    with pytest.raises(ConfigError, match=r"pip install 'pytest-netlab\[testinfra\]'"):
+        infra.testinfra_host(object())  # type: ignore[arg-type]
