@@ -186,3 +186,30 @@ def test_testinfra_without_pytest_testinfra_says_how_to_install_it(monkeypatch):
     monkeypatch.setattr(infra, "Host", None)
     with pytest.raises(ConfigError, match=r"pip install 'pytest-netlab\[testinfra\]'"):
         infra.testinfra_host(object())  # type: ignore[arg-type]
+
+
+def test_a_lab_of_netlab_up_in_the_foreground_is_listed_and_reached_by_name(tmp_path):
+    topology = tmp_path / "one.toml"
+    topology.write_text('[bridges.br1]\n[nodes.h1]\nlinks = [{ bridge = "br1" }]\n')
+    up = subprocess.Popen(
+        [sys.executable, "-m", "pytest_netlab.cli", "up", str(topology), "--accel", "tcg",
+         "--workdir", str(tmp_path / "lab")],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True, env=_env(),
+    )
+    try:
+        assert up.stdout is not None
+        lines = []
+        while not (found := re.match(r"lab (netlab-\d+-\d+) is up", lines[-1] if lines else "")):
+            line = up.stdout.readline()
+            assert line, "".join(lines)  # netlab up ended without bringing the lab up
+            lines.append(line)
+        name = found.group(1)
+        listed = json.loads(_netlab("list", "--json").stdout)
+        assert [(lab["kind"], lab["owner"]) for lab in listed if lab["name"] == name] == [("up", up.pid)]
+        by_name = _netlab("exec", name, "h1", "hostname")
+        assert (by_name.returncode, by_name.stdout) == (0, "h1\n"), by_name.stderr
+    finally:
+        up.terminate()  # SIGTERM tears the lab down, as Ctrl-C does
+        rest, _ = up.communicate(timeout=120)
+    assert up.returncode == 0 and f"lab {name} is down" in rest
+    assert name not in [lab["name"] for lab in json.loads(_netlab("list", "--json").stdout)]
