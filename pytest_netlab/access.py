@@ -80,7 +80,6 @@ def ssh_config_text(lab: Lab, known_hosts: Path) -> str:
         "    StrictHostKeyChecking yes",
         "    PasswordAuthentication no",
         "    KbdInteractiveAuthentication no",
-        "    LogLevel ERROR",
     ]
     return "\n".join(lines) + "\n"
 

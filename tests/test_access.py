@@ -104,7 +104,7 @@ def test_ssh_refuses_a_guest_whose_host_key_is_not_the_pinned_one(up_lab, tmp_pa
     (tmp_path / "ssh_config").write_text(
         config.replace(str(up_lab.workdir / "known_hosts"), str(tmp_path / "known_hosts"))
     )
-    ssh = subprocess.run(["ssh", "-F", str(tmp_path / "ssh_config"), "-o", "LogLevel=INFO", "h1", "true"],
+    ssh = subprocess.run(["ssh", "-F", str(tmp_path / "ssh_config"), "h1", "true"],
                          capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
     assert ssh.returncode == 255 and "Host key verification failed" in ssh.stderr, ssh.stderr
     backend = PinnedParamikoBackend(
