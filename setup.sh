@@ -10,9 +10,11 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 apt-get update -q
+# openssh-client: ssh -F / scp -F with a lab's ssh_config (docs/access.md), and Ansible's
+# connection to guests; Ansible itself and testinfra come with the dev extra (pip)
 # shellcheck disable=SC2046
 apt-get install -y -q --no-install-recommends \
-    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux \
+    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux openssh-client \
     $(grep -v '^[[:space:]]*#' images/packages.txt)
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

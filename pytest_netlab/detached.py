@@ -33,6 +33,7 @@ class DetachedLab:
     topology: str
     workdir: str
     access: str  # the text of how to reach it (pytest_netlab.access.describe)
+    detached: bool = True  # False: a `netlab up` in the foreground (netlab list, ssh, exec)
 
     @staticmethod
     def path_of(runtime_base: Path, name: str) -> Path:

@@ -250,7 +250,7 @@ def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> N
         )
         hold = Hold.write(
             kept_dir(runtime_base()), [lab.name for lab in labs], body, timeout,
-            terminal=terminal_fd is not None,
+            terminal=terminal_fd is not None, workdirs=[lab.workdir for lab in labs],
         )
         capman = config.pluginmanager.getplugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
