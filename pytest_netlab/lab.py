@@ -38,7 +38,7 @@ from .guest import VM, Router
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
 from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
-from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
+from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
 from .ssh import SessionKey, SSHSession
 from .templates import (
     GuestHostKey,
@@ -457,11 +457,8 @@ class Lab:
         params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
         if spec.rootfs is not None:
             params.append("root=/dev/vda rw")
-        # snapshot=on: writes go to a temporary overlay, the user's image is never changed
-        drives = [
-            f"file={disk},if=virtio,format={_disk_format(disk)},snapshot=on"
-            for disk in ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
-        ]
+        disks = ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
+        drives = [drive_option(disk) for disk in disks]
         if spec.append:
             params.append(spec.append)
         return MachineConfig(
@@ -627,6 +624,11 @@ def open_labs() -> list[Lab]:
 
 def _path(value: str | Path | None) -> Path | None:
     return Path(value) if value is not None else None
+
+
+def drive_option(disk: Path) -> str:
+    """``-drive`` for a user's *disk*; ``snapshot=on``: writes go to a temporary overlay."""
+    return f"file={option_value(disk)},if=virtio,format={_disk_format(disk)},snapshot=on"
 
 
 def _disk_format(path: Path) -> str:

@@ -67,6 +67,12 @@ def qemu_version() -> str:
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
+
+def option_value(text: str | Path) -> str:
+    """*text* escaped for a QEMU option string (``file=...,if=virtio``): a ``,`` in a
+    path would end the value and start an option of the path's choosing."""
+    return str(text).replace(",", ",,")
+
 @dataclass
 class NicConfig:
     """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""

@@ -3,12 +3,16 @@ guest or options into QEMU's command line; refused before anything is made (pure
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from pytest_netlab import ConfigError, validation
+from pytest_netlab.lab import drive_option
 from pytest_netlab.labspec import Topology
+from pytest_netlab.qemu import find_qemu, option_value
 
 INJECTION = "fd00::1%\nNETLAB_EOF\nreboot -f"
 
@@ -56,3 +60,21 @@ def test_a_lab_refuses_an_injected_gateway_before_making_its_namespace(netlab_fa
     with pytest.raises(ConfigError, match="gateway"):
         lab.vm("h1", gateway=INJECTION)
     assert not lab.namespace.created
+
+
+def test_a_comma_in_a_disk_path_cannot_add_drive_options(tmp_path: Path):
+    """``snapshot=off`` in a file name would make QEMU write to the user's image: QEMU
+    must see one file name and keep the overlay (its backing file is the whole path)."""
+    disk = tmp_path / "disk,snapshot=off,b.img"
+    disk.write_bytes(b"\0" * 65536)
+    option = drive_option(disk).replace("if=virtio", "if=none")  # no machine to plug it in
+    commands = [{"execute": "qmp_capabilities"}, {"execute": "query-block"}, {"execute": "quit"}]
+    proc = subprocess.run(
+        [find_qemu(), "-machine", "none", "-nodefaults", "-display", "none",
+         "-drive", option, "-qmp", "stdio"],
+        input="".join(json.dumps(c) + "\n" for c in commands), capture_output=True, text=True,
+        timeout=30, check=True,
+    )
+    (blocks,) = [m["return"] for m in map(json.loads, proc.stdout.splitlines()) if m.get("return")]
+    assert blocks[0]["inserted"]["backing_file"] == str(disk)  # an overlay on the whole path
+    assert option_value("a,b") == "a,,b"
