@@ -137,16 +137,29 @@ class Lab:
             self._record(name)
         return bridge
 
-    def nat(self, *, model: str = "virtio-net-pci", mac: str | None = None) -> NicSpec:
+    def nat(
+        self, *, model: str = "virtio-net-pci", mac: str | None = None,
+        host_ports: Sequence[int] = (), outside: bool = False,
+    ) -> NicSpec:
         """A user-mode (slirp) NAT NIC, for ``nics=[...]``: the guest gets 10.0.2.15 by
-        DHCP from QEMU (e.g. ``udhcpc -i eth0``), its default route points at the
-        gateway 10.0.2.2, and 10.0.2.2 reaches the host's 127.0.0.1. A guest with such a
-        NIC cold-boots (no saved state). Point it only at 10.0.2.2, never outside.
+        DHCP from QEMU (e.g. ``udhcpc -i eth0``). A guest with such a NIC cold-boots
+        (no saved state).
+
+        The NIC is restricted: through it the guest reaches nothing on the host or
+        beyond (QEMU's DHCP offers no default route), but each of *host_ports*: port
+        ``P`` is ``NAT_HOST:P`` (``pytest_netlab.NAT_HOST``, 10.0.2.100) in the guest and
+        the host's ``127.0.0.1:P``. ``outside=True`` lifts the restriction: the default
+        route points at the gateway 10.0.2.2, which is the host's loopback with every
+        service on it, and through NAT the guest reaches other machines; tests here never
+        use it to reach anything but loopback.
 
         Raises:
-            ConfigError: an unknown model or a malformed MAC.
+            ConfigError: an unknown model, a malformed MAC, a bad or repeated port.
         """
-        return NicSpec(None, model, mac).validated()
+        ports = tuple(host_ports) if isinstance(host_ports, (list, tuple)) else host_ports
+        if not isinstance(ports, tuple):
+            raise ConfigError(f"host_ports={host_ports!r} is not accepted: give a list of port numbers")
+        return NicSpec(None, model, mac, host_ports=ports, outside=outside).validated()
 
     # -- packet capture ---------------------------------------------------------------
     @property
@@ -465,7 +478,8 @@ class Lab:
             name=spec.name, kernel=spec.kernel or image.kernel,
             initrd=spec.initrd if spec.kernel else image.initrd, cmdline=" ".join(params),
             memory_mib=spec.memory, cpus=spec.cpus, accel=self.settings.accel,
-            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat)
+            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat,
+                            host_ports=n.host_ports, outside=n.outside)
                   for mac, n in zip(vm.macs, spec.nics, strict=True)],
             drives=drives, management=spec.network, numa=spec.numa,
         )
