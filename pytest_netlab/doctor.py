@@ -80,7 +80,7 @@ def _tun() -> Check:
 def _namespaces() -> Check:
     from .netns import LabNamespace
 
-    namespace = LabNamespace(f"netlab-doctor-{os.getpid()}")
+    namespace = LabNamespace(f"netlab-{os.getpid()}-doctor")
     try:
         namespace.create()
         namespace.add_bridge("br-doctor")

@@ -215,17 +215,17 @@ class QemuMachine:
         from qemu.qmp import QMPError
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
-        from .netns import die_with_parent, owner_environment
+        from .owner import die_with_parent, owner_environment
 
         self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno())
         self.log.debug("launch: %s", shlex.join(self.argv))
         try:
             with open(self.qemu_log, "wb") as out:
                 self._proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    die_with_parent(self.argv), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT,
                     pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds],
                     env=owner_environment(),
-                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl() call
                 )
         except OSError as exc:
             qmp_ours.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import LabError
+from .owner import Owner
 
 if TYPE_CHECKING:
     from .accel import AccelDecision
@@ -57,7 +58,8 @@ class NetlabSession:
     def runtime_dir(self) -> Path:
         if self._runtime is None:
             # mkdtemp makes it 0700: the private key lives here
-            self._runtime = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=runtime_base()))
+            # named by its owner (see .cleanup)
+            self._runtime = Path(tempfile.mkdtemp(prefix=f"{Owner.me().tag}-", dir=runtime_base()))
         return self._runtime
 
     @property

@@ -34,6 +34,7 @@ from filelock import FileLock, Timeout
 from .errors import LabError
 from .image import NIC_MODEL_MODULES, PRUNE_AFTER_DAYS, GuestImage
 from .netns import LabNamespace
+from .owner import Owner
 from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, MachineConfig, NicConfig, QemuMachine
 
 log = logging.getLogger(__name__)
@@ -215,11 +216,12 @@ class TemplateStore:
         return removed
 
     def _make(self, layout: Layout, image: GuestImage, path: Path, boot_timeout: float) -> None:
-        workdir = self.root / f"build-{os.getpid()}"
+        owner = Owner.me().tag  # the names cleanup knows the owner by (see .cleanup)
+        workdir = self.root / f"build-{owner}"
         namespace = LabNamespace(f"netlab-{os.getpid()}-tpl{secrets.token_hex(3)}")
         config = self.machine_config(layout, image, "template")
         machine: QemuMachine | None = None
-        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial = path.with_suffix(f".{owner}.part")
         try:
             namespace.create()
             namespace.add_bridge("tplbr")

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import http.server
 import threading
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
-from pytest_netlab import NAT_HOST, ConfigError
+from pytest_netlab import NAT_HOST, CommandTimeout, ConfigError
+from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.owner import OWNER_ENV, Owner, pids_in_netns
 
 
 class _Hello(http.server.BaseHTTPRequestHandler):
@@ -57,3 +61,34 @@ def test_nat_options_are_checked(netlab):
         netlab.nat(host_ports=[80, 80])
     with pytest.raises(ConfigError, match="True or False"):
         netlab.nat(outside="yes")
+
+
+def _gone(pid: int, within: float) -> bool:
+    """Whether process *pid* ended (or is a zombie) within *within* seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_what_a_command_leaves_in_the_background_is_gone_after_close(netlab):
+    pid = int(netlab.run("sleep 1000 > /dev/null 2>&1 & echo $!").stdout)
+    environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    assert f"{OWNER_ENV}={Owner.me().tag}".encode() in environ  # cleanup knows whose it is
+
+    netlab.close()
+
+    assert _gone(pid, within=5)
+
+
+def test_a_command_that_times_out_is_killed_with_its_children(netlab):
+    with pytest.raises(CommandTimeout):
+        netlab.run("sleep 1000 & echo $! > child; wait", timeout=0.5)
+    # the shell's own process group went: no child holds the lab's namespace any more
+    assert pids_in_netns(NETNS_RUN_DIR / netlab.name) == []
