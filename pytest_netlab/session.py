@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from .errors import LabError
 from .owner import Owner
+from .trust import trusted_directory
 
 if TYPE_CHECKING:
     from .accel import AccelDecision
@@ -33,8 +34,10 @@ def runtime_base() -> Path:
         base = Path("/run/netlab")
     else:
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "netlab"
-    base.mkdir(mode=0o755, parents=True, exist_ok=True)
-    return base
+    return trusted_directory(
+        base, "the runtime directory",
+        "remove it, or set XDG_RUNTIME_DIR to a directory that only you own and can write",
+    )
 
 
 @dataclass
