@@ -3,7 +3,7 @@ a virtualenv that has pytest-netlab[dev] and its build backend installed, with t
 SHA-256 of each file PyPI has for that version (wheels and sdist), for
 ``pip install --require-hashes``.
 
-    python3 -m venv /tmp/lock && /tmp/lock/bin/pip install -e '.[dev]' 'hatchling>=1.21'
+    python3 -m venv /tmp/lock && /tmp/lock/bin/pip install -e '.[dev]' 'hatchling>=1.21' editables
     python3 tools/lock_requirements.py /tmp/lock/bin/python > requirements-ci.txt
 
 pyproject.toml keeps lower bounds for users; this file is what CI runs.
