@@ -570,7 +570,8 @@ class Lab:
     def run(
         self, command: str | Sequence[str], *, check: bool = True, timeout: float = 30.0
     ) -> HostCommandResult:
-        """Run a command on the lab's host side (inside the lab namespace).
+        """Run a command on the lab's host side (inside the lab namespace). What it
+        leaves running in the background is killed when the lab closes.
 
         Raises:
             CommandError: with ``check=True``, it exited non-zero.

@@ -82,3 +82,19 @@ def test_a_cached_package_with_the_wrong_checksum_is_removed(tmp_path: Path):
 
     assert verify_debs(tmp_path) == [planted, unknown]
     assert not planted.exists() and not unknown.exists()
+
+
+def test_a_runtime_base_others_can_write_is_refused_for_a_user(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+):
+    from pytest_netlab.session import runtime_base
+
+    shared = tmp_path / "run"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # a run that is not root
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
+    with pytest.raises(ConfigError, match=r"runtime directory .* writable by group and others"):
+        runtime_base()
+    shared.chmod(0o700)
+    assert runtime_base() == shared / "netlab"
