@@ -44,10 +44,11 @@ def _alive(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
-def test_sigterm_tears_the_lab_down_like_ctrl_c(pytester: pytest.Pytester):
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["plain", "xdist"])
+def test_sigterm_tears_the_lab_down_like_ctrl_c(pytester: pytest.Pytester, workers: list[str]):
     pytester.makepyfile(test_victim=VICTIM)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "netlab", "-q", "-p", "no:cacheprovider"],
+        [sys.executable, "-m", "pytest", "-p", "netlab", "-q", "-p", "no:cacheprovider", *workers],
         cwd=pytester.path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
