@@ -36,6 +36,7 @@ from .image import NIC_MODEL_MODULES, PRUNE_AFTER_DAYS, GuestImage
 from .netns import LabNamespace
 from .owner import Owner
 from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, MachineConfig, NicConfig, QemuMachine
+from .trust import create_new_file
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,11 @@ class TemplateStore:
         config = self.machine_config(layout, image, "template")
         machine: QemuMachine | None = None
         partial = path.with_suffix(f".{owner}.part")
+        made_workdir = False
         try:
+            workdir.mkdir(mode=0o700)  # new, not whatever is there: nothing is written through a link
+            made_workdir = True
+            create_new_file(partial)
             namespace.create()
             namespace.add_bridge("tplbr")
             for i, (nic, spec) in enumerate(zip(config.nics, layout.nics, strict=True)):
@@ -239,9 +244,9 @@ class TemplateStore:
                 machine.shutdown()
             namespace.close()
             partial.unlink(missing_ok=True)
-            for leftover in workdir.glob("*"):
-                leftover.unlink()
-            if workdir.exists():
+            if made_workdir:
+                for leftover in workdir.glob("*"):
+                    leftover.unlink()
                 workdir.rmdir()
 
     def clean(self) -> list[Path]:

@@ -58,6 +58,11 @@ def trusted_directory(path: Path, what: str, fix: str) -> Path:
     return path
 
 
+def create_new_file(path: Path) -> None:
+    """Create *path* empty, mode 0600, failing if anything (a symlink too) is there."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600))
+
+
 def _apt_sha256(package: str, version: str) -> str | None:
     """The SHA-256 apt's package lists give for *package* at *version*."""
     out = subprocess.run(
