@@ -12,7 +12,7 @@ import pytest
 
 from pytest_netlab import ConfigError
 from pytest_netlab.image import cache_root
-from pytest_netlab.trust import trusted_directory, verify_debs
+from pytest_netlab.trust import create_new_file, trusted_directory, verify_debs
 
 NOBODY = 65534
 
@@ -98,3 +98,15 @@ def test_a_runtime_base_others_can_write_is_refused_for_a_user(
         runtime_base()
     shared.chmod(0o700)
     assert runtime_base() == shared / "netlab"
+
+
+def test_files_made_in_the_cache_are_not_written_through_a_planted_symlink(tmp_path: Path):
+    target = tmp_path / "etc-shadow"
+    target.write_text("precious\n")
+    planted = tmp_path / "abc.1-2.part"
+    planted.symlink_to(target)
+    with pytest.raises(FileExistsError):
+        create_new_file(planted)
+    assert target.read_text() == "precious\n"
+    create_new_file(tmp_path / "new.part")
+    assert (tmp_path / "new.part").stat().st_mode & 0o777 == 0o600
