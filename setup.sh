@@ -17,6 +17,8 @@ apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux openssh-client \
     $(grep -v '^[[:space:]]*#' images/packages.txt)
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[dev]'
+# every Python package pinned with PyPI's hashes (tools/lock_requirements.py), the build
+# backend too, so the editable install below fetches nothing unhashed
+.venv/bin/pip install -q --require-hashes -r requirements-ci.txt
+.venv/bin/pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/netlab image build

@@ -14,9 +14,10 @@ from .errors import NetlabError
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     from .cleanup import remove_leftovers
+    from .image import cache_root
     from .session import runtime_base
 
-    report = remove_leftovers(runtime_base(), dry_run=args.dry_run)
+    report = remove_leftovers(runtime_base(), template_dir=cache_root() / "templates", dry_run=args.dry_run)
     for line in report.lines():
         print(("would have " if args.dry_run else "") + line)
     if not report:

@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .cleanup import owner_alive
 from .errors import ConfigError, LabError
+from .owner import namespace_owner
 
 
 def labs_dir(runtime_base: Path) -> Path:
@@ -48,12 +48,12 @@ class DetachedLab:
         return path
 
     def owner_alive(self, runtime_base: Path) -> bool:
-        """Whether the owner still runs (not a later process that got its pid)."""
-        try:
-            written = self.path_of(runtime_base, self.name).stat().st_mtime
-        except FileNotFoundError:
-            written = None
-        return _running(self.pid) and owner_alive(self.pid, written)
+        """Whether the owner still runs (not a later process that got its pid): by the
+        owner record of its namespace, else by its pid."""
+        owner = namespace_owner(runtime_base, self.name)
+        if owner is not None and owner.pid == self.pid:
+            return owner.alive()
+        return _running(self.pid)
 
 
 def detached_labs(runtime_base: Path) -> list[DetachedLab]:

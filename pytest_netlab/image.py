@@ -35,6 +35,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import ImageError
+from .trust import trusted_directory, verify_debs
 
 log = logging.getLogger(__name__)
 
@@ -106,14 +107,21 @@ def recipe_dir() -> Path:
     )
 
 
+CACHE_FIX = (
+    "set NETLAB_CACHE_DIR to a directory that only you (or root) own and can write, "
+    "e.g. /var/cache/pytest-netlab"
+)
+
+
 def cache_root() -> Path:
     """``$NETLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-netlab``, else ``~/.cache/pytest-netlab``."""
     explicit = os.environ.get("NETLAB_CACHE_DIR")
     if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "pytest-netlab"
+        root = Path(explicit)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-netlab"
+    return trusted_directory(root, "the cache directory", CACHE_FIX)
 
 
 def variant_for(modules: Iterable[str] = ()) -> str:
@@ -283,6 +291,7 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     script = recipe_dir() / "build.sh"
     debs = cache_root() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
+    verify_debs(debs)  # a cached kernel package is booted only if apt vouches for it
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{variant}-{digest}-", dir=images))
     out = tmp / "image"
     command = ["bash", str(script), str(out)]

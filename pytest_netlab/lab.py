@@ -38,7 +38,7 @@ from .guest import VM, Router
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
 from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
-from .qemu import MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu
+from .qemu import MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
 from .shares import SHARE_MODULES, Share, mount_script, share_tag, shares_of
 from .shares import share as checked_share
 from .ssh import SessionKey, SSHSession
@@ -139,16 +139,29 @@ class Lab:
             self._record(name)
         return bridge
 
-    def nat(self, *, model: str = "virtio-net-pci", mac: str | None = None) -> NicSpec:
+    def nat(
+        self, *, model: str = "virtio-net-pci", mac: str | None = None,
+        host_ports: Sequence[int] = (), outside: bool = False,
+    ) -> NicSpec:
         """A user-mode (slirp) NAT NIC, for ``nics=[...]``: the guest gets 10.0.2.15 by
-        DHCP from QEMU (e.g. ``udhcpc -i eth0``), its default route points at the
-        gateway 10.0.2.2, and 10.0.2.2 reaches the host's 127.0.0.1. A guest with such a
-        NIC cold-boots (no saved state). Point it only at 10.0.2.2, never outside.
+        DHCP from QEMU (e.g. ``udhcpc -i eth0``). A guest with such a NIC cold-boots
+        (no saved state).
+
+        The NIC is restricted: through it the guest reaches nothing on the host or
+        beyond (QEMU's DHCP offers no default route), but each of *host_ports*: port
+        ``P`` is ``NAT_HOST:P`` (``pytest_netlab.NAT_HOST``, 10.0.2.100) in the guest and
+        the host's ``127.0.0.1:P``. ``outside=True`` lifts the restriction: the default
+        route points at the gateway 10.0.2.2, which is the host's loopback with every
+        service on it, and through NAT the guest reaches other machines; tests here never
+        use it to reach anything but loopback.
 
         Raises:
-            ConfigError: an unknown model or a malformed MAC.
+            ConfigError: an unknown model, a malformed MAC, a bad or repeated port.
         """
-        return NicSpec(None, model, mac).validated()
+        ports = tuple(host_ports) if isinstance(host_ports, (list, tuple)) else host_ports
+        if not isinstance(ports, tuple):
+            raise ConfigError(f"host_ports={host_ports!r} is not accepted: give a list of port numbers")
+        return NicSpec(None, model, mac, host_ports=ports, outside=outside).validated()
 
     def share(self, host: str | os.PathLike[str], guest: str, *, rw: bool = False) -> Share:
         """A host directory for ``vm(..., shares=[...])``: *host* (absolute) is seen at
@@ -477,18 +490,16 @@ class Lab:
         params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
         if spec.rootfs is not None:
             params.append("root=/dev/vda rw")
-        # snapshot=on: writes go to a temporary overlay, the user's image is never changed
-        drives = [
-            f"file={disk},if=virtio,format={_disk_format(disk)},snapshot=on"
-            for disk in ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
-        ]
+        disks = ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
+        drives = [drive_option(disk) for disk in disks]
         if spec.append:
             params.append(spec.append)
         return MachineConfig(
             name=spec.name, kernel=spec.kernel or image.kernel,
             initrd=spec.initrd if spec.kernel else image.initrd, cmdline=" ".join(params),
             memory_mib=spec.memory, cpus=spec.cpus, accel=self.settings.accel,
-            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat)
+            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat,
+                            host_ports=n.host_ports, outside=n.outside)
                   for mac, n in zip(vm.macs, spec.nics, strict=True)],
             drives=drives, management=spec.network, numa=spec.numa,
         )
@@ -600,7 +611,8 @@ class Lab:
     def run(
         self, command: str | Sequence[str], *, check: bool = True, timeout: float = 30.0
     ) -> HostCommandResult:
-        """Run a command on the lab's host side (inside the lab namespace).
+        """Run a command on the lab's host side (inside the lab namespace). What it
+        leaves running in the background is killed when the lab closes.
 
         Raises:
             CommandError: with ``check=True``, it exited non-zero.
@@ -668,6 +680,11 @@ def open_labs() -> list[Lab]:
 
 def _path(value: str | Path | None) -> Path | None:
     return Path(value) if value is not None else None
+
+
+def drive_option(disk: Path) -> str:
+    """``-drive`` for a user's *disk*; ``snapshot=on``: writes go to a temporary overlay."""
+    return f"file={option_value(disk)},if=virtio,format={_disk_format(disk)},snapshot=on"
 
 
 def _disk_format(path: Path) -> str:

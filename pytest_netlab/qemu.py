@@ -16,13 +16,15 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .constants import NAT_HOST
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
 
 if TYPE_CHECKING:
@@ -67,6 +69,24 @@ def qemu_version() -> str:
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
+def option_value(text: str | Path) -> str:
+    """*text* escaped for a QEMU option string (``file=...,if=virtio``): a ``,`` in a
+    path would end the value and start an option of the path's choosing."""
+    return str(text).replace(",", ",,")
+
+
+def nat_netdev(netdev_id: str, host_ports: Sequence[int], outside: bool) -> str:
+    """``-netdev user`` of a NAT NIC: restricted (the guest reaches nothing through it)
+    unless *outside*; each of *host_ports* is ``NAT_HOST:port`` in the guest, relayed
+    to the host's ``127.0.0.1:port`` (see :mod:`pytest_netlab.relay`)."""
+    relay = Path(__file__).with_name("relay.py")
+    netdev = f"user,id={netdev_id}" + ("" if outside else ",restrict=on")
+    for port in host_ports:
+        command = shlex.join([sys.executable, "-I", "-S", str(relay), str(int(port))])
+        netdev += f",guestfwd=tcp:{NAT_HOST}:{int(port)}-cmd:{option_value(command)}"
+    return netdev
+
+
 @dataclass
 class NicConfig:
     """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""
@@ -76,6 +96,8 @@ class NicConfig:
     fds: list[int] = field(default_factory=list)
     vectors: int | None = None
     nat: bool = False  # a user-mode (slirp) NAT NIC instead of a TAP: no fds
+    host_ports: tuple[int, ...] = ()  # NAT only: host loopback ports the guest may reach
+    outside: bool = False  # NAT only: unrestricted, the guest reaches everything the host does
 
 
 @dataclass(frozen=True)
@@ -175,9 +197,8 @@ class QemuMachine:
             argv += ["-initrd", str(c.initrd)]
         for i, nic in enumerate(c.nics):
             if nic.nat:
-                # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2 = the host's loopback.
-                # Not restricted: that NIC is the guest's way out through NAT.
-                argv += ["-netdev", f"user,id=lab{i}"]
+                # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2
+                argv += ["-netdev", nat_netdev(f"lab{i}", nic.host_ports, nic.outside)]
             elif len(nic.fds) > 1:
                 argv += ["-netdev", f"tap,id=lab{i},fds={':'.join(map(str, nic.fds))},vhost=off"]
             else:
@@ -219,17 +240,17 @@ class QemuMachine:
         from qemu.qmp import QMPError
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
-        from .netns import die_with_parent, owner_environment
+        from .owner import die_with_parent, owner_environment
 
         self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno())
         self.log.debug("launch: %s", shlex.join(self.argv))
         try:
             with open(self.qemu_log, "wb") as out:
                 self._proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    die_with_parent(self.argv), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT,
                     pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds],
                     env=owner_environment(),
-                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl() call
                 )
         except OSError as exc:
             qmp_ours.close()

@@ -13,11 +13,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .access import SSH_CONFIG
-from .cleanup import _NS_NAME, owner_alive
+from .cleanup import _NS_NAME
 from .constants import NETNS_RUN_DIR
 from .detached import detached_labs
 from .errors import ConfigError
 from .keep import kept_dir
+from .owner import namespace_owner
 
 
 @dataclass(frozen=True)
@@ -112,13 +113,10 @@ def running_labs(runtime_base: Path) -> list[RunningLab]:
         match = _NS_NAME.match(name)
         if not match:
             continue
-        pid = int(match["pid"])
-        try:
-            made = (NETNS_RUN_DIR / name).stat().st_mtime
-        except OSError:
-            continue
-        if not owner_alive(pid, made):
-            continue  # a dead run's leftover: netlab cleanup removes it
+        owner = namespace_owner(runtime_base, name)
+        if owner is None or not owner.alive():
+            continue  # not ours, or a dead run's leftover: netlab cleanup removes it
+        pid = owner.pid
         workdir: str | None = None
         if name in started:
             kind, workdir = ("detached" if started[name].detached else "up"), started[name].workdir

@@ -34,8 +34,10 @@ from filelock import FileLock, Timeout
 from .errors import LabError
 from .image import NIC_MODEL_MODULES, PRUNE_AFTER_DAYS, GuestImage
 from .netns import LabNamespace
+from .owner import Owner
 from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine
 from .shares import share_tag
+from .trust import create_new_file
 
 log = logging.getLogger(__name__)
 
@@ -228,12 +230,17 @@ class TemplateStore:
         return removed
 
     def _make(self, layout: Layout, image: GuestImage, path: Path, boot_timeout: float) -> None:
-        workdir = self.root / f"build-{os.getpid()}"
+        owner = Owner.me().tag  # the names cleanup knows the owner by (see .cleanup)
+        workdir = self.root / f"build-{owner}"
         namespace = LabNamespace(f"netlab-{os.getpid()}-tpl{secrets.token_hex(3)}")
         config = self.machine_config(layout, image, "template")
         machine: QemuMachine | None = None
-        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial = path.with_suffix(f".{owner}.part")
+        made_workdir = False
         try:
+            workdir.mkdir(mode=0o700)  # new, not whatever is there: nothing is written through a link
+            made_workdir = True
+            create_new_file(partial)
             namespace.create()
             namespace.add_bridge("tplbr")
             for i, (nic, spec) in enumerate(zip(config.nics, layout.nics, strict=True)):
@@ -250,9 +257,9 @@ class TemplateStore:
                 machine.shutdown()
             namespace.close()
             partial.unlink(missing_ok=True)
-            for leftover in workdir.glob("*"):
-                leftover.unlink()
-            if workdir.exists():
+            if made_workdir:
+                for leftover in workdir.glob("*"):
+                    leftover.unlink()
                 workdir.rmdir()
 
     def clean(self) -> list[Path]:
