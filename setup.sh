@@ -1,7 +1,8 @@
 #!/bin/sh
 # Sets up everything pytest-netlab needs on a fresh Debian/Ubuntu machine, as root:
-# system packages (QEMU and what the guest image recipe takes its programs from), the
-# Python package with its dependencies in ./.venv, and the guest image (in the cache).
+# system packages (QEMU and what the guest image recipe takes its programs from; Chromium
+# and its driver for the docs site's browser test), the Python package with its
+# dependencies in ./.venv, and the guest image (in the cache).
 set -eu
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
@@ -13,6 +14,7 @@ apt-get update -q
 # shellcheck disable=SC2046
 apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux \
+    chromium chromium-driver \
     $(grep -v '^[[:space:]]*#' images/packages.txt)
 python3 -m venv .venv
 .venv/bin/pip install -q --upgrade pip

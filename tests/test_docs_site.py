@@ -1,0 +1,153 @@
+"""The docs site as a reader sees it: built with ``mkdocs build --strict``, served on 127.0.0.1
+and opened page by page in a headless Chromium (Debian's ``chromium`` and ``chromium-driver``;
+nothing is downloaded at run time). Every page loads without console errors, every Mermaid
+diagram is drawn as SVG, and the code the pages include from the tests is on them."""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).parent.parent
+DOCS = ROOT / "docs"
+CHROMIUM = "/usr/bin/chromium"
+CHROMEDRIVER = "/usr/bin/chromedriver"
+INCLUDE = re.compile(r'^--8<-- "([^":]+)(?::([\w-]+))?"$', re.M)
+
+
+def _pages() -> list[Path]:
+    return sorted(p.relative_to(DOCS) for p in DOCS.rglob("*.md") if "_hooks" not in p.parts)
+
+
+def _url_path(page: Path) -> str:
+    return "" if page.name == "index.md" else page.with_suffix("").as_posix() + "/"
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The built site, served over HTTP on 127.0.0.1; yields its base URL."""
+    out = tmp_path_factory.mktemp("site")
+    build = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert build.returncode == 0, build.stdout + build.stderr
+    handler = functools.partial(_QuietHandler, directory=str(out))
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        yield f"http://127.0.0.1:{server.server_address[1]}/"
+        server.shutdown()
+        thread.join()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    if not (shutil.which(CHROMIUM) and shutil.which(CHROMEDRIVER)):
+        pytest.skip(f"no headless browser: {CHROMIUM} and {CHROMEDRIVER} "
+                    "(apt-get install chromium chromium-driver; setup.sh does)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,900"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait(condition: Any, timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _expected_code(page: Path) -> list[str]:
+    """A line of each included file (its first test's name) or section (its first line)."""
+    wanted = []
+    for path, section in INCLUDE.findall((DOCS / page).read_text()):
+        text = (ROOT / path).read_text()
+        if section:
+            body = text.split(f"# --8<-- [start:{section}]\n", 1)[1]
+            wanted.append(next(line.strip() for line in body.splitlines() if line.strip()))
+        elif first_test := re.search(r"^def (test_\w+)", text, re.M):
+            wanted.append(first_test.group(1))
+        else:
+            wanted.append(next(line for line in text.splitlines() if line and not line.startswith("#")))
+    return wanted
+
+
+def _diagram_svg_areas(browser: Any) -> list[float]:
+    """Material draws each diagram into a closed shadow root of a ``div.mermaid``, out of reach
+    of page scripts; the DevTools protocol sees through it. The area of each SVG drawn there."""
+    tree = browser.execute_cdp_cmd("DOM.getDocument", {"depth": -1, "pierce": True})
+    areas = []
+    stack = [(tree["root"], False)]
+    while stack:
+        node, in_diagram = stack.pop()
+        if in_diagram and node.get("localName") == "svg":
+            model = browser.execute_cdp_cmd("DOM.getBoxModel", {"nodeId": node["nodeId"]})["model"]
+            areas.append(model["width"] * model["height"])
+            continue
+        attributes = node.get("attributes", [])
+        classes = dict(zip(attributes[::2], attributes[1::2], strict=True)).get("class", "").split()
+        diagram = node.get("localName") == "div" and "mermaid" in classes
+        stack += [(child, in_diagram) for child in node.get("children", [])]
+        stack += [(root, in_diagram or diagram) for root in node.get("shadowRoots", [])]
+    return areas
+
+
+@pytest.mark.parametrize("page", _pages(), ids=str)
+def test_every_page_loads_draws_its_diagrams_and_shows_the_included_code(site, browser, page):
+    browser.get_log("browser")  # what earlier pages left
+    browser.get(site + _url_path(page))
+    assert _wait(lambda: browser.execute_script("return document.readyState") == "complete")
+    title = browser.find_element("css selector", "article h1").text
+    assert title, f"docs/{page} has no title"
+
+    diagrams = (DOCS / page).read_text().count("```mermaid\n")
+    if diagrams:
+        drawn = "return document.querySelectorAll('article div.mermaid').length"
+        assert _wait(lambda: browser.execute_script(drawn) == diagrams), (
+            f"docs/{page}: {diagrams} diagram(s) not drawn in 30 s; console: {browser.get_log('browser')}"
+        )
+        areas = _diagram_svg_areas(browser)
+        assert len(areas) == diagrams and all(areas), f"docs/{page}: {diagrams} diagram(s), SVG areas {areas}"
+    assert not browser.execute_script("return document.querySelectorAll('pre.mermaid').length")
+
+    text = browser.execute_script("return document.querySelector('article').textContent")
+    for line in _expected_code(page):
+        assert line in text, f"docs/{page} does not show the included {line!r}"
+
+    errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
+    assert not errors, f"docs/{page}: console errors: {errors}"
+
+
+def test_every_page_is_in_the_nav():
+    nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1]
+    listed = set(re.findall(r"([\w/.-]+\.md)$", nav, re.M))
+    assert {page.as_posix() for page in _pages()} == listed
