@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
@@ -145,6 +146,33 @@ def test_every_page_loads_draws_its_diagrams_and_shows_the_included_code(site, b
 
     errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"docs/{page}: console errors: {errors}"
+
+
+def _readme_quick_start() -> list[str]:
+    section = (ROOT / "README.md").read_text().split("## Quick start", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.removeprefix("sudo ") for line in block.splitlines() if line.strip()]
+
+
+def _ci_jobs(path: Path) -> dict[str, list[str]]:
+    """The commands of each job of a GitHub Actions or GitLab CI file."""
+    config = yaml.safe_load(path.read_text())
+    if "jobs" in config:
+        return {name: [s["run"] for s in job["steps"] if "run" in s] for name, job in config["jobs"].items()}
+    return {name: job["script"] for name, job in config.items() if isinstance(job, dict) and "script" in job}
+
+
+@pytest.mark.parametrize("example", ["github-actions.yml", "gitlab-ci.yml"])
+def test_the_ci_examples_run_the_readme_commands_with_and_without_kvm(example):
+    jobs = _ci_jobs(DOCS / "ci" / example)
+    setup, run_tests = _readme_quick_start()
+    assert len(jobs) == 2, jobs
+    for name, commands in jobs.items():
+        assert commands[0] == setup, f"{example}: job {name} starts with {commands[0]!r}, not {setup!r}"
+        assert commands[-1].startswith(run_tests), f"{example}: job {name} ends with {commands[-1]!r}"
+    # one job leaves the accelerator to `auto` (KVM where it works), the other is TCG with more time
+    accels = sorted("--netlab-accel=tcg" in commands[-1] for commands in jobs.values())
+    assert accels == [False, True], jobs
 
 
 def test_every_page_is_in_the_nav():
