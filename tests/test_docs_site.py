@@ -175,6 +175,11 @@ def test_the_ci_examples_run_the_readme_commands_with_and_without_kvm(example):
     assert accels == [False, True], jobs
 
 
+def test_the_example_tests_need_nothing_but_the_plugin():
+    # the docs include each example file whole: a conftest would be code the reader never sees
+    assert not list(ROOT.glob("conftest.py")) + list((ROOT / "example_tests").rglob("conftest.py"))
+
+
 def test_every_page_is_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1]
     listed = set(re.findall(r"([\w/.-]+\.md)$", nav, re.M))
