@@ -5,12 +5,17 @@ diagram is drawn as SVG, and the code the pages include from the tests is on the
 
 from __future__ import annotations
 
+import base64
 import functools
+import hashlib
 import http.server
+import importlib.util
+import io
 import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from collections.abc import Iterator
@@ -19,6 +24,8 @@ from typing import Any
 
 import pytest
 import yaml
+from mkdocs.config.defaults import MkDocsConfig
+from mkdocs.exceptions import PluginError
 
 ROOT = Path(__file__).parent.parent
 DOCS = ROOT / "docs"
@@ -196,3 +203,57 @@ def test_every_page_is_in_the_nav():
     nav = (ROOT / "mkdocs.yml").read_text().split("\nnav:\n", 1)[1]
     listed = set(re.findall(r"([\w/.-]+\.md)$", nav, re.M))
     assert {page.as_posix() for page in _pages()} == listed
+
+
+def _mermaid_hook() -> Any:
+    spec = importlib.util.spec_from_file_location("mermaid_hook", DOCS / "_hooks" / "mermaid.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _npm_tarball(script: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w:gz") as archive:
+        member = tarfile.TarInfo("package/dist/mermaid.min.js")
+        member.size = len(script)
+        archive.addfile(member, io.BytesIO(script))
+    return out.getvalue()
+
+
+def _serve_tarball(monkeypatch: pytest.MonkeyPatch, hook: Any, tarball: bytes) -> None:
+    monkeypatch.setattr(hook.urllib.request, "urlopen", lambda url, timeout: io.BytesIO(tarball))
+
+
+def _config(docs_dir: Path) -> MkDocsConfig:
+    config = MkDocsConfig()
+    config.load_dict({"site_name": "t", "docs_dir": str(docs_dir)})
+    errors, _ = config.validate()
+    assert not errors
+    return config
+
+
+def test_the_mermaid_hook_puts_the_checked_script_in_docs_and_on_every_page(tmp_path, monkeypatch):
+    hook = _mermaid_hook()
+    tarball = _npm_tarball(b"window.mermaid = {};")
+    digest = base64.b64encode(hashlib.sha512(tarball).digest()).decode()
+    monkeypatch.setattr(hook, "INTEGRITY", f"sha512-{digest}")
+    _serve_tarball(monkeypatch, hook, tarball)
+    stale = tmp_path / "assets" / "javascripts" / "mermaid-10.0.0.min.js"
+    stale.parent.mkdir(parents=True)
+    stale.write_text("old")
+    config = _config(tmp_path)
+    hook.on_config(config)
+    assert (tmp_path / hook.SCRIPT).read_bytes() == b"window.mermaid = {};"
+    assert not stale.exists()
+    assert [str(script) for script in config.extra_javascript] == [hook.SCRIPT]
+
+
+def test_the_mermaid_hook_refuses_a_tarball_that_is_not_the_pinned_one(tmp_path, monkeypatch):
+    hook = _mermaid_hook()
+    _serve_tarball(monkeypatch, hook, _npm_tarball(b"alert('not mermaid')"))
+    config = _config(tmp_path)
+    with pytest.raises(PluginError, match=r"has checksum sha512-\S+, not the pinned sha512-"):
+        hook.on_config(config)
+    assert not list(tmp_path.rglob("*.js")) + list(tmp_path.rglob("*.part"))

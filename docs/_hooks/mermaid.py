@@ -11,7 +11,9 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
 import tarfile
+import tempfile
 import urllib.request
 from pathlib import Path
 
@@ -28,12 +30,15 @@ SCRIPT = f"assets/javascripts/mermaid-{VERSION}.min.js"
 def on_config(config: MkDocsConfig) -> MkDocsConfig:
     target = Path(config.docs_dir) / SCRIPT
     if not target.exists():
+        script = _fetch_minified_script()
         target.parent.mkdir(parents=True, exist_ok=True)
         for stale in target.parent.glob("mermaid-*.min.js"):
-            stale.unlink()
-        partial = target.with_suffix(".part")
-        partial.write_bytes(_fetch_minified_script())
-        partial.rename(target)
+            if stale.name != target.name:  # another build (an xdist worker) may have just made it
+                stale.unlink(missing_ok=True)
+        # builds at once each write a file of their own; the rename puts a whole one in place
+        with tempfile.NamedTemporaryFile(dir=target.parent, suffix=".part", delete=False) as partial:
+            partial.write(script)
+        os.replace(partial.name, target)
     config.extra_javascript.append(SCRIPT)
     return config
 
