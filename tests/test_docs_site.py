@@ -130,7 +130,7 @@ def _diagram_svg_areas(browser: Any) -> list[float]:
 
 
 @pytest.mark.parametrize("page", _pages(), ids=str)
-def test_every_page_loads_draws_its_diagrams_and_shows_the_included_code(site, browser, page):
+def test_every_page_loads_draws_its_diagrams_and_shows_the_included_code(browser, site, page):
     browser.get_log("browser")  # what earlier pages left
     browser.get(site + _url_path(page))
     assert _wait(lambda: browser.execute_script("return document.readyState") == "complete")
