@@ -153,6 +153,9 @@ def test_every_page_loads_draws_its_diagrams_and_shows_the_included_code(browser
 
     errors = [entry["message"] for entry in browser.get_log("browser") if entry["level"] == "SEVERE"]
     assert not errors, f"docs/{page}: console errors: {errors}"
+    # offline readers and CI: fonts, scripts and styles all come from the site itself
+    loaded = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+    assert [url for url in loaded if not url.startswith(site)] == [], f"docs/{page} fetched from elsewhere"
 
 
 def _readme_quick_start() -> list[str]:
