@@ -40,6 +40,8 @@ ERROR_MARK = "NETLAB-ERROR "
 MGMT_NET = "100.127.255.0/24"
 MGMT_GUEST_ADDR = "100.127.255.15/24"
 MGMT_MAC = "02:6e:6c:00:00:01"
+#: seconds a QEMU whose QMP dropped while loading a state gets to exit (see _incoming_outcome)
+INCOMING_EXIT_GRACE = 5.0
 _USERNET_FWD = re.compile(
     r"TCP\[HOST_FORWARD\]\s+\d+\s+(?P<haddr>[\d.]+)\s+(?P<hport>\d+)\s+[\d.]+\s+(?P<gport>\d+)"
 )
@@ -364,21 +366,33 @@ class QemuMachine:
         """
         try:
             status = self._wait_migration(timeout)
-        except GuestGoneError:
-            # QEMU exits as soon as it refuses a state, often before the event is read
-            if self._proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=2.0)
-            log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
-            if "load of migration failed" not in log_text:
-                raise
-            status = "failed"
+        except QemuError as exc:  # GuestGoneError too: QMP failed or QEMU is gone
+            status = self._incoming_outcome(exc)
         if status != "completed":
             error = self._died_error(f"loading the saved state {self.config.incoming}: {status}")
             if status == "failed":  # QEMU read the file and refused it
                 raise StateLoadError(str(error))
             raise error
         self.qmp("cont")
+
+    def _incoming_outcome(self, exc: QemuError) -> str:
+        """What happened to the incoming state when QMP failed while it loaded.
+
+        QEMU refuses a damaged state by exiting, and its QMP connection may drop before
+        the process is seen to exit: whichever is noticed first, wait briefly for the
+        exit, then decide from QEMU's exit status and log. Returns "failed" (QEMU refused
+        the state); otherwise raises *exc* (QEMU still runs: a real QMP failure) or the
+        error of a QEMU that died for another reason.
+        """
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=INCOMING_EXIT_GRACE)
+        if self.is_running():
+            raise exc
+        log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
+        if self.exitcode() != 0 and "load of migration failed" in log_text:
+            return "failed"
+        raise self._died_error(f"loading the saved state {self.config.incoming}: QEMU exited") from exc
 
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
         """Pause the guest and write its whole state to *path* (for ``incoming``)."""

@@ -15,6 +15,7 @@ import pytest
 from qemu.qmp.legacy import QEMUMonitorProtocol
 
 from pytest_netlab import GuestGoneError, QemuError
+from pytest_netlab.errors import StateLoadError
 from pytest_netlab.qemu import MachineConfig, QemuMachine
 
 USERNET = (
@@ -118,3 +119,57 @@ def test_quit_is_asked_once(machine):
     m, seen = machine
     m.request_quit()
     assert seen[-1] == "quit"
+
+
+def _hang_up_on_query(sock: socket.socket) -> None:
+    """Like QEMU refusing an incoming state: QMP is negotiated, then the connection
+    drops at the next command, before the process has exited."""
+    sock.sendall(json.dumps({"QMP": {"version": {}, "capabilities": []}}).encode() + b"\n")
+    for request in _requests(sock):
+        if request["execute"] != "qmp_capabilities":
+            break
+        sock.sendall(json.dumps({"return": {}, "id": request.get("id")}).encode() + b"\n")
+    sock.close()
+
+
+@contextlib.contextmanager
+def _loading_machine(tmp_path: Path, exit_after: str, qemu_output: str) -> Iterator[QemuMachine]:
+    """A machine loading a saved state whose QMP drops; its "QEMU" exits *exit_after*
+    (a shell snippet) and printed *qemu_output*."""
+    ours, theirs = socket.socketpair()
+    threading.Thread(target=_hang_up_on_query, args=(theirs,), daemon=True).start()
+    config = MachineConfig("fake", Path("/k"), None, "", incoming=tmp_path / "vm.state")
+    m = QemuMachine(config, tmp_path)
+    m.qemu_log.write_text(qemu_output)
+    m._proc = subprocess.Popen(["sh", "-c", exit_after])
+    m._qmp = QEMUMonitorProtocol(ours, nickname="fake")
+    m._qmp.connect()
+    try:
+        yield m
+    finally:
+        m.shutdown(timeout=0.1)
+
+
+REFUSED = "qemu-system-x86_64: load of migration failed: Invalid argument\n"
+
+
+def test_a_refused_state_is_known_when_qmp_drops_before_qemu_has_exited(tmp_path):
+    # the order seen in flaky runs: QMP "Disconnected" while the process still runs
+    with _loading_machine(tmp_path, "sleep 0.5; exit 1", REFUSED) as m:
+        with pytest.raises(StateLoadError, match="load of migration failed"):
+            m.finish_incoming(timeout=10)
+
+
+def test_a_qemu_that_dies_otherwise_while_loading_is_no_refused_state(tmp_path):
+    with _loading_machine(tmp_path, "sleep 0.2; exit 1", "qemu: some other failure\n") as m:
+        with pytest.raises(QemuError, match="QEMU exited; QEMU exit status 1") as caught:
+            m.finish_incoming(timeout=10)
+    assert not isinstance(caught.value, StateLoadError)
+
+
+def test_qmp_failing_on_a_qemu_that_keeps_running_is_a_qmp_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("pytest_netlab.qemu.INCOMING_EXIT_GRACE", 0.3)
+    with _loading_machine(tmp_path, "exec sleep 30", REFUSED) as m:
+        with pytest.raises(QemuError, match="QMP query-migrate .* failed") as caught:
+            m.finish_incoming(timeout=10)
+    assert not isinstance(caught.value, StateLoadError)
