@@ -47,6 +47,38 @@ _USERNET_FWD = re.compile(
 )
 
 
+class _ExpectedDisconnect(logging.Filter):
+    """On qemu.qmp's logger of one QMP nickname: while a machine of that name shuts
+    down, what qemu.qmp reports (QEMU closing QMP after ``quit``, seen as "Task.Reader:
+    ConnectionResetError") is expected, and goes out as DEBUG; at any other time
+    its records keep their level."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.closing: set[int] = set()  # ids of the machines shutting down
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.closing or record.levelno <= logging.DEBUG:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return self.logger.isEnabledFor(logging.DEBUG)  # as if it had been logged at DEBUG
+
+    @classmethod
+    def on(cls, nickname: str) -> _ExpectedDisconnect:
+        """The filter of qemu.qmp's logger for *nickname*, added on first use."""
+        logger = logging.getLogger(f"qemu.qmp.protocol.{nickname}")
+        with _expected_lock:
+            found = next((f for f in logger.filters if isinstance(f, cls)), None)
+            if found is None:
+                found = cls(logger)
+                logger.addFilter(found)
+        return found
+
+
+_expected_lock = threading.Lock()
+
+
 def find_qemu() -> str:
     """Path of ``qemu-system-x86_64``.
 
@@ -125,6 +157,7 @@ class QemuMachine:
         self._console_sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._closed = False
+        self._quit_asked = False
         self._console_shell = False
         self.launched_at = 0.0
         self.ready_at = 0.0
@@ -539,10 +572,13 @@ class QemuMachine:
     def request_quit(self, timeout: float = 2.0) -> None:
         """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
         proc = self._proc
-        if self._closed or proc is None or proc.poll() is not None or self._qmp is None:
+        if self._closed or self._quit_asked or proc is None or proc.poll() is not None or self._qmp is None:
             return
         from qemu.qmp import QMPError
 
+        # once: a second quit that QEMU exits without reading resets the connection
+        self._quit_asked = True
+        _ExpectedDisconnect.on(self.name).closing.add(id(self))  # QEMU hangs up after quit
         try:
             self._qmp.settimeout(timeout)
             self._qmp.cmd("quit")
@@ -557,6 +593,14 @@ class QemuMachine:
         """
         if self._closed:
             return
+        expected = _ExpectedDisconnect.on(self.name)
+        expected.closing.add(id(self))  # also when QEMU is gone already: nothing to quit
+        try:
+            self._shutdown(timeout)
+        finally:
+            expected.closing.discard(id(self))
+
+    def _shutdown(self, timeout: float) -> None:
         self.request_quit(timeout)
         self._closed = True
         proc = self._proc
