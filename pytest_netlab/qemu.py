@@ -201,8 +201,10 @@ class QemuMachine:
             argv += ["-device", device]
         if c.management:
             argv += [
+                # ipv6=off: no router advertisements, so no IPv6 route or address on mgmt0
+                # beside link-local (lab IPv6 traffic must not leave through it)
                 "-netdev",
-                f"user,id=mgmt,net={MGMT_NET},restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
+                f"user,id=mgmt,net={MGMT_NET},ipv6=off,restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
                 "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC},romfile=",
             ]
         for drive in c.drives:

@@ -38,7 +38,7 @@ from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, MachineConfig, NicConfig, QemuMachi
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_FORMAT = 1
+TEMPLATE_FORMAT = 2  # 2: the management netdev has ipv6=off (a state of 1 has RA routes)
 TEMPLATE_MARK = "NETLAB-TEMPLATE"
 
 
