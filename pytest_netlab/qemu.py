@@ -42,9 +42,43 @@ ERROR_MARK = "NETLAB-ERROR "
 MGMT_NET = "100.127.255.0/24"
 MGMT_GUEST_ADDR = "100.127.255.15/24"
 MGMT_MAC = "02:6e:6c:00:00:01"
+#: seconds a QEMU whose QMP dropped while loading a state gets to exit (see _incoming_outcome)
+INCOMING_EXIT_GRACE = 5.0
 _USERNET_FWD = re.compile(
     r"TCP\[HOST_FORWARD\]\s+\d+\s+(?P<haddr>[\d.]+)\s+(?P<hport>\d+)\s+[\d.]+\s+(?P<gport>\d+)"
 )
+
+
+class _ExpectedDisconnect(logging.Filter):
+    """On qemu.qmp's logger of one QMP nickname: while a machine of that name shuts
+    down, what qemu.qmp reports (QEMU closing QMP after ``quit``, seen as "Task.Reader:
+    ConnectionResetError") is expected, and goes out as DEBUG; at any other time
+    its records keep their level."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.closing: set[int] = set()  # ids of the machines shutting down
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.closing or record.levelno <= logging.DEBUG:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return self.logger.isEnabledFor(logging.DEBUG)  # as if it had been logged at DEBUG
+
+    @classmethod
+    def on(cls, nickname: str) -> _ExpectedDisconnect:
+        """The filter of qemu.qmp's logger for *nickname*, added on first use."""
+        logger = logging.getLogger(f"qemu.qmp.protocol.{nickname}")
+        with _expected_lock:
+            found = next((f for f in logger.filters if isinstance(f, cls)), None)
+            if found is None:
+                found = cls(logger)
+                logger.addFilter(found)
+        return found
+
+
+_expected_lock = threading.Lock()
 
 
 def find_qemu() -> str:
@@ -167,8 +201,8 @@ class QemuMachine:
         self._console_sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._closed = False
+        self._quit_asked = False
         self._console_shell = False
-        self._quit_sent = False  # a second quit, sent while QEMU exits, makes it reset QMP
         self.launched_at = 0.0
         self.ready_at = 0.0
 
@@ -210,8 +244,10 @@ class QemuMachine:
             argv += ["-device", device]
         if c.management:
             argv += [
+                # ipv6=off: no router advertisements, so no IPv6 route or address on mgmt0
+                # beside link-local (lab IPv6 traffic must not leave through it)
                 "-netdev",
-                f"user,id=mgmt,net={MGMT_NET},restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
+                f"user,id=mgmt,net={MGMT_NET},ipv6=off,restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
                 "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC},romfile=",
             ]
         for drive in c.drives:
@@ -410,21 +446,33 @@ class QemuMachine:
         """
         try:
             status = self._wait_migration(timeout)
-        except GuestGoneError:
-            # QEMU exits as soon as it refuses a state, often before the event is read
-            if self._proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=2.0)
-            log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
-            if "load of migration failed" not in log_text:
-                raise
-            status = "failed"
+        except QemuError as exc:  # GuestGoneError too: QMP failed or QEMU is gone
+            status = self._incoming_outcome(exc)
         if status != "completed":
             error = self._died_error(f"loading the saved state {self.config.incoming}: {status}")
             if status == "failed":  # QEMU read the file and refused it
                 raise StateLoadError(str(error))
             raise error
         self.qmp("cont")
+
+    def _incoming_outcome(self, exc: QemuError) -> str:
+        """What happened to the incoming state when QMP failed while it loaded.
+
+        QEMU refuses a damaged state by exiting, and its QMP connection may drop before
+        the process is seen to exit: whichever is noticed first, wait briefly for the
+        exit, then decide from QEMU's exit status and log. Returns "failed" (QEMU refused
+        the state); otherwise raises *exc* (QEMU still runs: a real QMP failure) or the
+        error of a QEMU that died for another reason.
+        """
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=INCOMING_EXIT_GRACE)
+        if self.is_running():
+            raise exc
+        log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
+        if self.exitcode() != 0 and "load of migration failed" in log_text:
+            return "failed"
+        raise self._died_error(f"loading the saved state {self.config.incoming}: QEMU exited") from exc
 
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
         """Pause the guest and write its whole state to *path* (for ``incoming``)."""
@@ -571,15 +619,16 @@ class QemuMachine:
     def request_quit(self, timeout: float = 2.0) -> None:
         """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
         proc = self._proc
-        if (self._closed or self._quit_sent or proc is None or proc.poll() is not None
-                or self._qmp is None):
+        if self._closed or self._quit_asked or proc is None or proc.poll() is not None or self._qmp is None:
             return
         from qemu.qmp import QMPError
 
+        # once: a second quit that QEMU exits without reading resets the connection
+        self._quit_asked = True
+        _ExpectedDisconnect.on(self.name).closing.add(id(self))  # QEMU hangs up after quit
         try:
             self._qmp.settimeout(timeout)
             self._qmp.cmd("quit")
-            self._quit_sent = True
         except (QMPError, OSError, TimeoutError, EOFError, RuntimeError) as exc:
             self.log.debug("QMP quit failed (%s); it will be killed", exc)
 
@@ -591,6 +640,14 @@ class QemuMachine:
         """
         if self._closed:
             return
+        expected = _ExpectedDisconnect.on(self.name)
+        expected.closing.add(id(self))  # also when QEMU is gone already: nothing to quit
+        try:
+            self._shutdown(timeout)
+        finally:
+            expected.closing.discard(id(self))
+
+    def _shutdown(self, timeout: float) -> None:
         self.request_quit(timeout)
         self._closed = True
         proc = self._proc
