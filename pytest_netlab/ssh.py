@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import CommandError, CommandTimeout, SSHError, TransferError
+from .untrusted import DEFAULT_OUTPUT_LIMIT, CappedOutput
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +117,13 @@ class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
 class SSHSession:
     """One SSH connection to a guest through its forwarded port on 127.0.0.1."""
 
-    def __init__(self, guest: str, port: int, key: SessionKey, host_key: str) -> None:
+    def __init__(
+        self, guest: str, port: int, key: SessionKey, host_key: str, *,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> None:
         self.guest = guest
         self.port = port
+        self.output_limit = output_limit  # bytes kept of each stream of a command
         self._key = key
         self._host_key = host_key
         self._client: paramiko.SSHClient | None = None
@@ -163,7 +168,9 @@ class SSHSession:
         return bool(transport and transport.is_active())
 
     def run(self, command: str, *, timeout: float = 60.0, stdin: str | bytes | None = None) -> CommandResult:
-        """Run *command* with the guest's shell; return its status and output.
+        """Run *command* with the guest's shell; return its status and output. Of each
+        stream, at most ``output_limit`` bytes are kept (its first and last half, with a
+        ``[... N bytes truncated]`` line between them).
 
         Raises:
             SSHError: the connection is gone.
@@ -195,11 +202,13 @@ class SSHSession:
         self.history.append(record)
         deadline = started + timeout
         try:
+            out, err = CappedOutput(self.output_limit), CappedOutput(self.output_limit)
             if stdin is None:
-                status, stdout, stderr = self._run_in_shell(transport, command, deadline)
+                status, stdout, stderr = self._run_in_shell(transport, command, deadline, out, err)
             else:
                 status, stdout, stderr = _run_on_channel(
-                    transport, command, stdin.encode() if isinstance(stdin, str) else stdin, deadline
+                    transport, command, stdin.encode() if isinstance(stdin, str) else stdin, deadline,
+                    out=out, err=err,
                 )
         except _DrainTimeout as exc:
             record.duration = time.monotonic() - started
@@ -222,7 +231,8 @@ class SSHSession:
         return transport
 
     def _run_in_shell(
-        self, transport: paramiko.Transport, command: str, deadline: float
+        self, transport: paramiko.Transport, command: str, deadline: float,
+        out: CappedOutput, err: CappedOutput,
     ) -> tuple[int, bytes, bytes]:
         # one shell per command in flight: commands from several threads run side by side
         with self._lock:
@@ -230,7 +240,7 @@ class SSHSession:
         if shell is None:
             shell = _Shell(transport, deadline)
         try:
-            result = shell.run(command, deadline)
+            result = shell.run(command, deadline, out, err)
         except BaseException:
             shell.close()  # a timed-out or broken shell is not reused
             raise
@@ -364,17 +374,18 @@ class _DrainTimeout(Exception):
         self.stderr = stderr
 
 
-def _wait_readable(channel: paramiko.Channel, deadline: float, out: bytearray, err: bytearray) -> None:
+def _wait_readable(channel: paramiko.Channel, deadline: float, out: CappedOutput, err: CappedOutput) -> None:
     """Wait until *channel* may have data; past *deadline*, give up with the output so far."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise _DrainTimeout(bytes(out), bytes(err))
+        raise _DrainTimeout(out.value(), err.value())
     # the channel is select()-able for stdout and EOF; the short cap catches stderr
     select.select([channel], [], [], min(remaining, 0.005))
 
 
 def _run_on_channel(
-    transport: paramiko.Transport, command: str, stdin: bytes, deadline: float
+    transport: paramiko.Transport, command: str, stdin: bytes, deadline: float, *,
+    out: CappedOutput, err: CappedOutput,
 ) -> tuple[int, bytes, bytes]:
     """Run *command* on a channel of its own, feeding it *stdin*."""
     channel = transport.open_session(timeout=max(deadline - time.monotonic(), 0.1))
@@ -385,19 +396,52 @@ def _run_on_channel(
             channel.shutdown_write()
         except OSError:
             pass  # the command ended without reading all its input: its status says why
-        out = bytearray()
-        err = bytearray()
         while True:
             if channel.recv_ready():
-                out += channel.recv(65536)
+                out.append(channel.recv(65536))
             elif channel.recv_stderr_ready():
-                err += channel.recv_stderr(65536)
+                err.append(channel.recv_stderr(65536))
             elif channel.eof_received:
-                return channel.recv_exit_status(), bytes(out), bytes(err)
+                return channel.recv_exit_status(), out.value(), err.value()
             else:
                 _wait_readable(channel, deadline, out, err)
     finally:
         channel.close()
+
+
+class _EndMark:
+    """Finds the line that ends a command's output on one stream (``\\n<token> `` and
+    the status on stdout, ``\\n<token>\\n`` on stderr) as chunks arrive: each chunk is
+    searched with the few bytes before it, so a mark split between chunks is found and
+    the output itself may be capped."""
+
+    def __init__(self, mark: bytes, *, status: bool = False) -> None:
+        self.mark = mark
+        self.at = -1  # stream position where the mark starts
+        self.line_end = -1  # with status: stream position after the status line
+        self.status: int | None = None
+        self._wants_status = status
+        self._window = b""
+
+    def scan(self, stream: CappedOutput, data: bytes) -> None:
+        base = stream.total - len(self._window)  # stream position of window[0]
+        stream.append(data)
+        if self.status is not None or (self.at >= 0 and not self._wants_status):
+            return
+        window = self._window + data
+        self._window = window[-(len(self.mark) + 24):]
+        found = window.find(self.mark)
+        if found < 0:
+            return
+        self.at = base + found
+        if self._wants_status:
+            newline = window.find(b"\n", found + len(self.mark))
+            if newline < 0:
+                self.at = -1  # the status line is not complete yet: look again
+                return
+            digits = window[found + len(self.mark):newline]
+            self.status = int(digits) if digits.isdigit() else -1
+            self.line_end = base + newline + 1
 
 
 class _Shell:
@@ -421,55 +465,46 @@ class _Shell:
             self.close()
             raise
 
-    def run(self, command: str, deadline: float) -> tuple[int, bytes, bytes]:
+    def run(
+        self, command: str, deadline: float, out: CappedOutput, err: CappedOutput
+    ) -> tuple[int, bytes, bytes]:
         channel = self.channel
-        self._discard_strays()
+        self._discard_strays(deadline)
         token = secrets.token_hex(12).encode()
-        out_mark = b"\n" + token + b" "
-        err_mark = b"\n" + token + b"\n"
         channel.sendall(
             b"__netlab_c=" + shlex.quote(command).encode() + b"\n"
             b"( eval \"$__netlab_c\" ) </dev/null; __netlab_s=$?\n"
             b"printf '\\n%s\\n' " + token + b" >&2; printf '\\n%s %d\\n' " + token + b" $__netlab_s\n"
         )
-        out = bytearray()
-        err = bytearray()
-        status: int | None = None
-        out_end = err_end = -1
-        while status is None or err_end < 0:
+        # the marks are looked for in what just came, not in the whole (capped) output
+        out_end = _EndMark(b"\n" + token + b" ", status=True)
+        err_end = _EndMark(b"\n" + token + b"\n")
+        while out_end.status is None or err_end.at < 0:
             if channel.recv_ready():
-                start = max(len(out) - len(out_mark) - 12, 0)
-                out += channel.recv(65536)
-                if status is None and (at := out.find(out_mark, start)) >= 0:
-                    line_end = out.find(b"\n", at + len(out_mark))
-                    if line_end >= 0:
-                        status = int(out[at + len(out_mark):line_end])
-                        out_end = at
+                out_end.scan(out, channel.recv(65536))
             elif channel.recv_stderr_ready():
-                start = max(len(err) - len(err_mark), 0)
-                err += channel.recv_stderr(65536)
-                if err_end < 0 and (at := err.find(err_mark, start)) >= 0:
-                    err_end = at
+                err_end.scan(err, channel.recv_stderr(65536))
             elif channel.eof_received or channel.closed:
                 # the shell itself ended (the command killed it, or the guest powered off)
                 self.alive = False
                 code = channel.recv_exit_status() if channel.exit_status_ready() else -1
                 return (
-                    status if status is not None else code,
-                    bytes(out[:out_end] if out_end >= 0 else out),
-                    bytes(err[:err_end] if err_end >= 0 else err),
+                    out_end.status if out_end.status is not None else code,
+                    out.value(out_end.at if out_end.at >= 0 else None),
+                    err.value(err_end.at if err_end.at >= 0 else None),
                 )
             else:
                 _wait_readable(channel, deadline, out, err)
-        if len(out) > out.find(b"\n", out_end + len(out_mark)) + 1 or len(err) > err_end + len(err_mark):
+        if out.total > out_end.line_end or err.total > err_end.at + len(err_end.mark):
             log.debug("output after a command's end (a background process?) dropped")
-        return status, bytes(out[:out_end]), bytes(err[:err_end])
+        return out_end.status, out.value(out_end.at), err.value(err_end.at)
 
-    def _discard_strays(self) -> None:
-        """Drop what background processes of earlier commands wrote since."""
-        while self.channel.recv_ready():
+    def _discard_strays(self, deadline: float) -> None:
+        """Drop what background processes of earlier commands wrote since (for as long
+        as the command may take: an endless writer must not hold the next command)."""
+        while self.channel.recv_ready() and time.monotonic() < deadline:
             log.debug("dropped output of a background process: %r", self.channel.recv(65536)[:200])
-        while self.channel.recv_stderr_ready():
+        while self.channel.recv_stderr_ready() and time.monotonic() < deadline:
             log.debug("dropped stderr of a background process: %r", self.channel.recv_stderr(65536)[:200])
 
     def close(self) -> None:
