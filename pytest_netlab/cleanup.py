@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
+from .untrusted import printable
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +144,8 @@ def remove_leftovers(runtime_base: Path | None = None, *, dry_run: bool = False)
     report = CleanupReport()
     me = os.getpid()
     for pid in _orphaned_processes(me):
-        report.processes.append(f"{pid} ({_cmdline(pid)[:80]})")
+        # a command line is anyone's text: escaped before it reaches a terminal
+        report.processes.append(f"{pid} ({printable(_cmdline(pid)[:80])})")
         if not dry_run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -8,7 +8,6 @@ import logging
 import secrets
 import select
 import shlex
-import shutil
 import socket
 import stat
 import threading
@@ -25,6 +24,48 @@ from .errors import CommandError, CommandTimeout, SSHError, TransferError
 from .untrusted import DEFAULT_OUTPUT_LIMIT, CappedOutput
 
 log = logging.getLogger(__name__)
+
+
+_CHUNK = 32768
+DEFAULT_GET_LIMIT = 1024**3  # bytes vm.get() copies at most unless given max_bytes=
+
+
+def _check_deadline(deadline: float, timeout: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"not done within {timeout:g} s")
+
+
+def _copy_capped(
+    source: paramiko.SFTPFile, local: Path, deadline: float, timeout: float, max_bytes: int
+) -> None:
+    """Copy *source* to a new *local* file, within *deadline* and *max_bytes*; on any
+    failure *local* is removed."""
+    copied = 0
+    channel = source.sftp.get_channel()
+    try:
+        with local.open("wb") as target:
+            while True:
+                if channel is not None:  # no read may wait past the deadline
+                    channel.settimeout(max(deadline - time.monotonic(), 0.05))
+                chunk = source.read(_CHUNK)
+                if not chunk:
+                    break
+                _check_deadline(deadline, timeout)
+                copied += len(chunk)
+                if copied > max_bytes:
+                    raise _TooLarge(max_bytes)
+                target.write(chunk)
+    except BaseException:
+        local.unlink(missing_ok=True)
+        raise
+
+
+class _TooLarge(Exception):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            f"more than max_bytes={max_bytes} bytes: give a larger max_bytes= to copy more"
+        )
+
 
 
 @dataclass(frozen=True)
@@ -292,33 +333,43 @@ class SSHSession:
             source = local.open("rb")
         except OSError as exc:
             raise TransferError(self.guest, operation, str(local), _reason(exc)) from exc
+        deadline = time.monotonic() + timeout
         with source, self._transfer(operation, remote, timeout) as sftp, sftp.open(remote, "wb") as target:
             if mode is not None:
                 target.chmod(mode)
             target.set_pipelined(True)  # don't wait for each write's answer
-            shutil.copyfileobj(source, target, 32768)
+            while chunk := source.read(_CHUNK):
+                _check_deadline(deadline, timeout)
+                target.write(chunk)
 
-    def get_file(self, remote: str, local: Path, *, timeout: float = 60.0) -> None:
+    def get_file(
+        self, remote: str, local: Path, *, timeout: float = 60.0, max_bytes: int = DEFAULT_GET_LIMIT
+    ) -> None:
         """Copy the guest's file *remote* to *local* (a file path, created or replaced)
-        over SFTP. *local* is opened only once *remote* is open for reading.
+        over SFTP, all of it within *timeout* seconds and at most *max_bytes* bytes
+        (whatever size the guest reports). *local* is opened only once *remote* is open
+        for reading; a copy that fails leaves no *local* file.
 
         Raises:
             TransferError: the guest cannot read *remote* (missing, a directory, no
-                permission), or *local* cannot be written (e.g. its directory does not
-                exist); the message names the path.
+                permission), it has more than *max_bytes* bytes, the copy took longer
+                than *timeout*, or *local* cannot be written (e.g. its directory does
+                not exist); the message names the path.
             SSHError: the connection is gone, or the guest has no SFTP server.
         """
         operation = f"get {remote} -> {local}"
         if not local.parent.is_dir():
             raise TransferError(self.guest, operation, str(local.parent), "no such local directory")
+        deadline = time.monotonic() + timeout
         with self._transfer(operation, remote, timeout) as sftp, sftp.open(remote, "rb") as source:
             attributes = source.stat()
             if stat.S_ISDIR(attributes.st_mode or 0):
                 raise TransferError(self.guest, operation, remote, "is a directory")
-            source.prefetch(attributes.st_size)  # ask for every block up front, as paramiko's own get() does
+            # ask for the blocks up front, as paramiko's own get() does, but never for more
+            # than may be copied: the size is the guest's word
+            source.prefetch(min(attributes.st_size or 0, max_bytes + 1))
             try:
-                with local.open("wb") as target:
-                    shutil.copyfileobj(source, target, 32768)
+                _copy_capped(source, local, deadline, timeout, max_bytes)
             except OSError as exc:
                 if exc.filename is None:  # not the local side's error
                     raise
@@ -338,10 +389,14 @@ class SSHSession:
             except TransferError:
                 record.status = 1
                 raise
+            except _TooLarge as exc:
+                record.status = 1
+                self._drop_sftp()  # prefetched answers may still come
+                raise TransferError(self.guest, operation, remote, str(exc)) from exc
             except TimeoutError as exc:
                 record.status = 1
                 self._drop_sftp()
-                raise TransferError(self.guest, operation, remote, f"no answer within {timeout:g} s") from exc
+                raise TransferError(self.guest, operation, remote, f"not done within {timeout:g} s") from exc
             except OSError as exc:  # paramiko's answer to an SFTP status: errno and text
                 record.status = 1
                 raise TransferError(self.guest, operation, remote, _reason(exc)) from exc
