@@ -37,7 +37,7 @@ from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadE
 from .guest import VM, Router
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
-from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
+from .pcap import Capture, tcpdump_argv, wait_listening
 from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
 from .ssh import SessionKey, SSHSession
 from .templates import (
@@ -217,7 +217,7 @@ class Lab:
             except Exception:  # noqa: BLE001 - a stuck tcpdump is killed, the packets so far kept
                 proc.kill()
                 proc.wait()
-            capture.packets = read_pcap(path)
+            capture.load()
 
     def evidence_files(self) -> list[Path]:
         """Files worth keeping when a test fails: pcaps and the logs of daemons."""
