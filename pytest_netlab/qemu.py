@@ -299,16 +299,16 @@ class QemuMachine:
     def _log_console(self, out: Any, data: bytes, written: int) -> int:
         """Append *data* to ``console.log`` up to ``console_limit`` bytes, then a note
         once; return the bytes written so far (past the limit: counted, not written)."""
-        if written < self.console_limit:
-            room = self.console_limit - written
-            out.write(data[:room])
-            if len(data) > room:
-                out.write(
-                    f"\n[netlab: console.log reached its limit of {self.console_limit} bytes; "
-                    "later console output is not kept in this file]\n".encode()
-                )
-                self.log.warning("console.log reached its limit of %d bytes", self.console_limit)
-            out.flush()
+        limit = self.console_limit
+        if written < limit:
+            out.write(data[:limit - written])
+        if written <= limit < written + len(data):  # the first byte past the limit
+            out.write(
+                f"\n[netlab: console.log reached its limit of {limit} bytes; "
+                "later console output is not kept in this file]\n".encode()
+            )
+            self.log.warning("console.log reached its limit of %d bytes", limit)
+        out.flush()  # nothing to do once past the limit
         return written + len(data)
 
     def _console_line(self, line: str) -> None:

@@ -361,19 +361,25 @@ class SSHSession:
         if not local.parent.is_dir():
             raise TransferError(self.guest, operation, str(local.parent), "no such local directory")
         deadline = time.monotonic() + timeout
-        with self._transfer(operation, remote, timeout) as sftp, sftp.open(remote, "rb") as source:
-            attributes = source.stat()
-            if stat.S_ISDIR(attributes.st_mode or 0):
-                raise TransferError(self.guest, operation, remote, "is a directory")
-            # ask for the blocks up front, as paramiko's own get() does, but never for more
-            # than may be copied: the size is the guest's word
-            source.prefetch(min(attributes.st_size or 0, max_bytes + 1))
+        with self._transfer(operation, remote, timeout) as sftp:
+            source = sftp.open(remote, "rb")
             try:
+                attributes = source.stat()
+                if stat.S_ISDIR(attributes.st_mode or 0):
+                    raise TransferError(self.guest, operation, remote, "is a directory")
+                # ask for the blocks up front, as paramiko's own get() does, but never for
+                # more than may be copied: the size is the guest's word
+                source.prefetch(min(attributes.st_size or 0, max_bytes + 1))
                 _copy_capped(source, local, deadline, timeout, max_bytes)
             except OSError as exc:
+                self._drop_sftp()  # closing the file would wait for every block asked for
                 if exc.filename is None:  # not the local side's error
                     raise
                 raise TransferError(self.guest, operation, str(local), _reason(exc)) from exc
+            except BaseException:
+                self._drop_sftp()
+                raise
+            source.close()
 
     @contextlib.contextmanager
     def _transfer(self, operation: str, remote: str, timeout: float) -> Iterator[paramiko.SFTPClient]:
@@ -473,16 +479,17 @@ class _EndMark:
     def __init__(self, mark: bytes, *, status: bool = False) -> None:
         self.mark = mark
         self.at = -1  # stream position where the mark starts
-        self.line_end = -1  # with status: stream position after the status line
         self.status: int | None = None
         self._wants_status = status
         self._window = b""
 
     def scan(self, stream: CappedOutput, data: bytes) -> None:
-        base = stream.total - len(self._window)  # stream position of window[0]
-        stream.append(data)
+        """Add *data* to *stream* and look for the mark; once it was found, what comes
+        after (a background process's output) is dropped."""
         if self.status is not None or (self.at >= 0 and not self._wants_status):
             return
+        base = stream.total - len(self._window)  # stream position of window[0]
+        stream.append(data)
         window = self._window + data
         self._window = window[-(len(self.mark) + 24):]
         found = window.find(self.mark)
@@ -496,7 +503,6 @@ class _EndMark:
                 return
             digits = window[found + len(self.mark):newline]
             self.status = int(digits) if digits.isdigit() else -1
-            self.line_end = base + newline + 1
 
 
 class _Shell:
@@ -550,8 +556,6 @@ class _Shell:
                 )
             else:
                 _wait_readable(channel, deadline, out, err)
-        if out.total > out_end.line_end or err.total > err_end.at + len(err_end.mark):
-            log.debug("output after a command's end (a background process?) dropped")
         return out_end.status, out.value(out_end.at), err.value(err_end.at)
 
     def _discard_strays(self, deadline: float) -> None:

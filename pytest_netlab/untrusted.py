@@ -12,6 +12,7 @@ from __future__ import annotations
 
 DEFAULT_OUTPUT_LIMIT = 16 * 1024 * 1024  # bytes kept of each command stream and console log
 MIN_OUTPUT_LIMIT = 1024
+_CHUNK = 65536  # the most a read of a channel returns
 
 # C0 controls but newline and tab, DEL, and C1 controls (0x80-0x9f: a terminal may take
 # U+009B as CSI, as ESC [ is)
@@ -52,8 +53,10 @@ class CappedOutput:
             self.head += data[:free]
             data = data[free:]
         self.tail += data
-        if len(self.tail) > 2 * self._tail_max + 65536:  # trimmed now and then, not per chunk
-            del self.tail[: len(self.tail) - self._tail_max]
+        # trimmed now and then, not per chunk; what stays is the last half and a chunk more
+        # (an end mark found in the last chunk may leave bytes after it)
+        if len(self.tail) > 2 * (self._tail_max + _CHUNK):
+            del self.tail[: len(self.tail) - self._tail_max - _CHUNK]
 
     def value(self, end: int | None = None) -> bytes:
         """The stream up to position *end* (all of it if ``None``), cut to the limit."""

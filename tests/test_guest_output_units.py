@@ -56,12 +56,13 @@ def test_capped_output_keeps_both_ends_and_says_how_much_was_cut():
 def test_end_marks_are_found_across_chunks_in_a_capped_stream():
     out = CappedOutput(1024)
     mark = _EndMark(b"\nTOKEN ", status=True)
-    stream = b"y" * 200_000 + b"\nTOKEN 7\nstray"
+    stream = b"y" * 200_000 + b"\nTOKEN 7\n" + b"stray" * 20000
     for i in range(0, len(stream), 333):  # the mark and its status are split between chunks
         mark.scan(out, stream[i:i + 333])
+    mark.scan(out, b"x" * 65536)  # a chunk of more output after the mark
     assert mark.status == 7 and mark.at == 200_000
     value = out.value(mark.at)
-    assert value.endswith(b"y" * 512) and b"[... 198976 bytes truncated]" in value
+    assert value.endswith(b"y" * 512) and value[512:] == b"\n[... 198976 bytes truncated]\n" + b"y" * 512
 
 
 def test_console_output_without_newlines_is_cut_into_bounded_lines():
