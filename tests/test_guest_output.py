@@ -241,3 +241,47 @@ def test_report_sections_are_escaped_and_the_output_limit_is_an_option(pytester:
     assert "\x1b" not in text and "\x07" not in text
     bad = pytester.runpytest_subprocess("-p", "netlab", "--netlab-output-limit=12")
     assert "netlab output limit '12' is not accepted" in bad.stderr.str()
+
+
+def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
+    """A newc cpio archive of (name, mode, data) entries, as the kernel unpacks it."""
+    out = b""
+    for ino, (name, mode, data) in enumerate([*entries, ("TRAILER!!!", 0, b"")], start=1):
+        encoded = name.encode() + b"\0"
+        fields = [ino, mode, 0, 0, 1, 0, len(data), 0, 0, 0, 0, len(encoded), 0]
+        out += b"070701" + "".join(f"{v:08x}" for v in fields).encode() + encoded
+        out += b"\0" * (-len(out) % 4) + data
+        out += b"\0" * (-len(out) % 4)
+    return out
+
+
+def test_a_template_guest_whose_console_echo_stays_on_powers_off(netlab_config, tmp_path):
+    """Fail closed: without a console that stops echoing, the guest never asks for the
+    line with its private host key (it powers off), so the key cannot be echoed."""
+    from pytest_netlab.errors import QemuError
+    from pytest_netlab.qemu import QemuMachine
+    from pytest_netlab.templates import TEMPLATE_MARK, Layout
+
+    image = netlab_config.image
+    store = netlab_config.settings().templates
+    config = store.machine_config(Layout(128, 1, netlab_config.settings().accel, ()), image, "noecho")
+    # an archive before the image's adds a first init that makes /dev/ttyS0 a directory
+    # (in the kernel's one devtmpfs) and runs the image's init: stty cannot turn that
+    # console's echo off, and the guest's output goes to /dev/console, the same port
+    steps = (b"mount -t devtmpfs devtmpfs /dev", b"rm -f /dev/ttyS0", b"mkdir /dev/ttyS0", b"umount /dev")
+    first = b"#!/usr/bin/busybox sh\n" + b"".join(b"/usr/bin/busybox " + c + b"\n" for c in steps)
+    first += b"exec /init\n"
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(_cpio([("netlab-noecho-init", 0o100755, first)]) + image.initrd.read_bytes())
+    config.cmdline += " rdinit=/netlab-noecho-init"
+    config.initrd = initrd
+    machine = QemuMachine(config, tmp_path / "noecho")
+    machine.launch()
+    try:
+        with pytest.raises(QemuError, match=f"QEMU exited before the guest printed {TEMPLATE_MARK}"):
+            machine.wait_console(TEMPLATE_MARK, netlab_config.settings().boot_timeout)
+    finally:
+        machine.shutdown()
+    assert "cannot turn the console echo off: refusing to take the configuration line" in (
+        machine.console_log.read_text(errors="replace")
+    )
