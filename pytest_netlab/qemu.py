@@ -345,6 +345,12 @@ class QemuMachine:
             self.host_key = public_line
             self._host_key_fixed = True
 
+    def _console_shows(self, line: str) -> bool:
+        """Whether *line* is among the console lines kept (read under the lock: the
+        reader thread appends to them)."""
+        with self._console_changed:
+            return line in self.console_lines
+
     def console_since(self, seen: int) -> list[str]:
         """The console lines that came after the first *seen* ones (as counted by
         ``console_seen``), as far as they are still kept; a first line says how many
@@ -571,7 +577,7 @@ class QemuMachine:
         if not self._console_shell:
             # the shell starts after the ready mark; typing before it opened the port is lost
             probe = f"NETLAB-SHELL-{token}"
-            while not self._await_console(lambda lines: probe in lines, time.monotonic()):
+            while not self._console_shows(probe):
                 self._check_console_alive(command, timeout, deadline, "")
                 # no echo and no prompts: the console then shows only what commands print
                 self.write_console(f"stty -echo; PS1=''; PS2=''; printf '%s\\n' NETLAB-SHELL-{token}\n")

@@ -67,7 +67,6 @@ class _TooLarge(Exception):
         )
 
 
-
 @dataclass(frozen=True)
 class SessionKey:
     """An Ed25519 key pair made for one test session; guests accept its public half."""
