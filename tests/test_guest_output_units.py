@@ -172,3 +172,16 @@ def test_cleanup_lists_foreign_command_lines_escaped():
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_console_log_stops_at_its_limit_with_one_note(tmp_path):
+    import io
+
+    machine = QemuMachine(MachineConfig("h1", Path("k"), None, ""), tmp_path, console_limit=4096)
+    out = io.BytesIO()
+    written = 0
+    for _ in range(10):  # chunks that end exactly at the limit, then more
+        written = machine._log_console(out, b"x" * 1024, written)
+    data = out.getvalue()
+    assert data.startswith(b"x" * 4096) and data.count(b"reached its limit of 4096 bytes") == 1
+    assert len(data) < 4096 + 200 and written == 10 * 1024
