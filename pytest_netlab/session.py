@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from .errors import LabError
 from .owner import Owner
 from .trust import trusted_directory
+from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 if TYPE_CHECKING:
     from .accel import AccelDecision
@@ -50,6 +51,7 @@ class NetlabSession:
     command_timeout: float = 60.0
     pcap: str = "off"  # "off", "on-failure" or "always" (pytest_netlab.pcap.PCAP_MODES)
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
+    output_limit: int = DEFAULT_OUTPUT_LIMIT  # --netlab-output-limit
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
@@ -116,7 +118,7 @@ class NetlabSession:
         return LabSettings(
             accel=self.accel.accel, boot=self.boot, templates=self._templates,
             boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
-            pcap=self.pcap != "off",
+            pcap=self.pcap != "off", output_limit=self.output_limit,
         )
 
     def new_lab(self, workdir: Path) -> Lab:
