@@ -1,5 +1,5 @@
 """Guests that misbehave on purpose: nothing a guest prints, sends or stores decides a
-host path, a host command, or how much host memory or disk is used (docs/security-guest-output.md)."""
+host path, a host command, or how much host memory or disk is used (docs/security.md, "Guest output")."""
 
 from __future__ import annotations
 
