@@ -16,7 +16,8 @@ import pytest
 
 from pytest_netlab import CommandError, ConfigError
 from pytest_netlab.artifacts import _write, split_sections
-from pytest_netlab.cleanup import OWNER_ENV, remove_leftovers
+from pytest_netlab.cleanup import remove_leftovers
+from pytest_netlab.owner import OWNER_ENV
 from pytest_netlab.pcap import read_pcap
 from pytest_netlab.qemu import CONSOLE_LINE_MAX, MachineConfig, QemuMachine, _split_lines
 from pytest_netlab.ssh import _EndMark
@@ -159,7 +160,7 @@ def test_read_pcap_is_bounded(tmp_path, caplog):
 def test_cleanup_lists_foreign_command_lines_escaped():
     dead = subprocess.Popen(["true"])
     dead.wait()
-    env = {**os.environ, OWNER_ENV: str(dead.pid)}
+    env = {**os.environ, OWNER_ENV: f"{dead.pid}-1"}  # an owner that is gone
     proc = subprocess.Popen(["bash", "-c", "exec -a $'\\e]0;pwned\\a\\e[2J' sleep 60"], env=env)
     try:
         deadline = time.monotonic() + 5
