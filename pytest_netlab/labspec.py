@@ -104,7 +104,9 @@ class Topology:
             ConfigError: an unknown key, a link to an undeclared bridge, a bad name,
                 address, route or role; the message names the node and the value.
         """
-        _keys(data, {"bridges", "nodes"}, "topology")
+        _keys(data, {"bridges", "nodes", "generate"}, "topology")
+        if "generate" in data:
+            data = _generated(data)
         topology = cls()
         for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
             bridge = _table(raw_bridge or {}, f"bridge {name!r}")
@@ -266,6 +268,22 @@ class Topology:
                 label = f"eth{index}" + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
+
+
+def _generated(data: Mapping[str, Any]) -> dict[str, Any]:
+    """*data* with the bridges and nodes its ``[generate]`` table asks for (see
+    :mod:`pytest_netlab.builders`) put before those it declares itself."""
+    from .builders import generate
+
+    made = generate(_table(data["generate"], "[generate]"))
+    for part in ("bridges", "nodes"):
+        for name in _table(data.get(part, {}), part):
+            if name in made[part]:
+                raise ConfigError(
+                    f"{part[:-1]} {name!r} is made by [generate] already: give yours another name"
+                )
+        made[part].update(data.get(part, {}))
+    return made
 
 
 def _is_address(value: object) -> bool:
