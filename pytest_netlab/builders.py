@@ -90,7 +90,8 @@ def _routers(kind: str, routers: int, hosts_per_router: int, memory: int | None,
     """Routers ``r1``...``rN``, each with a LAN of *hosts_per_router* hosts."""
     _count(routers, "routers", fewest, 16 if kind == "mesh" else 64)
     _count(hosts_per_router, "hosts_per_router", 0, 32)
-    _total(routers * (1 + hosts_per_router), f"{kind}(routers={routers}, hosts_per_router={hosts_per_router})")
+    _total(routers * (1 + hosts_per_router),
+           f"{kind}(routers={routers}, hosts_per_router={hosts_per_router})")
     plan = _Plan(_memory(memory))
     for i in range(1, routers + 1):
         plan.router(f"r{i}")

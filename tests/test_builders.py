@@ -16,7 +16,7 @@ from pytest_netlab.labspec import Topology
 def plan_of(topology: Topology) -> AddressPlan:
     """The address plan Lab.start() makes for *topology* (see Lab._plan_addresses)."""
     requests = [
-        GuestRequest(n.name, n.role == "router", tuple(NicRequest(link.bridge) for link in n.links), n.gateway)
+        GuestRequest(n.name, n.role == "router", tuple(NicRequest(k.bridge) for k in n.links), n.gateway)
         for n in topology.nodes.values()
     ]
     subnets = {b: tuple(ipaddress.ip_network(s) for s in spec.subnet) for b, spec in topology.bridges.items()}
@@ -40,7 +40,7 @@ def path(plan: AddressPlan, source: str, target: str) -> list[str]:
         assert matches, f"{here} has no route to {address}"
         _, via = max(matches, key=lambda m: m[0].prefixlen)
         here = owner[via]
-        assert here not in hops, f"loop: {hops + [here]}"
+        assert here not in hops, f"loop: {[*hops, here]}"
         hops.append(here)
     return hops
 
@@ -107,16 +107,20 @@ def test_generate_table_in_toml_with_more_nodes_of_its_own():
     [
         ({"shape": "torus"}, "shape 'torus' is not accepted: use one of line, ring, star, mesh, leaf-spine"),
         ({"shape": "leaf-spine", "spines": 2}, "shape 'leaf-spine' needs leaves = N"),
-        ({"shape": "leaf-spine", "spines": 0, "leaves": 2}, "spines=0 is not accepted: give a whole number from 1 to 16"),
-        ({"shape": "leaf-spine", "spines": 2, "leaves": 65}, "leaves=65 is not accepted: give a whole number from 1 to 64"),
+        ({"shape": "leaf-spine", "spines": 0, "leaves": 2}, 
+         "spines=0 is not accepted: give a whole number from 1 to 16"),
+        ({"shape": "leaf-spine", "spines": 2, "leaves": 65}, 
+         "leaves=65 is not accepted: give a whole number from 1 to 64"),
         ({"shape": "leaf-spine", "spines": 2, "leaves": 2, "hosts_per_leaf": -1}, "hosts_per_leaf=-1"),
-        ({"shape": "leaf-spine", "spines": 16, "leaves": 64, "hosts_per_leaf": 32}, "makes 2128 guests: at most 256"),
+        ({"shape": "leaf-spine", "spines": 16, "leaves": 64, "hosts_per_leaf": 32}, 
+         "makes 2128 guests: at most 256"),
         ({"shape": "ring", "routers": 2}, "routers=2 is not accepted: give a whole number from 3 to 64"),
         ({"shape": "mesh", "routers": 17}, "routers=17 is not accepted: give a whole number from 2 to 16"),
         ({"shape": "star", "hosts": "4"}, "hosts='4' is not accepted"),
         ({"shape": "line", "routers": True}, "routers=True is not accepted"),
         ({"shape": "line", "routers": 2, "spines": 1}, "key 'spines' is not accepted for shape 'line'"),
-        ({"shape": "line", "routers": 2, "memory": 32}, "memory=32 is not accepted: give a whole number from 96"),
+        ({"shape": "line", "routers": 2, "memory": 32}, 
+         "memory=32 is not accepted: give a whole number from 96"),
     ],
 )
 def test_bad_parameters_are_one_line_config_errors_naming_the_value(table, message):
