@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import ipaddress
 import itertools
+from pathlib import Path
 
 import pytest
 
 from pytest_netlab import ConfigError, builders
 from pytest_netlab.addressing import AddressPlan, GuestRequest, NicRequest
 from pytest_netlab.labspec import Topology
+
+LEAF_SPINE_FILE = Path(__file__).parents[1] / "example_tests" / "topologies" / "leaf_spine.toml"
 
 
 def plan_of(topology: Topology) -> AddressPlan:
@@ -132,3 +135,9 @@ def test_bad_parameters_are_one_line_config_errors_naming_the_value(table, messa
 def test_a_name_made_by_generate_given_again_is_refused():
     with pytest.raises(ConfigError, match="node 'h1' is made by \\[generate\\] already"):
         Topology.from_dict({"generate": {"shape": "star", "hosts": 2}, "nodes": {"h1": {}}})
+
+
+def test_the_leaf_spine_file_of_the_docs_routes_its_extra_host_too():
+    topology = Topology.from_toml(LEAF_SPINE_FILE)
+    assert len(topology.nodes) == 2 + 4 + 8 + 1
+    assert path(plan_of(topology), "probe", "h8") == ["probe", "leaf1", "spine1", "leaf4", "h8"]

@@ -194,9 +194,9 @@ def test_command_timeout_from_the_command_line_overrides_the_ini(pytester: pytes
 
 
 def test_a_zero_command_timeout_is_refused_as_the_options_page_shows(pytester: pytest.Pytester):
-    block = re.search(r"```\n\$ (pytest .*)\n(ERROR: .*)\n```", (DOCS / "options.md").read_text())
-    assert block, "docs/options.md shows no refused command"
-    command, error = block.groups()
-    result = pytester.runpytest(*command.split()[1:])
-    assert error in result.stderr.lines
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    blocks = re.findall(r"```\n\$ (pytest .*)\n(ERROR: .*)\n```", (DOCS / "options.md").read_text())
+    assert len(blocks) >= 2, "docs/options.md shows no refused command"  # a timeout, a budget size
+    for command, error in blocks:
+        result = pytester.runpytest(*command.split()[1:])
+        assert error in result.stderr.lines
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
