@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
 from dataclasses import replace
 from pathlib import Path
@@ -185,6 +189,33 @@ def test_bad_guest_counts_name_the_value(value):
     assert parse_guests("3") == 3
     with pytest.raises(ConfigError, match=f"netlab max guests {value!r} is not accepted: give a whole"):
         parse_guests(value)
+
+
+def never_wait(seconds: float) -> None:
+    raise AssertionError("would wait")
+
+
+def test_a_holder_killed_with_sigkill_leaks_nothing(tmp_path):
+    directory = tmp_path / "budget"
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from pytest_netlab.budget import Budget\n"
+         f"Budget(Path({str(directory)!r}), max_memory=1000).claim('netlab-holder').admit([512])\n"
+         "print('held', flush=True); time.sleep(600)"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        budget = Budget(directory, max_memory=1000, machine=Machine(sleep=never_wait))
+        assert [(h.lab, h.pid, h.memory) for h in budget.holdings()] == [("netlab-holder", holder.pid, 552)]
+        with pytest.raises(AssertionError, match="would wait"):
+            budget.claim("waits").admit([900])
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)
+        holder.wait()
+    assert budget.holdings() == []
+    budget.claim("after").admit([900])  # all of it: nothing was leaked
+    assert [h.lab for h in budget.holdings()] == ["after"]
 
 
 def test_two_labs_on_a_budget_of_one_booting_guest_both_come_up_one_after_the_other(
