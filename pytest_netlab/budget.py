@@ -7,7 +7,7 @@ booting slots once they answer SSH (:meth:`Claim.booted`) and the memory when it
 (:meth:`Claim.release`). A lab that does not fit waits, in turn, and says so; one that
 could never fit is a :class:`ConfigError` at once.
 
-Each lab's part is a record, ``<lab>.json`` in the runtime dir's ``budget/`` directory,
+Each lab's part is a record, ``<pid>-<lab>.json`` in the runtime dir's ``budget/`` directory,
 naming its process (pid and start time). Records are read and written under one file
 lock; the record of a process that is gone (even killed with SIGKILL) is ignored and
 removed, so a crash leaks nothing.
@@ -172,8 +172,12 @@ class Budget:
                 path.unlink(missing_ok=True)
         return live
 
+    def record_path(self, lab: str, pid: int) -> Path:
+        """A lab's record; the pid keeps labs of the same name in two processes apart."""
+        return self.directory / f"{pid}-{lab}.json"
+
     def _write(self, holding: Holding) -> None:
-        path = self.directory / f"{holding.lab}.json"
+        path = self.record_path(holding.lab, holding.pid)
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(asdict(holding)))
         temporary.replace(path)
@@ -242,7 +246,7 @@ class Claim:
                 if self.guests:
                     self._write(0)
                 else:
-                    (self.budget.directory / f"{self.lab}.json").unlink(missing_ok=True)
+                    self.budget.record_path(self.lab, self.pid).unlink(missing_ok=True)
             raise
         if since is not None:
             waited = self.budget.machine.clock() - since
@@ -257,7 +261,7 @@ class Claim:
         while True:
             with budget._lock():
                 holdings = budget._live()
-                others = [h for h in holdings if h.lab != self.lab]
+                others = [h for h in holdings if (h.lab, h.pid) != (self.lab, self.pid)]
                 limits = budget.limits(holdings)
                 self._check_possible(need, others, limits)
                 if self._fits(need, others, limits, since):
@@ -316,7 +320,7 @@ class Claim:
         if self.budget is None:
             return
         with self.budget._lock():
-            (self.budget.directory / f"{self.lab}.json").unlink(missing_ok=True)
+            self.budget.record_path(self.lab, self.pid).unlink(missing_ok=True)
         self.guests = self.memory = 0
 
 

@@ -53,7 +53,8 @@ class World:
         return claim
 
     def record(self, lab: str) -> dict:
-        return json.loads((self.budget.directory / f"{lab}.json").read_text())
+        (path,) = self.budget.directory.glob(f"*-{lab}.json")
+        return json.loads(path.read_text())
 
 
 @pytest.fixture
@@ -143,7 +144,7 @@ def test_labs_go_in_the_order_they_began_to_wait(world):
     world.budget._write(Holding("waiting", 102, "b", waiting_since=world.now - 5))
     # "late" fits once "first" has booted, but "waiting" was there before it
     world.on_sleep.append(lambda n: first.booted() if n == 1 else None)
-    world.on_sleep.append(lambda n: (world.budget.directory / "waiting.json").unlink() if n == 4 else None)
+    world.on_sleep.append(lambda n: world.budget.record_path("waiting", 102).unlink() if n == 4 else None)
     world.claim("late", 103).admit([128])
     assert world.sleeps == 4
 
