@@ -27,7 +27,9 @@ def unreachable(source: VM, addresses: list[str]) -> list[str]:
 # --8<-- [start:leaf-spine]
 def test_every_host_reaches_every_other_host_of_a_leaf_spine_fabric(netlab):
     topology = Topology.from_dict(leaf_spine(spines=2, leaves=6, hosts_per_leaf=4))
-    vms = topology.apply(netlab)  # 32 guests, addresses and routes set when it returns
+    # 32 guests launched one after the other: the last may answer SSH well after the first
+    # was launched, on a busy machine beyond the default boot timeout (120 s)
+    vms = topology.apply(netlab, timeout=300)  # addresses and routes set when it returns
     hosts = [vm for vm in vms.values() if vm.spec.role == "host"]
     assert len(vms) == 32 and len(hosts) == 24
 

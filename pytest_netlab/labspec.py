@@ -199,9 +199,10 @@ class Topology:
         )
 
     # -- building ---------------------------------------------------------------------
-    def apply(self, lab: Lab, *, start: bool = True) -> dict[str, VM]:
+    def apply(self, lab: Lab, *, start: bool = True, timeout: float | None = None) -> dict[str, VM]:
         """Create the bridges and guests in *lab*; with *start*, boot them and set the
-        addresses, routes and forwarding. Returns the guests by name.
+        addresses, routes and forwarding. Returns the guests by name. *timeout*: how
+        long the guests may take to answer SSH (see :meth:`Lab.start`).
 
         Raises:
             ConfigError: a name already used in *lab*.
@@ -227,7 +228,7 @@ class Topology:
             for node in self.nodes.values()
         }
         if start:
-            lab.start()
+            lab.start(timeout)
             scripts = {n.name: s for n in self.nodes.values() if (s := self.guest_script(n, planned))}
             # one round trip per guest, all at once: a 32-guest fabric has 8 routers to set
             with ThreadPoolExecutor(max_workers=max(1, min(len(scripts), 16))) as pool:
