@@ -317,8 +317,8 @@ class Claim:
 
     def release(self) -> None:
         """Give back everything (the lab is closed). Idempotent."""
-        if self.budget is None:
-            return
+        if self.budget is None or not self.guests:
+            return  # nothing held: admit() leaves no record behind when it fails
         with self.budget._lock():
             self.budget.record_path(self.lab, self.pid).unlink(missing_ok=True)
         self.guests = self.memory = 0
