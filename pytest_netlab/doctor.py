@@ -80,7 +80,7 @@ def _tun() -> Check:
 def _namespaces() -> Check:
     from .netns import LabNamespace
 
-    namespace = LabNamespace(f"netlab-doctor-{os.getpid()}")
+    namespace = LabNamespace(f"netlab-{os.getpid()}-doctor")
     try:
         namespace.create()
         namespace.add_bridge("br-doctor")
@@ -171,6 +171,7 @@ def checks(guests: int = 4) -> Iterator[Check]:
     steps: list[Callable[[], Check]] = [
         _qemu, _tun, _namespaces, _qdiscs, _kvm, _image,
         lambda: _program("nsenter", "util-linux", "runs commands in lab namespaces", True),
+        lambda: _program("setpriv", "util-linux", "children die with their owner (--pdeathsig)", True),
         lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),
         lambda: _program("dnsmasq", "dnsmasq-base", "DHCP on a host-only bridge", False),
         lambda: _program("tc", "iproute2", "lab namespace state in the evidence", False),

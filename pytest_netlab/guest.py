@@ -61,6 +61,7 @@ class VM:
         self.impairments: dict[int, Impairment] = {}
         self._impaired_at: dict[int, str] = {}  # NIC index -> "tap" or "guest", as set now
         self.log = log.getChild(spec.name)
+        self._testinfra: Any = None  # the testinfra Host, made at first use
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -96,6 +97,23 @@ class VM:
         its own purposes, e.g. to capture evidence, are not the test's)."""
         if self._ssh is not None and count > 0:
             del self._ssh.history[-count:]
+
+    @property
+    def testinfra(self) -> Any:
+        """A pytest-testinfra ``Host`` for this guest (the ``[testinfra]`` extra), over
+        SSH with the lab's ``ssh_config`` and the guest's host key pinned; made once::
+
+            assert h1.testinfra.file("/etc/hostname").content_string == "h1\\n"
+
+        Raises:
+            ConfigError: pytest-testinfra is not installed.
+            LabError: the guest is not started or has no network.
+        """
+        if self._testinfra is None:
+            from .infra import testinfra_host
+
+            self._testinfra = testinfra_host(self)
+        return self._testinfra
 
     # -- commands ---------------------------------------------------------------------
     def ssh(

@@ -35,14 +35,18 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import ImageError
+from .trust import trusted_directory, verify_debs
 
 log = logging.getLogger(__name__)
 
 #: image variant -> the Debian kernel metapackage it follows
 VARIANTS: dict[str, str] = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 DEFAULT_VARIANT = "cloud"
-#: modules only the generic kernel has (Debian's cloud kernel builds no such NIC drivers)
-GENERIC_ONLY_MODULES: frozenset[str] = frozenset({"e1000", "e1000e", "8139cp", "8139too"})
+#: modules only the generic kernel has (Debian's cloud kernel builds no such NIC drivers,
+#: and no 9p file system for host directories in guests)
+GENERIC_ONLY_MODULES: frozenset[str] = frozenset(
+    {"e1000", "e1000e", "8139cp", "8139too", "9p", "9pnet_virtio"}
+)
 #: QEMU NIC model -> guest modules that drive it (virtio is always loaded)
 NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
     "virtio-net-pci": (),
@@ -103,14 +107,21 @@ def recipe_dir() -> Path:
     )
 
 
+CACHE_FIX = (
+    "set NETLAB_CACHE_DIR to a directory that only you (or root) own and can write, "
+    "e.g. /var/cache/pytest-netlab"
+)
+
+
 def cache_root() -> Path:
     """``$NETLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-netlab``, else ``~/.cache/pytest-netlab``."""
     explicit = os.environ.get("NETLAB_CACHE_DIR")
     if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "pytest-netlab"
+        root = Path(explicit)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-netlab"
+    return trusted_directory(root, "the cache directory", CACHE_FIX)
 
 
 def variant_for(modules: Iterable[str] = ()) -> str:
@@ -280,6 +291,7 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     script = recipe_dir() / "build.sh"
     debs = cache_root() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
+    verify_debs(debs)  # a cached kernel package is booted only if apt vouches for it
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{variant}-{digest}-", dir=images))
     out = tmp / "image"
     command = ["bash", str(script), str(out)]

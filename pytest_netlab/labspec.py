@@ -180,8 +180,8 @@ class Topology:
             to, via = route.get("to"), route.get("via")
             if to != "default":
                 try:
-                    ipaddress.ip_network(str(to) if isinstance(to, str) else "")
-                except ValueError:
+                    validation.ip_network(to)
+                except ConfigError:
                     raise ConfigError(
                         f"{where}: route to {to!r} is not accepted: give a network "
                         "(e.g. 10.20.20.0/24) or 'default'"
@@ -290,11 +290,7 @@ def _generated(data: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _is_address(value: object) -> bool:
-    try:
-        ipaddress.ip_address(str(value))
-    except ValueError:
-        return False
-    return True
+    return validation.is_ip_address(value)
 
 
 def _id(name: str) -> str:

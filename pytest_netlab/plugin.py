@@ -10,8 +10,10 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Generator, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +36,7 @@ log = logging.getLogger(__name__)
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
 _KEEP_KEY = pytest.StashKey["KeepPolicy"]()
+_SIGTERM_KEY = pytest.StashKey["Callable[[int, object], None]"]()
 
 
 @dataclass(frozen=True)
@@ -169,6 +172,32 @@ def pytest_configure(config: pytest.Config) -> None:
         max_guests=max_guests, max_memory=max_memory, report=lambda line: _report_line(config, line),
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
+    _terminate_like_ctrl_c(config)
+
+
+def _sigterm_handler(pid: int) -> Callable[[int, object], None]:
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getpid() != pid:
+            # a forked copy of this process (pyroute2 forks to make namespaces): it must
+            # not run pytest's teardown of labs that are not its own; it dies as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    return on_sigterm
+
+
+def _terminate_like_ctrl_c(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled) tears the labs down as Ctrl-C does: pytest's
+    KeyboardInterrupt path runs the fixtures' teardown. A handler someone else set is
+    left alone; ours is taken back at the end of the run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        handler = _sigterm_handler(os.getpid())
+        signal.signal(signal.SIGTERM, handler)
+        config.stash[_SIGTERM_KEY] = handler
 
 
 def _budget_limits(config: pytest.Config) -> tuple[int | None, int | None]:
@@ -200,9 +229,10 @@ def _report_line(config: pytest.Config, line: str) -> None:
 
 def _remove_leftovers() -> None:
     from .cleanup import remove_leftovers
+    from .image import cache_root
 
     try:
-        report = remove_leftovers(runtime_base())
+        report = remove_leftovers(runtime_base(), template_dir=cache_root() / "templates")
     except (OSError, NetlabError) as exc:  # no root: the labs will say so with their own error
         log.warning("netlab: cleaning leftovers of dead runs failed: %s", exc)
         return
@@ -211,6 +241,9 @@ def _remove_leftovers() -> None:
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    handler = config.stash.get(_SIGTERM_KEY, None)
+    if handler is not None and signal.getsignal(signal.SIGTERM) is handler:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     session = config.stash.get(_SESSION_KEY, None)
     if session is not None:
         session.close()
@@ -295,7 +328,7 @@ def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> N
         )
         hold = Hold.write(
             kept_dir(runtime_base()), [lab.name for lab in labs], body, timeout,
-            terminal=terminal_fd is not None,
+            terminal=terminal_fd is not None, workdirs=[lab.workdir for lab in labs],
         )
         capman = config.pluginmanager.getplugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():

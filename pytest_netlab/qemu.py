@@ -16,13 +16,15 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .constants import NAT_HOST
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
 
 if TYPE_CHECKING:
@@ -67,6 +69,24 @@ def qemu_version() -> str:
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
+def option_value(text: str | Path) -> str:
+    """*text* escaped for a QEMU option string (``file=...,if=virtio``): a ``,`` in a
+    path would end the value and start an option of the path's choosing."""
+    return str(text).replace(",", ",,")
+
+
+def nat_netdev(netdev_id: str, host_ports: Sequence[int], outside: bool) -> str:
+    """``-netdev user`` of a NAT NIC: restricted (the guest reaches nothing through it)
+    unless *outside*; each of *host_ports* is ``NAT_HOST:port`` in the guest, relayed
+    to the host's ``127.0.0.1:port`` (see :mod:`pytest_netlab.relay`)."""
+    relay = Path(__file__).with_name("relay.py")
+    netdev = f"user,id={netdev_id}" + ("" if outside else ",restrict=on")
+    for port in host_ports:
+        command = shlex.join([sys.executable, "-I", "-S", str(relay), str(int(port))])
+        netdev += f",guestfwd=tcp:{NAT_HOST}:{int(port)}-cmd:{option_value(command)}"
+    return netdev
+
+
 @dataclass
 class NicConfig:
     """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""
@@ -76,6 +96,29 @@ class NicConfig:
     fds: list[int] = field(default_factory=list)
     vectors: int | None = None
     nat: bool = False  # a user-mode (slirp) NAT NIC instead of a TAP: no fds
+    host_ports: tuple[int, ...] = ()  # NAT only: host loopback ports the guest may reach
+    outside: bool = False  # NAT only: unrestricted, the guest reaches everything the host does
+
+
+@dataclass(frozen=True)
+class FsShare:
+    """A host directory given to the guest as a virtio-9p device with *tag*.
+
+    ``security_model=mapped-xattr``: QEMU creates the guest's files as its own user (the
+    one running the tests) with host mode 0600/0700 and keeps the owner and mode the
+    guest set in ``user.virtfs.*`` extended attributes, so a guest's root (QEMU runs as
+    root here) can plant no setuid file or device node on the host.
+    """
+
+    path: Path
+    tag: str
+    readonly: bool = True
+
+    def argv(self, index: int) -> list[str]:
+        path = str(self.path).replace(",", ",,")  # QEMU's option syntax escapes ',' as ',,'
+        fsdev = f"local,id=share{index},path={path},security_model=mapped-xattr"
+        return ["-fsdev", fsdev + (",readonly=on" if self.readonly else ""),
+                "-device", f"virtio-9p-pci,fsdev=share{index},mount_tag={self.tag}"]
 
 
 @dataclass
@@ -95,6 +138,7 @@ class MachineConfig:
     drives: list[str] = field(default_factory=list)
     incoming: Path | None = None  # a saved state to resume instead of booting
     numa: bool = False  # guest RAM from a memory backend, as one NUMA node
+    shares: list[FsShare] = field(default_factory=list)  # host directories (virtio-9p)
 
 
 class QemuMachine:
@@ -124,6 +168,7 @@ class QemuMachine:
         self._reader: threading.Thread | None = None
         self._closed = False
         self._console_shell = False
+        self._quit_sent = False  # a second quit, sent while QEMU exits, makes it reset QMP
         self.launched_at = 0.0
         self.ready_at = 0.0
 
@@ -152,9 +197,8 @@ class QemuMachine:
             argv += ["-initrd", str(c.initrd)]
         for i, nic in enumerate(c.nics):
             if nic.nat:
-                # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2 = the host's loopback.
-                # Not restricted: that NIC is the guest's way out through NAT.
-                argv += ["-netdev", f"user,id=lab{i}"]
+                # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2
+                argv += ["-netdev", nat_netdev(f"lab{i}", nic.host_ports, nic.outside)]
             elif len(nic.fds) > 1:
                 argv += ["-netdev", f"tap,id=lab{i},fds={':'.join(map(str, nic.fds))},vhost=off"]
             else:
@@ -172,6 +216,8 @@ class QemuMachine:
             ]
         for drive in c.drives:
             argv += ["-drive", drive]
+        for i, fs in enumerate(c.shares):
+            argv += fs.argv(i)
         # a new generation id on every start makes a resumed Linux guest reseed its RNG
         argv += ["-device", "vmgenid,guid=auto"]
         if c.incoming is not None:
@@ -194,17 +240,17 @@ class QemuMachine:
         from qemu.qmp import QMPError
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
-        from .netns import die_with_parent, owner_environment
+        from .owner import die_with_parent, owner_environment
 
         self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno())
         self.log.debug("launch: %s", shlex.join(self.argv))
         try:
             with open(self.qemu_log, "wb") as out:
                 self._proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    die_with_parent(self.argv), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT,
                     pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds],
                     env=owner_environment(),
-                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl() call
                 )
         except OSError as exc:
             qmp_ours.close()
@@ -525,13 +571,15 @@ class QemuMachine:
     def request_quit(self, timeout: float = 2.0) -> None:
         """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
         proc = self._proc
-        if self._closed or proc is None or proc.poll() is not None or self._qmp is None:
+        if (self._closed or self._quit_sent or proc is None or proc.poll() is not None
+                or self._qmp is None):
             return
         from qemu.qmp import QMPError
 
         try:
             self._qmp.settimeout(timeout)
             self._qmp.cmd("quit")
+            self._quit_sent = True
         except (QMPError, OSError, TimeoutError, EOFError, RuntimeError) as exc:
             self.log.debug("QMP quit failed (%s); it will be killed", exc)
 

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import LabError
+from .owner import Owner
+from .trust import trusted_directory
 
 if TYPE_CHECKING:
     from .accel import AccelDecision
@@ -34,8 +36,10 @@ def runtime_base() -> Path:
         base = Path("/run/netlab")
     else:
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "netlab"
-    base.mkdir(mode=0o755, parents=True, exist_ok=True)
-    return base
+    return trusted_directory(
+        base, "the runtime directory",
+        "remove it, or set XDG_RUNTIME_DIR to a directory that only you own and can write",
+    )
 
 
 @dataclass
@@ -63,7 +67,8 @@ class NetlabSession:
     def runtime_dir(self) -> Path:
         if self._runtime is None:
             # mkdtemp makes it 0700: the private key lives here
-            self._runtime = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=runtime_base()))
+            # named by its owner (see .cleanup)
+            self._runtime = Path(tempfile.mkdtemp(prefix=f"{Owner.me().tag}-", dir=runtime_base()))
         return self._runtime
 
     @property

@@ -29,6 +29,12 @@ def test_up_prints_how_to_reach_each_guest_and_tears_down(tmp_path):
     assert out.rstrip().endswith(f"lab {name.group(1)} is down")
     assert not Path(f"/run/netns/{name.group(1)}").exists()
     assert (tmp_path / "h1" / "console.log").exists()
+    # the tools' files, by guest name: ssh -F, ansible -i (docs/access.md)
+    assert f"  by guest name: ssh -F {tmp_path}/ssh_config GUEST" in out
+    hosts = re.findall(r"^Host (\S+)$", (tmp_path / "ssh_config").read_text(), re.M)
+    assert hosts == ["h1", "rt2", "h2", "*"]
+    inventory = (tmp_path / "inventory.yml").read_text()
+    assert re.search(r'^    routers:\n      hosts:\n        "rt2":\n', inventory, re.M), inventory
 
 
 def test_image_clean_removes_images_and_their_saved_boots(tmp_path, monkeypatch, capsys):

@@ -14,6 +14,7 @@ import pytest
 
 from pytest_netlab import BootTimeout, cleanup, cli
 from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.owner import Owner
 
 pytest_plugins = ["pytester"]
 
@@ -130,23 +131,17 @@ def _cmdline(pid: int) -> str:
 
 
 def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    mine = tmp_path / f"{os.getpid()}-mine"
-    reused = tmp_path / "1-reused"  # pid 1 lives, but started after this was written
-    live = tmp_path / "1-live"
-    gone = tmp_path / f"{dead.pid}-gone"
-    for directory in (mine, reused, live, gone):
+    me = Owner.me()
+    reused = Owner(me.pid, me.ticks - 1)  # this pid, but a process that started earlier
+    mine = tmp_path / f"{me.tag}-mine"
+    theirs = tmp_path / f"{reused.tag}-reused"
+    for directory in (mine, theirs):
         directory.mkdir()
-    before_boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) - 3600
-    os.utime(reused, (before_boot, before_boot))
 
     report = cleanup.remove_leftovers(tmp_path, dry_run=True)
 
-    assert sorted(report.directories) == sorted([str(reused), str(gone)])
-    assert cleanup.owner_alive(os.getpid(), time.time())
-    assert not cleanup.owner_alive(os.getpid(), before_boot)
-    assert not cleanup.owner_alive(dead.pid)
+    assert report.directories == [str(theirs)]
+    assert me.alive() and not reused.alive()
 
 
 def test_boot_timeout_is_quick_clear_and_leaves_nothing(netlab):

@@ -82,7 +82,8 @@ def machine(tmp_path: Path):
     m._proc.kill()
     m._proc.wait()
     with contextlib.suppress(EOFError, OSError):
-        m._qmp.close()  # the fake may have hung up after "quit", as QEMU does
+        if m._qmp is not None:  # None once shutdown() released it
+            m._qmp.close()  # the fake may have hung up after "quit", as QEMU does
 
 
 def test_forwarded_ports_are_read_from_info_usernet(machine):
@@ -118,3 +119,14 @@ def test_quit_is_asked_once(machine):
     m, seen = machine
     m.request_quit()
     assert seen[-1] == "quit"
+
+
+def test_shutdown_after_request_quit_sends_no_second_quit(machine):
+    # QEMU still exiting when a second quit arrived reset the QMP socket: an ERROR logged
+    m, _ = machine
+    sent: list[str] = []
+    send = m._qmp.cmd
+    m._qmp.cmd = lambda name, **args: (sent.append(name), send(name, **args))[1]
+    m.request_quit()
+    m.shutdown(timeout=0.2)  # the fake process does not exit: killed after the timeout
+    assert sent == ["quit"]
