@@ -62,10 +62,12 @@ def main() -> int:
     parser.add_argument("--spines", type=int, default=2)
     parser.add_argument("--leaves", type=int, default=6)
     parser.add_argument("--hosts-per-leaf", type=int, default=4)
+    parser.add_argument("--memory", type=int, default=None, help="MiB per guest (default 128)")
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of idle CPU measurement")
     args = parser.parse_args()
     session = NetlabSession(accel_request="auto")
-    topology = Topology.from_dict(leaf_spine(args.spines, args.leaves, args.hosts_per_leaf))
+    topology = Topology.from_dict(leaf_spine(args.spines, args.leaves, args.hosts_per_leaf,
+                                                  memory=args.memory))
     report: dict[str, object] = {"guests": len(topology.nodes), "load before": os.getloadavg()}
     lab = session.new_lab(session.runtime_dir / "fabric")
     try:
