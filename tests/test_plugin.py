@@ -200,3 +200,18 @@ def test_a_zero_command_timeout_is_refused_as_the_options_page_shows(pytester: p
         result = pytester.runpytest(*command.split()[1:])
         assert error in result.stderr.lines
         assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_budget_limits_from_options_and_ini_and_waiting_lines_reach_the_terminal(pytester: pytest.Pytester):
+    pytester.makeini("[pytest]\nnetlab_max_memory = 2G\nnetlab_max_guests = 5\n")
+    pytester.makepyfile(
+        """
+        def test_limits(netlab_config):
+            budget = netlab_config.budget
+            assert (budget.max_guests, budget.max_memory) == (3, 2048)
+            budget.report("netlab: lab-x waiting for 2 guests' room (test line)")
+        """
+    )
+    result = pytester.runpytest("-p", "netlab", "--netlab-max-guests=3")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*netlab: lab-x waiting for 2 guests' room (test line)*"])
