@@ -274,7 +274,8 @@ class Claim:
                     self._write(0, since)
             now = budget.machine.clock()
             if now - last_report >= REPORT_EVERY:
-                budget.report(_waiting_line(self.lab, need, others, limits))
+                earlier = len(self._earlier(others, since))
+                budget.report(_waiting_line(self.lab, need, others, limits, earlier))
                 last_report = now
             budget.machine.sleep(POLL_SECONDS)
 
@@ -296,17 +297,21 @@ class Claim:
             )
 
     def _fits(self, need: Holding, others: Sequence[Holding], limits: Limits, since: float | None) -> bool:
-        earlier = [
-            h for h in others if h.waiting_since is not None and h.pid != self.pid
-            and (since is None or (h.waiting_since, h.lab) < (since, self.lab))
-        ]
-        if earlier:
+        if self._earlier(others, since):
             return False
         booting = sum(h.booting for h in others)
         memory = sum(h.memory for h in others)
         # a lab of more guests than the limit boots alone, when nothing else does
         slots = min(need.booting, limits.booting)
         return booting + slots <= limits.booting and memory + self.memory + need.memory <= limits.memory
+
+    def _earlier(self, others: Sequence[Holding], since: float | None) -> list[Holding]:
+        """The labs of other processes that began to wait before this one (all that wait,
+        if this one does not yet)."""
+        return [
+            h for h in others if h.waiting_since is not None and h.pid != self.pid
+            and (since is None or (h.waiting_since, h.lab) < (since, self.lab))
+        ]
 
     def booted(self) -> None:
         """Give back the booting slots (the guests answer SSH, or failed to)."""
@@ -324,9 +329,8 @@ class Claim:
         self.guests = self.memory = 0
 
 
-def _waiting_line(lab: str, need: Holding, others: Sequence[Holding], limits: Limits) -> str:
+def _waiting_line(lab: str, need: Holding, others: Sequence[Holding], limits: Limits, waiting: int) -> str:
     running = [h for h in others if h.guests]
-    waiting = sum(1 for h in others if h.waiting_since is not None)
     return (
         f"netlab: {lab} waiting for {need.guests} guests' room ({need.memory} MiB): "
         f"{sum(h.guests for h in running)} running ({sum(h.memory for h in running)} MiB, "

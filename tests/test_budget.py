@@ -147,6 +147,21 @@ def test_labs_go_in_the_order_they_began_to_wait(world):
     world.on_sleep.append(lambda n: world.budget.record_path("waiting", 102).unlink() if n == 4 else None)
     world.claim("late", 103).admit([128])
     assert world.sleeps == 4
+    assert world.lines[0].startswith("netlab: late waiting for 1 guests' room (168 MiB): 4 running")
+    assert ", 1 labs waiting before it;" in world.lines[0]
+
+
+def test_the_waiting_line_comes_again_every_30_s_counting_only_the_labs_before_it(world):
+    first = world.claim("first", 101)
+    first.admit([128] * 4)
+    later = Holding("later", 103, "c", waiting_since=world.now + 1)
+    world.on_sleep.append(lambda n: world.budget._write(later) if n == 1 else None)
+    world.on_sleep.append(lambda n: first.booted() if n == 130 else None)
+    world.claim("second", 102).admit([128])
+    assert world.sleeps == 130
+    waiting = [line for line in world.lines if " waiting for " in line]
+    assert len(waiting) == 2  # at once, and 30 s (120 polls) later
+    assert all("labs waiting before it" not in line for line in waiting), waiting
 
 
 def test_an_interrupted_wait_leaves_no_waiting_record(world):
