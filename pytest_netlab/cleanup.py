@@ -32,6 +32,7 @@ from .owner import (
     owners_dir,
     process_owner,
 )
+from .untrusted import printable
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +174,8 @@ def remove_leftovers(
     """
     report = CleanupReport()
     for pid in _orphaned_processes():
-        report.processes.append(f"{pid} ({_cmdline(pid)[:80]})")
+        # a command line is anyone's text: escaped before it reaches a terminal
+        report.processes.append(f"{pid} ({printable(_cmdline(pid)[:80])})")
         if not dry_run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

@@ -56,6 +56,9 @@ NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
 }
 #: environment variable that forces one variant for every guest
 VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
+#: where Debian keeps the administrator's tools the recipe runs (depmod, modprobe); a
+#: user's PATH often lacks them
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
@@ -135,6 +138,12 @@ def variant_for(modules: Iterable[str] = ()) -> str:
     if any(_norm(m) in GENERIC_ONLY_MODULES for m in modules):
         return "generic"
     return DEFAULT_VARIANT
+
+
+def build_path(path: str) -> str:
+    """*path* (a ``PATH`` value) with the :data:`SBIN_DIRS` it lacks appended."""
+    dirs = [d for d in path.split(os.pathsep) if d]
+    return os.pathsep.join(dirs + [d for d in SBIN_DIRS if d not in dirs])
 
 
 def _packages(recipe: Path) -> list[str]:
@@ -286,8 +295,11 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     images = _images_dir()
     for stale in images.glob(f".tmp-{variant}-{digest}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a build that died; we hold the lock
-    if shutil.which("bash") is None:
-        raise ImageError("cannot build the guest image: bash not found (apt-get install bash)")
+    path = build_path(os.environ.get("PATH", os.defpath))
+    if shutil.which("bash", path=path) is None:
+        raise ImageError(
+            f"cannot build the guest image: bash not found in PATH={path} (apt-get install bash)"
+        )
     script = recipe_dir() / "build.sh"
     debs = cache_root() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
@@ -295,7 +307,7 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{variant}-{digest}-", dir=images))
     out = tmp / "image"
     command = ["bash", str(script), str(out)]
-    env = dict(os.environ, NETLAB_KERNEL_PKG=VARIANTS[variant], NETLAB_DEB_CACHE=str(debs))
+    env = dict(os.environ, PATH=path, NETLAB_KERNEL_PKG=VARIANTS[variant], NETLAB_DEB_CACHE=str(debs))
     _say(progress, f"building the {variant} guest image {digest} (takes about a minute)")
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=40)

@@ -38,7 +38,7 @@ from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadE
 from .guest import VM, Router
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
-from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
+from .pcap import Capture, tcpdump_argv, wait_listening
 from .qemu import MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
 from .shares import SHARE_MODULES, Share, mount_script, share_tag, shares_of
 from .shares import share as checked_share
@@ -53,6 +53,7 @@ from .templates import (
     nic_modules,
 )
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
+from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,8 @@ class LabSettings:
     command_timeout: float = 60.0
     pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
     budget: Budget | None = None  # the machine-wide guest budget (None: no limit)
+    # bytes kept of each stream of a command's output and of each console log
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
 
 
 def namespace_name(pid: int, number: int) -> str:
@@ -241,7 +244,7 @@ class Lab:
             except Exception:  # noqa: BLE001 - a stuck tcpdump is killed, the packets so far kept
                 proc.kill()
                 proc.wait()
-            capture.packets = read_pcap(path)
+            capture.load()
 
     def evidence_files(self) -> list[Path]:
         """Files worth keeping when a test fails: pcaps and the logs of daemons."""
@@ -463,7 +466,9 @@ class Lab:
                            state, str(exc).splitlines()[0])
             state.unlink(missing_ok=True)
             machine.shutdown()  # its TAPs go with it; the new machine gets new ones
-        vm.machine = QemuMachine(self._machine_config(vm), self.workdir / vm.name)
+        vm.machine = QemuMachine(
+            self._machine_config(vm), self.workdir / vm.name, console_limit=self.settings.output_limit
+        )
         vm.machine.launch()
         try:
             vm.machine.finish_incoming()
@@ -551,7 +556,9 @@ class Lab:
         started = time.monotonic()
         machines = []
         for vm in pending:
-            vm.machine = QemuMachine(self._machine_config(vm), self.workdir / vm.name)
+            vm.machine = QemuMachine(
+                self._machine_config(vm), self.workdir / vm.name, console_limit=self.settings.output_limit
+            )
             vm.machine.launch()
             machines.append(vm.machine)
         for vm, machine in zip(pending, machines, strict=True):
@@ -559,6 +566,8 @@ class Lab:
                 self._resume(vm)
                 assert vm.machine is not None
                 host_key = GuestHostKey.generate()
+                # the key the host made is the one pinned: nothing the guest prints changes it
+                vm.machine.expect_host_key(host_key.public_line)
                 vm.machine.write_console(config_line(
                     vm.name, vm.macs, self.key.keytype, self.key.blob, host_key, aslr=vm.spec.aslr
                 ))
@@ -577,7 +586,10 @@ class Lab:
                 vm.log.info("ready (no network, console only) after %.2f s", time.monotonic() - started)
                 return
             assert vm.machine.host_key is not None
-            session = SSHSession(vm.name, ports[vm.name], self.key, vm.machine.host_key)
+            session = SSHSession(
+                vm.name, ports[vm.name], self.key, vm.machine.host_key,
+                output_limit=self.settings.output_limit,
+            )
             # the boot timeout is how long a guest may take to answer SSH: the handshake
             # gets what is left of it (at least a few seconds, once the guest said ready)
             session.connect(max(SSH_HANDSHAKE_MIN, boot_timeout - (time.monotonic() - started)))

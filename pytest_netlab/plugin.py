@@ -24,6 +24,7 @@ from .constants import ACCEL_CHOICES, BOOT_MODES, PCAP_MODES
 from .errors import NetlabError
 from .keep import DEFAULT_KEEP_TIMEOUT, Hold, kept_dir, open_terminal
 from .session import LabFactory, NetlabSession, runtime_base
+from .untrusted import DEFAULT_OUTPUT_LIMIT, parse_output_limit, printable
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -108,6 +109,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "(e.g. 8G); a lab waits for room (default: ini netlab_max_memory, else the free "
         "memory less a reserve)",
     )
+    group.addoption(
+        "--netlab-output-limit", default=None, metavar="BYTES",
+        help="bytes kept of each stream of a guest command's output (vm.ssh()) and of each "
+        "guest's console.log; the rest is cut with a '[... N bytes truncated]' note; K, M "
+        f"or G allowed (default: ini netlab_output_limit, else {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
+    )
+    parser.addini(
+        "netlab_output_limit",
+        "bytes kept of each command output stream and console log "
+        f"(default {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
+        default=f"{DEFAULT_OUTPUT_LIMIT // 2**20}M",
+    )
     parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
     parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
     parser.addini(
@@ -156,6 +169,13 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
             ) from None
+    try:
+        output_limit = parse_output_limit(
+            config.getoption("--netlab-output-limit") or config.getini("netlab_output_limit"),
+            "netlab output limit",
+        )
+    except NetlabError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if not hasattr(config, "workerinput"):
         # the xdist controller or a plain run: workers' labs are not made yet, and every
         # other live run keeps its resources (their owners are alive)
@@ -168,6 +188,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
         command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
+        output_limit=output_limit,
         artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
         max_guests=max_guests, max_memory=max_memory, report=lambda line: _report_line(config, line),
     )
@@ -291,10 +312,11 @@ def pytest_runtest_makereport(
         if labs and session is not None:
             try:
                 evidence = artifacts.collect(labs, _artifacts_dir(item, session, labs))
-                report.sections.extend(evidence.sections)
+                # guest text, shown on the terminal: no escape sequence gets through
+                report.sections.extend((title, printable(text)) for title, text in evidence.sections)
             except Exception as exc:  # evidence must never mask the failure
                 log.exception("netlab: capturing evidence failed")
-                report.sections.append(("netlab artifacts", f"capturing evidence failed: {exc!r}"))
+                report.sections.append(("netlab artifacts", printable(f"capturing evidence failed: {exc!r}")))
     return report
 
 

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from .errors import LabError
 from .owner import Owner
 from .trust import trusted_directory
+from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 if TYPE_CHECKING:
     from .accel import AccelDecision
@@ -55,6 +56,7 @@ class NetlabSession:
     max_guests: int | None = None  # --netlab-max-guests: guests booting at once, machine-wide
     max_memory: int | None = None  # --netlab-max-memory: MiB of guests, machine-wide
     report: Callable[[str], None] | None = None  # where "waiting for room" lines go
+    output_limit: int = DEFAULT_OUTPUT_LIMIT  # --netlab-output-limit
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
@@ -132,7 +134,7 @@ class NetlabSession:
         return LabSettings(
             accel=self.accel.accel, boot=self.boot, templates=self._templates,
             boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
-            pcap=self.pcap != "off", budget=self.budget,
+            pcap=self.pcap != "off", output_limit=self.output_limit, budget=self.budget,
         )
 
     def new_lab(self, workdir: Path) -> Lab:

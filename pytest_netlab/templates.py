@@ -41,7 +41,7 @@ from .trust import create_new_file
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_FORMAT = 1
+TEMPLATE_FORMAT = 2  # 2: the management netdev has ipv6=off (a state of 1 has RA routes)
 TEMPLATE_MARK = "NETLAB-TEMPLATE"
 
 

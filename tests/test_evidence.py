@@ -114,3 +114,22 @@ def test_node_ids_become_safe_directory_names():
 def test_state_output_splits_into_named_parts():
     text = "@@netlab-section addr\n1: lo\n@@netlab-section route\n@@netlab-section neigh\nx\n"
     assert split_sections(text) == {"addr": "1: lo\n", "route": "", "neigh": "x\n"}
+
+
+def test_a_failed_lab_test_reports_no_qmp_error_from_the_teardown(pytester: pytest.Pytester):
+    # QEMU closes QMP after "quit": qemu.qmp saw ConnectionResetError and logged it as ERROR
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+
+        @pytest.mark.parametrize("run", range(3))  # the reset came in about one teardown in two
+        def test_fails(netlab, run):
+            netlab.vm("h1")
+            netlab.start()
+            assert False, "fails on purpose"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "netlab", "--netlab-accel=tcg")
+    result.assert_outcomes(failed=3)
+    result.stdout.fnmatch_lines(["*fails on purpose*"])
+    assert [line for line in result.stdout.lines if "qemu.qmp" in line] == []

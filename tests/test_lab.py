@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from pytest_netlab import CommandError, CommandTimeout, GuestGoneError
+from pytest_netlab import CommandError, CommandTimeout, GuestGoneError, WaitTimeout
 from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.templates import Layout
 
@@ -54,6 +54,27 @@ def test_guest_sees_lab_nics_in_order_with_distinct_macs(netlab):
     bridge_links = netlab.run("bridge -o link").stdout
     assert "vport11" in bridge_links and "master br1" in bridge_links
     assert h1.taps == ["vport11", "vport21", "vport12"]
+
+
+# an IPv6 default route or a global address (QEMU's user-mode network advertises fec0::/64)
+IPV6_BEYOND_LINK_LOCAL = (
+    "ip -6 route show default | grep . || ip -6 addr show dev mgmt0 scope global | grep ."
+)
+
+
+def test_the_management_nic_gets_no_ipv6_route_or_address(netlab):
+    resumed, cold = netlab.vm("h1"), netlab.vm("h2", append="quiet")  # append: a cold boot
+    netlab.start()
+
+    # router advertisements answer the router solicitations the guests send when mgmt0
+    # comes up, then every few seconds: nothing may arrive in a wait longer than that
+    for vm in (resumed, cold):
+        with pytest.raises(WaitTimeout):
+            vm.wait_until(IPV6_BEYOND_LINK_LOCAL, timeout=8.0 if vm is resumed else 0.5)
+        # the guest did ask for a router: its IPv6 is on, nobody answered
+        solicits = vm.ssh("grep Icmp6OutRouterSolicits /proc/net/snmp6").stdout.split()[1]
+        assert int(solicits) >= 1
+        assert vm.ssh("ip -6 -o addr show dev mgmt0").stdout.count("inet6") == 1  # fe80::, link-local
 
 
 def test_ssh_result_and_failures_carry_command_status_and_streams(netlab):
