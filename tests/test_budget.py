@@ -241,6 +241,7 @@ def test_two_labs_on_a_budget_of_one_booting_guest_both_come_up_one_after_the_ot
     budget = Budget(tmp_path / "budget", max_guests=1, report=lines.append)
     ready: dict[str, float] = {}
     errors: list[BaseException] = []
+    together = threading.Barrier(2)
 
     def run(name: str) -> None:
         try:
@@ -248,6 +249,7 @@ def test_two_labs_on_a_budget_of_one_booting_guest_both_come_up_one_after_the_ot
             lab.settings = replace(lab.settings, budget=budget)
             lab.claim = Claim(budget, lab.name)
             vm = lab.vm(name)
+            together.wait(30)  # both labs ask for room at the same moment
             lab.start()
             ready[name] = budget.machine.clock()
             assert vm.ssh("echo up").stdout == "up\n"
