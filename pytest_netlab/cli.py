@@ -71,7 +71,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     topology = Topology.from_toml(Path(args.topology))  # bad input: said before a fork
     if args.detach:
         return _detach(args)
-    session = NetlabSession(accel_request=args.accel)
+    session = NetlabSession(  # "waiting for room" lines (the guest budget) go to stderr
+        accel_request=args.accel, report=lambda line: print(line, file=sys.stderr, flush=True)
+    )
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="netlab-up-"))
 
     owner = os.getpid()

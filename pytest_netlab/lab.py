@@ -32,6 +32,7 @@ from .addressing import (
     parse_subnets,
 )
 from .bridge import Bridge
+from .budget import Budget, Claim
 from .constants import NAMESPACE_PREFIX
 from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
@@ -72,6 +73,7 @@ class LabSettings:
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
     pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
+    budget: Budget | None = None  # the machine-wide guest budget (None: no limit)
     # bytes kept of each stream of a command's output and of each console log
     output_limit: int = DEFAULT_OUTPUT_LIMIT
 
@@ -108,6 +110,7 @@ class Lab:
         self.timings: dict[str, float] = {}
         self.diagram: str | None = None  # Mermaid text, set when built from a Topology
         self.plan = AddressPlan()  # filled at start() when a bridge has a subnet (opt-in)
+        self.claim = Claim(self.settings.budget, self.name)  # its part of the guest budget
         _open_labs.add(self)
 
     # -- building ---------------------------------------------------------------------
@@ -548,6 +551,7 @@ class Lab:
         find_qemu()  # a missing QEMU is bad input: say so before anything is made
         setups = self._plan_addresses(pending)  # so is an address plan that cannot work
         self._ensure_namespace()
+        self.claim.admit([vm.spec.memory for vm in pending])  # may wait for room (see budget)
         boot_timeout = timeout or self.settings.boot_timeout
         started = time.monotonic()
         machines = []
@@ -609,6 +613,7 @@ class Lab:
         with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="boot") as pool:
             futures = [pool.submit(bring_up, vm) for vm in pending]
             errors = [f.exception() for f in futures]
+        self.claim.booted()
         failed = [e for e in errors if e is not None]
         if failed:
             raise failed[0]
@@ -670,6 +675,7 @@ class Lab:
         except NetlabError as exc:
             failures.append(str(exc))
             self.log.error("%s", exc)
+        self.claim.release()
         _open_labs.discard(self)
         self.timings["teardown"] = time.monotonic() - started
         if failures:

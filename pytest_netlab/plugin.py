@@ -99,6 +99,17 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(default: ini netlab_keep_timeout, else {DEFAULT_KEEP_TIMEOUT:g})",
     )
     group.addoption(
+        "--netlab-max-guests", default=None, metavar="N",
+        help="guests booting at once on this machine, over every pytest process and netlab up; "
+        "a lab waits for room (default: ini netlab_max_guests, else 4 per CPU)",
+    )
+    group.addoption(
+        "--netlab-max-memory", default=None, metavar="MIB",
+        help="memory of running guests on this machine (QEMU's own included), in MiB or with G "
+        "(e.g. 8G); a lab waits for room (default: ini netlab_max_memory, else the free "
+        "memory less a reserve)",
+    )
+    group.addoption(
         "--netlab-output-limit", default=None, metavar="BYTES",
         help="bytes kept of each stream of a guest command's output (vm.ssh()) and of each "
         "guest's console.log; the rest is cut with a '[... N bytes truncated]' note; K, M "
@@ -119,6 +130,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "netlab_keep_timeout",
         f"seconds a kept or paused lab stays up without Enter (default {DEFAULT_KEEP_TIMEOUT:g})",
         default=f"{DEFAULT_KEEP_TIMEOUT:g}",
+    )
+    parser.addini("netlab_max_guests", "guests booting at once, machine-wide (default 4 per CPU)", default="")
+    parser.addini(
+        "netlab_max_memory", "MiB of running guests, machine-wide (default the free memory less a reserve)",
+        default="",
     )
     parser.addini(
         "netlab_command_timeout",
@@ -168,11 +184,13 @@ def pytest_configure(config: pytest.Config) -> None:
         on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
         timeout=timeouts["keep"],
     )
+    max_guests, max_memory = _budget_limits(config)
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
         command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
         output_limit=output_limit,
         artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
+        max_guests=max_guests, max_memory=max_memory, report=lambda line: _report_line(config, line),
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
     _terminate_like_ctrl_c(config)
@@ -201,6 +219,33 @@ def _terminate_like_ctrl_c(config: pytest.Config) -> None:
         handler = _sigterm_handler(os.getpid())
         signal.signal(signal.SIGTERM, handler)
         config.stash[_SIGTERM_KEY] = handler
+
+
+def _budget_limits(config: pytest.Config) -> tuple[int | None, int | None]:
+    """--netlab-max-guests and --netlab-max-memory (or their ini values); ``None``: sized
+    from the machine."""
+    from .budget import parse_guests, parse_memory
+
+    limits: list[int | None] = []
+    for name, parse in (("guests", parse_guests), ("memory", parse_memory)):
+        raw = config.getoption(f"--netlab-max-{name}") or config.getini(f"netlab_max_{name}")
+        try:
+            limits.append(parse(raw) if raw else None)
+        except NetlabError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return limits[0], limits[1]
+
+
+def _report_line(config: pytest.Config, line: str) -> None:
+    """A line for the person watching the run (a lab waiting for room), past capture."""
+    log.warning("%s", line)
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        if hasattr(config, "workerinput"):  # the controller reads the workers' stdout
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        else:
+            config.get_terminal_writer().line(line)
 
 
 def _remove_leftovers() -> None:

@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,7 @@ from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 if TYPE_CHECKING:
     from .accel import AccelDecision
+    from .budget import Budget
     from .image import GuestImage
     from .lab import Lab, LabSettings
     from .ssh import SessionKey
@@ -51,12 +53,16 @@ class NetlabSession:
     command_timeout: float = 60.0
     pcap: str = "off"  # "off", "on-failure" or "always" (pytest_netlab.pcap.PCAP_MODES)
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
+    max_guests: int | None = None  # --netlab-max-guests: guests booting at once, machine-wide
+    max_memory: int | None = None  # --netlab-max-memory: MiB of guests, machine-wide
+    report: Callable[[str], None] | None = None  # where "waiting for room" lines go
     output_limit: int = DEFAULT_OUTPUT_LIMIT  # --netlab-output-limit
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
     _accel: AccelDecision | None = None
     _templates: TemplateStore | None = None
+    _budget: Budget | None = None
     labs_made: int = field(default=0)
 
     @property
@@ -107,6 +113,16 @@ class NetlabSession:
             image_text = str(info["path"]) + ("" if info["built"] else " (built at the first lab)")
         return f"accelerator {accel_text}, {self.boot} boot, guest image {image_text}"
 
+    @property
+    def budget(self) -> Budget:
+        """The machine-wide guest budget, with this session's limits."""
+        if self._budget is None:
+            from .budget import Budget, budget_dir
+
+            self._budget = Budget(budget_dir(runtime_base()), self.max_guests, self.max_memory,
+                                  report=self.report)
+        return self._budget
+
     def settings(self) -> LabSettings:
         from .image import cache_root
         from .lab import LabSettings
@@ -118,7 +134,7 @@ class NetlabSession:
         return LabSettings(
             accel=self.accel.accel, boot=self.boot, templates=self._templates,
             boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
-            pcap=self.pcap != "off", output_limit=self.output_limit,
+            pcap=self.pcap != "off", output_limit=self.output_limit, budget=self.budget,
         )
 
     def new_lab(self, workdir: Path) -> Lab:

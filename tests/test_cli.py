@@ -101,3 +101,17 @@ def test_down_without_a_name_takes_the_only_detached_lab_and_all_takes_every_one
     assert "name the one to tear down, or give --all" in capsys.readouterr().err
     assert main(["down", "--all"]) == 0
     assert detached_labs(tmp_path) == []
+
+
+def test_up_takes_a_generated_topology(tmp_path):
+    topology = tmp_path / "star.toml"
+    topology.write_text('[generate]\nshape = "star"\nhosts = 2\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_netlab.cli", "up", str(topology), "--hold", "0", "--accel", "tcg",
+         "--workdir", str(tmp_path / "lab")],
+        capture_output=True, text=True, timeout=300, check=False, env=os.environ,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for guest in ("hub", "h1", "h2"):
+        assert re.search(rf"^  {guest}: ssh ", proc.stdout, re.M), proc.stdout
+    assert '    n_hub{{"hub (router)<br/>forwarding"}}' in proc.stdout
