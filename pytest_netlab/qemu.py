@@ -123,6 +123,7 @@ class QemuMachine:
         self._console_sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._closed = False
+        self._quit_asked = False
         self._console_shell = False
         self.launched_at = 0.0
         self.ready_at = 0.0
@@ -523,10 +524,15 @@ class QemuMachine:
 
     # -- shutdown ---------------------------------------------------------------------
     def request_quit(self, timeout: float = 2.0) -> None:
-        """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
+        """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``).
+
+        Asked once: QEMU closes QMP after answering, so a second ``quit`` (``shutdown`` after
+        a lab asked every guest first) would only wait out *timeout* unanswered.
+        """
         proc = self._proc
-        if self._closed or proc is None or proc.poll() is not None or self._qmp is None:
+        if self._closed or self._quit_asked or proc is None or proc.poll() is not None or self._qmp is None:
             return
+        self._quit_asked = True
         from qemu.qmp import QMPError
 
         try:
