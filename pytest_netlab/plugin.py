@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
 _KEEP_KEY = pytest.StashKey["KeepPolicy"]()
+_LEFTOVERS_KEY = pytest.StashKey[list[str]]()
 
 
 @dataclass(frozen=True)
@@ -140,7 +141,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         # the xdist controller or a plain run: workers' labs are not made yet, and every
         # other live run keeps its resources (their owners are alive)
-        _remove_leftovers()
+        config.stash[_LEFTOVERS_KEY] = _remove_leftovers()
     config.stash[_KEEP_KEY] = KeepPolicy(
         on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
         timeout=timeouts["keep"],
@@ -153,16 +154,18 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
 
 
-def _remove_leftovers() -> None:
+def _remove_leftovers() -> list[str]:
+    """What was removed, for the report header (a warning logged this early is not shown)."""
     from .cleanup import remove_leftovers
 
     try:
         report = remove_leftovers(runtime_base())
     except (OSError, NetlabError) as exc:  # no root: the labs will say so with their own error
         log.warning("netlab: cleaning leftovers of dead runs failed: %s", exc)
-        return
+        return [f"cleaning leftovers of dead runs failed: {exc}"]
     for line in report.lines():
         log.warning("netlab: leftover of a dead run: %s", line)
+    return [f"leftover of a dead run: {line}" for line in report.lines()]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -173,10 +176,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[_SESSION_KEY]
+    removed = [f"netlab: {line}" for line in config.stash.get(_LEFTOVERS_KEY, [])]
     try:
-        return [f"netlab: {session.describe()}"]
+        return [f"netlab: {session.describe()}", *removed]
     except NetlabError as exc:
-        return [f"netlab: not usable: {exc}"]
+        return [f"netlab: not usable: {exc}", *removed]
 
 
 @pytest.fixture(scope="session")
