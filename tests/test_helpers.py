@@ -264,6 +264,13 @@ def test_capture_shows_what_crossed_a_bridge(netlab):
         lambda: any(p.dst_ip == "10.20.10.9" for p in read_pcap(netlab.pcap_dir / "br1.pcap")),
         timeout=5, interval=0.1,
     )
-    assert br2.name == "br2"
+    # br2, made after the switch, is recorded too, and its file holds br2's traffic only
+    br2.add_address("10.20.40.1/24")
+    netlab.run("ping -c 1 -W 1 10.20.40.9", check=False)
+    h1.wait_until(
+        lambda: any(p.dst_ip == "10.20.40.9" for p in read_pcap(netlab.pcap_dir / "br2.pcap")),
+        timeout=5, interval=0.1,
+    )
+    assert not any(p.dst_ip == "10.20.10.9" for p in read_pcap(netlab.pcap_dir / "br2.pcap"))
     with pytest.raises(ConfigError, match="bridge 'br9' is not in this lab"), netlab.capture("br9"):
         pass
