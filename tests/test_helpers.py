@@ -47,20 +47,6 @@ def test_wait_until_and_until_fails_retry_and_report_the_last_attempt(netlab):
         vm.wait_until("true", timeout=-1)
 
 
-def test_put_and_get_copy_binary_files_both_ways(netlab, tmp_path):
-    vm = netlab.vm("h1")
-    netlab.start()
-    data = bytes(range(256)) * 4096 + os.urandom(1000)  # 1 MiB and a bit, every byte value
-    (tmp_path / "up.bin").write_bytes(data)
-    vm.put(tmp_path / "up.bin", "/tmp/copy.bin", mode=0o600)
-    assert vm.ssh("stat -c '%s %a' /tmp/copy.bin").stdout.split() == [str(len(data)), "600"]
-    assert vm.get("/tmp/copy.bin", tmp_path / "down.bin").read_bytes() == data
-    with pytest.raises(CommandError, match="/no/such/file"):
-        vm.get("/no/such/file", tmp_path / "never")
-    with pytest.raises(CommandError, match="/no/such/dir/f"):
-        vm.put(tmp_path / "up.bin", "/no/such/dir/f")
-
-
 def test_put_and_get_over_sftp_keep_large_files_intact_and_name_the_failing_path(netlab, tmp_path):
     vm = netlab.vm("h1")
     netlab.start()
