@@ -4,6 +4,7 @@ impairment and packet capture."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -196,7 +197,7 @@ def test_a_rate_on_the_tap_slows_the_traffic_to_the_guest_until_lifted(netlab):
     netlab.start()
     br1.add_address("10.20.30.1/24")
     vm.ssh("ip addr add 10.20.30.2/24 dev eth0 && ip link set eth0 up")
-    tap = vm.taps[0]
+    (tap,) = [link["ifname"] for link in json.loads(netlab.run("ip -j link show master br1").stdout)]
     assert netlab.namespace.root_qdisc(tap) == "tbf"
     assert "netem" not in vm.ssh("tc qdisc show dev eth0").stdout  # nothing in the guest
     slow = _seconds_to_send(netlab, vm, "10.20.30.2", 200_000)
@@ -209,9 +210,18 @@ def test_a_rate_on_the_tap_slows_the_traffic_to_the_guest_until_lifted(netlab):
     assert fast < slow / 2, f"without the rate limit: {fast:.2f} s, with it {slow:.2f} s"
 
     # a rate alone goes to the TAP by default where the host has tbf; changeable in place
-    assert vm.impair(0, rate_kbit=8000).where == ("tap" if host_has_qdisc("tbf") else "guest")
+    if host_has_qdisc("tbf"):
+        assert vm.impair(0, rate_kbit=8000).where == "tap"
+        assert netlab.namespace.root_qdisc(tap) == "tbf"
+        assert "tbf" not in vm.ssh("tc qdisc show dev eth0").stdout
+    else:
+        assert vm.impair(0, rate_kbit=8000).where == "guest"
+        assert "rate 8Mbit" in vm.ssh("tc qdisc show dev eth0").stdout
     if host_has_qdisc("netem"):
         assert vm.impair(0, delay_ms=20, where="tap").where == "tap"
+        assert netlab.namespace.root_qdisc(tap) == "netem"  # what goes to the guest is delayed:
+        reply = vm.ping("10.20.30.1", count=3, timeout=5)  # the replies to its pings
+        assert reply and reply.rtt_min is not None and reply.rtt_min >= 20, reply
     else:
         with pytest.raises(ConfigError, match=r"where='tap' needs the netem qdisc, .*use where='guest'"):
             vm.impair(0, delay_ms=20, where="tap")
