@@ -38,6 +38,7 @@ _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
 _KEEP_KEY = pytest.StashKey["KeepPolicy"]()
 _SIGTERM_KEY = pytest.StashKey["Callable[[int, object], None]"]()
+_LEFTOVERS_KEY = pytest.StashKey[list[str]]()
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ def pytest_configure(config: pytest.Config) -> None:
     if not hasattr(config, "workerinput"):
         # the xdist controller or a plain run: workers' labs are not made yet, and every
         # other live run keeps its resources (their owners are alive)
-        _remove_leftovers()
+        config.stash[_LEFTOVERS_KEY] = _remove_leftovers()
     config.stash[_KEEP_KEY] = KeepPolicy(
         on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
         timeout=timeouts["keep"],
@@ -248,7 +249,8 @@ def _report_line(config: pytest.Config, line: str) -> None:
             config.get_terminal_writer().line(line)
 
 
-def _remove_leftovers() -> None:
+def _remove_leftovers() -> list[str]:
+    """What was removed, for the report header (a warning logged this early is not shown)."""
     from .cleanup import remove_leftovers
     from .image import cache_root
 
@@ -256,9 +258,10 @@ def _remove_leftovers() -> None:
         report = remove_leftovers(runtime_base(), template_dir=cache_root() / "templates")
     except (OSError, NetlabError) as exc:  # no root: the labs will say so with their own error
         log.warning("netlab: cleaning leftovers of dead runs failed: %s", exc)
-        return
+        return [f"cleaning leftovers of dead runs failed: {exc}"]
     for line in report.lines():
         log.warning("netlab: leftover of a dead run: %s", line)
+    return [f"leftover of a dead run: {line}" for line in report.lines()]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -272,10 +275,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[_SESSION_KEY]
+    removed = [f"netlab: {line}" for line in config.stash.get(_LEFTOVERS_KEY, [])]
     try:
-        return [f"netlab: {session.describe()}"]
+        return [f"netlab: {session.describe()}", *removed]
     except NetlabError as exc:
-        return [f"netlab: not usable: {exc}"]
+        return [f"netlab: not usable: {exc}", *removed]
 
 
 @pytest.fixture(scope="session")

@@ -704,7 +704,11 @@ class QemuMachine:
 
     # -- shutdown ---------------------------------------------------------------------
     def request_quit(self, timeout: float = 2.0) -> None:
-        """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
+        """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``).
+
+        Asked once: QEMU closes QMP after answering, so a second ``quit`` (``shutdown`` after
+        a lab asked every guest first) would only wait out *timeout* unanswered.
+        """
         proc = self._proc
         if self._closed or self._quit_asked or proc is None or proc.poll() is not None or self._qmp is None:
             return

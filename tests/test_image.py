@@ -165,10 +165,12 @@ def test_the_recipe_says_where_it_looked_for_a_missing_tool(tmp_path: Path) -> N
 
 
 FAKE_BUILD = """#!/bin/bash
-# stands in for the recipe: slow enough for the two callers to overlap
+# stands in for the recipe: it goes on once the other caller says it waits for the lock
+# (at most 20 s: without a lock both build, and the count shows it)
 set -e
 echo started >> "$COUNT_FILE"
-sleep 1
+for _ in $(seq 200); do [ -e "$WAITING_FILE" ] && break; sleep 0.1; done
+if [ -e "$WAITING_FILE" ]; then echo overlapped >> "$COUNT_FILE"; else echo alone >> "$COUNT_FILE"; fi
 mkdir -p "$1"
 cd "$1"
 touch vmlinux vmlinuz initrd.img
@@ -182,9 +184,16 @@ echo 'build.sh: done'
 def _default_image_in_subprocess(cache: str, recipe: str, count_file: str) -> str:
     os.environ["NETLAB_CACHE_DIR"] = cache
     os.environ["COUNT_FILE"] = count_file
+    waiting = Path(count_file).with_name("waiting")
+    os.environ["WAITING_FILE"] = str(waiting)
     os.environ.pop(image.VARIANT_ENV, None)
     image.recipe_dir = lambda: Path(recipe)
-    return str(image.default_image().root)
+
+    def progress(message: str) -> None:
+        if message.startswith("waiting for another process"):
+            waiting.write_text(f"{os.getpid()}: {message}\n")
+
+    return str(image.default_image(progress=progress).root)
 
 
 def test_concurrent_callers_build_once(tmp_path: Path) -> None:
@@ -196,7 +205,8 @@ def test_concurrent_callers_build_once(tmp_path: Path) -> None:
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         roots = pool.starmap(_default_image_in_subprocess, [args, args])
     assert roots[0] == roots[1]
-    assert count_file.read_text().split() == ["started"]
+    # one build, during which the other caller was waiting for the lock
+    assert count_file.read_text().split() == ["started", "overlapped"]
     built = Path(roots[0])
     assert built.parent == tmp_path / "cache" / "images" and (built / "netlab-image.json").is_file()
     assert [p.name for p in built.parent.iterdir() if p.is_dir()] == [built.name]  # no temp dirs left

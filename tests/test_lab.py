@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -50,10 +51,29 @@ def test_guest_sees_lab_nics_in_order_with_distinct_macs(netlab):
     assert h1.ssh("ip route show default").stdout.strip() == ""
     assert sorted(lonely.ssh("ls /sys/class/net").stdout.split()) == ["lo", "mgmt0"]
     assert h1.ssh("hostname").stdout.strip() == "h1"
-    # the TAPs are in the lab namespace, on their bridges, named as in the documents
-    bridge_links = netlab.run("bridge -o link").stdout
-    assert "vport11" in bridge_links and "master br1" in bridge_links
+    # the TAPs are in the lab namespace, each on its own NIC's bridge, named as in the documents
     assert h1.taps == ["vport11", "vport21", "vport12"]
+    assert _masters(netlab) == {"vport11": "br1", "vport21": "br2", "vport12": "br1"}
+
+
+def _masters(netlab) -> dict[str, str]:
+    """Port -> bridge, as the lab namespace has them."""
+    links = json.loads(netlab.run("ip -j link show").stdout)
+    return {link["ifname"]: link["master"] for link in links if "master" in link}
+
+
+def test_two_bridges_are_two_segments(netlab):
+    br1, br2 = netlab.bridge("br1"), netlab.bridge("br2")
+    h1, h2 = netlab.vm("h1", nics=[br1]), netlab.vm("h2", nics=[br1])
+    other = netlab.vm("other", nics=[br2])
+    netlab.start()
+    # one subnet on both bridges: only the bridge can keep them apart
+    for number, vm in enumerate((h1, h2, other), start=1):
+        vm.ssh(f"ip addr add 10.50.0.{number}/24 dev eth0 && ip link set eth0 up")
+
+    assert h1.ping("10.50.0.2", timeout=5)  # same bridge
+    assert not h1.ping("10.50.0.3", count=2, timeout=1)  # the other bridge
+    assert not other.ping("10.50.0.1", count=2, timeout=1)
 
 
 # an IPv6 default route or a global address (QEMU's user-mode network advertises fec0::/64)
