@@ -31,10 +31,18 @@ CREATE_USER = f"useradd --system --no-create-home --shell /usr/sbin/nologin {QEM
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
 
 
+SANDBOX_SPAWN = "on,obsolete=deny,elevateprivileges=allow,spawn=allow,resourcecontrol=deny"
+
+
 def sandbox_option(spawn: bool) -> str:
     """``-sandbox`` of a QEMU that may start programs (*spawn*: a NAT NIC's host ports,
-    whose relay QEMU runs per connection) or not."""
-    return SANDBOX.replace("spawn=deny", "spawn=allow") if spawn else SANDBOX
+    whose relay QEMU runs per connection) or not.
+
+    A spawning QEMU needs ``elevateprivileges=allow`` too: libslirp's child calls
+    ``setsid()``, which that rule forbids (in the children as well). Without
+    capabilities and with no-new-privs, a ``setuid()`` still gets nothing.
+    """
+    return SANDBOX_SPAWN if spawn else SANDBOX
 
 
 @dataclass(frozen=True)

@@ -94,14 +94,23 @@ def nat_netdev(netdev_id: str, host_ports: Sequence[int], outside: bool) -> str:
     return netdev
 
 
-@functools.cache
+RELAY_ENV = "NETLAB_RELAY"
+
+
 def relay_command() -> list[str]:
-    """How QEMU runs the relay: its source given with ``-c``, to a system Python, so that
-    QEMU's unprivileged user needs to read neither this package nor a virtualenv that may
-    live in a directory it cannot enter (``/root``)."""
-    source = Path(__file__).with_name("relay.py").read_text()
+    """How QEMU runs the relay: a system Python runs the source QEMU has in its
+    environment (:data:`RELAY_ENV`, see :func:`relay_environment`), so that QEMU's
+    unprivileged user needs to read neither this package nor a virtualenv that may live
+    in a directory it cannot enter (``/root``). (QEMU cuts a ``cmd:`` after about 1000
+    characters: the source itself does not fit there.)"""
     python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
-    return [python, "-I", "-S", "-c", source]
+    return [python, "-I", "-S", "-c", f"import os; exec(os.environ[{RELAY_ENV!r}])"]
+
+
+@functools.cache
+def relay_environment() -> dict[str, str]:
+    """What QEMU's environment needs for :func:`relay_command`."""
+    return {RELAY_ENV: Path(__file__).with_name("relay.py").read_text()}
 
 
 def drive_file(drive: str) -> tuple[Path, str] | None:
@@ -298,13 +307,16 @@ class QemuMachine:
 
         self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno(), self.files)
         self.log.debug("launch as %s: %s", self.identity.describe(), shlex.join(self.argv))
+        if any(nic.nat and nic.host_ports for nic in self.config.nics):
+            self.log.info("its QEMU may start programs (the relay of NAT host ports): sandbox %s",
+                          sandbox_option(spawn=True))
         try:
             with open(self.qemu_log, "wb") as out:
                 self._proc = subprocess.Popen(
                     die_with_parent(self.argv, self.identity), stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT,
                     pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds, *self.files.values()],
-                    env=owner_environment(), cwd="/",
+                    env=self._environment(owner_environment()), cwd="/",
                 )
         except OSError as exc:
             qmp_ours.close()
@@ -373,6 +385,12 @@ class QemuMachine:
                 os.close(fd)
             raise
         return files
+
+    def _environment(self, base: dict[str, str]) -> dict[str, str]:
+        """QEMU's environment: *base*, and the relay's source if a NAT NIC needs it."""
+        if any(nic.nat and nic.host_ports for nic in self.config.nics):
+            return {**base, **relay_environment()}
+        return base
 
     def _files_note(self) -> str:
         """Which file each ``/dev/fd/N`` of the command line is."""
