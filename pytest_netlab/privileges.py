@@ -191,10 +191,25 @@ def check_readable(identity: QemuIdentity, path: Path, what: str, write: bool = 
     if identity.may(path, mode):
         return
     need = ("read, write" if write else "read") + (" and enter" if path.is_dir() else "")
+    who = identity.name or str(identity.uid)
     raise ConfigError(
-        f"{what} {str(path)!r} is mode {stat.filemode(path.stat().st_mode)}: QEMU runs as "
-        f"{identity.name or identity.uid} and must {need} it; make it so (chmod, chown or setfacl)"
+        f"{what} {str(path)!r} is mode {stat.filemode(path.stat().st_mode)}: QEMU runs as {who} "
+        f"and must {need} it; give it to that user (chown {who}, or setfacl -m u:{who}:rwx; "
+        "pytest_netlab.give_to_qemu(path) does the chown)"
     )
+
+
+def give_to_qemu(path: Path) -> None:
+    """Make directory *path* QEMU's own (``chown``), so that a read-write share of it
+    can be written by QEMU; nothing to do when the tests run as an ordinary user (QEMU
+    is that user then).
+
+    Raises:
+        ConfigError: no unprivileged user for QEMU (see :func:`qemu_identity`).
+    """
+    identity = qemu_identity()
+    if identity.uid != os.geteuid():
+        os.chown(path, identity.uid, identity.gid)
 
 
 def sandbox_problem(qemu: str, identity: QemuIdentity) -> str | None:
