@@ -12,6 +12,7 @@ def test_doctor_passes_here_and_says_tcg_is_used(capsys: pytest.CaptureFixture[s
     assert main(["doctor", "--guests", "2"]) == 0
     out = capsys.readouterr().out
     assert "ok   QEMU: QEMU emulator version" in out
+    assert "ok   QEMU's user: " in out and "seccomp sandbox available" in out
     assert "ok   /dev/net/tun: can be opened" in out
     assert "ok   namespaces: a network namespace with a bridge can be created" in out
     # on this project's machines /dev/kvm exists but guests hang under it
