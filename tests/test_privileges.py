@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab import NAT_HOST, ConfigError, QemuError
+from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.privileges import (
     QEMU_USER,
     SANDBOX,
@@ -154,6 +155,17 @@ def test_no_unprivileged_user_is_one_line_and_no_fallback(monkeypatch, env, matc
     with pytest.raises(ConfigError, match=match) as info:
         qemu_identity()
     assert "\n" not in str(info.value)
+
+
+@root_only
+def test_a_lab_without_a_user_for_qemu_refuses_before_anything_is_made(netlab, monkeypatch):
+    monkeypatch.setattr("pytest_netlab.privileges.QEMU_USER", "no-such-netlab-user")
+    for name in (USER_ENV, "SUDO_UID", "SUDO_GID"):
+        monkeypatch.delenv(name, raising=False)
+    h1 = netlab.vm("h1")
+    with pytest.raises(ConfigError, match="QEMU never runs as root"):
+        netlab.start()
+    assert h1.machine is None and not (NETNS_RUN_DIR / netlab.name).exists()
 
 
 def test_the_sandbox_starts_for_qemus_user():
