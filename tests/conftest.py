@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from pytest_netlab.image import cache_root
-from pytest_netlab.privileges import ProcessPrivileges
-from pytest_netlab.qemu import QemuMachine
 
 # pytester points HOME at a fresh directory: inner runs would build the guest image and
 # probe KVM again in an empty cache (tens of seconds each) instead of using the machine's
@@ -18,37 +14,4 @@ _MACHINE_CACHE = str(cache_root())
 @pytest.fixture(autouse=True)
 def _netlab_machine_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETLAB_CACHE_DIR", _MACHINE_CACHE)
-
-
-# every QEMU a test of this process starts, as /proc saw it once QEMU answered QMP: a test
-# that started one with privileges fails (QEMUs of inner runs and CLI children refuse
-# to go on by themselves: see QemuMachine._check_privileges)
-_started_qemus: list[tuple[str, ProcessPrivileges]] = []
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _watch_every_qemu() -> Iterator[None]:
-    original = QemuMachine.launch
-
-    def launch(machine: QemuMachine) -> None:
-        try:
-            original(machine)
-        finally:
-            seen = ProcessPrivileges.of(machine.pid) if machine.is_running() and machine.pid else None
-            if seen is not None:
-                _started_qemus.append((machine.name, seen))
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(QemuMachine, "launch", launch)
-        yield
-
-
-@pytest.fixture(autouse=True)
-def _qemu_never_privileged(_watch_every_qemu: None) -> Iterator[None]:
-    before = len(_started_qemus)
-    yield
-    bad = [f"{name} (pid {seen.pid}) {'; '.join(seen.problems())}"
-           for name, seen in _started_qemus[before:] if seen.problems()]
-    if bad:
-        pytest.fail("QEMU ran with privileges: " + ", ".join(bad))
 
