@@ -14,4 +14,3 @@ _MACHINE_CACHE = str(cache_root())
 @pytest.fixture(autouse=True)
 def _netlab_machine_cache(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NETLAB_CACHE_DIR", _MACHINE_CACHE)
-
