@@ -177,3 +177,17 @@ def test_drive_files_are_found_with_escaped_commas():
     assert found == (Path("/a,b/disk.img"), ",if=virtio,snapshot=on")
     assert drive_file("file=/disk") == (Path("/disk"), "")
     assert drive_file("if=virtio,file=/disk") is None
+
+
+def test_what_qemus_user_may_open_follows_owner_group_and_other_bits(tmp_path):
+    file = tmp_path / "f"
+    file.write_bytes(b"")
+    file.chmod(0o640)
+    st = file.stat()
+    owner = QemuIdentity(st.st_uid, 4242, None, "a test")
+    group = QemuIdentity(4242, st.st_gid, None, "a test")
+    other = QemuIdentity(4242, 4243, None, "a test")
+    assert owner.may(file, os.R_OK | os.W_OK) and group.may(file, os.R_OK)
+    assert not group.may(file, os.W_OK) and not other.may(file, os.R_OK)
+    file.chmod(0o644)
+    assert other.may(file, os.R_OK) and not other.may(file, os.R_OK | os.W_OK)
