@@ -21,6 +21,11 @@ if apt-cache show chromium-driver >/dev/null 2>&1; then browser="chromium chromi
 apt-get install -y -q --no-install-recommends \
     qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux openssh-client $browser \
     $(grep -v '^[[:space:]]*#' images/packages.txt)
+# QEMU never runs as root: a system user of its own (docs/security.md, "QEMU's
+# privileges"), in the kvm group where there is one so that KVM stays usable
+id -u netlab-qemu >/dev/null 2>&1 ||
+    useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin netlab-qemu
+if getent group kvm >/dev/null; then usermod -a -G kvm netlab-qemu; fi
 python3 -m venv .venv
 # every Python package pinned with PyPI's hashes (tools/lock_requirements.py), the build
 # backend too, so the editable install below fetches nothing unhashed

@@ -4,11 +4,14 @@ refuses writes."""
 
 from __future__ import annotations
 
+from pytest_netlab import give_to_qemu
+
 
 def test_guest_runs_a_host_script_and_writes_back(netlab, tmp_path):
     tools, results = tmp_path / "tools", tmp_path / "results"
     tools.mkdir()
     results.mkdir()
+    give_to_qemu(results)  # QEMU never runs as root: under root, its own user writes here
     vm = netlab.vm("builder", shares=[
         netlab.share(tools, "/opt/tools"),  # read-only unless rw=True
         netlab.share(results, "/mnt/results", rw=True),

@@ -18,6 +18,7 @@ from .errors import (
     TransferError,
     WaitTimeout,
 )
+from .privileges import give_to_qemu
 
 __version__ = "0.1.0"
 
@@ -35,6 +36,7 @@ __all__ = [
     "TransferError",
     "WaitTimeout",
     "__version__",
+    "give_to_qemu",
 ]
 
 logging.getLogger(__name__).addHandler(logging.NullHandler())

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .constants import ACCEL_CHOICES
 from .errors import AcceleratorError, BootTimeout, ConfigError, LabError
+from .privileges import qemu_identity
 from .qemu import MachineConfig, QemuMachine, qemu_version
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,19 @@ def _boot_id() -> str:
 
 
 def kvm_device_usable() -> str | None:
-    """``None`` if /dev/kvm can be opened, else why not."""
+    """``None`` if /dev/kvm can be opened, by QEMU's user too, else why not."""
     try:
         fd = os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
         return f"/dev/kvm: {exc.strerror}"
     os.close(fd)
+    try:
+        identity = qemu_identity()
+    except ConfigError:
+        return None  # no QEMU at all then: the lab says so
+    if not identity.may(Path("/dev/kvm"), os.R_OK | os.W_OK):
+        return (f"/dev/kvm: QEMU's user {identity.name or identity.uid} may not open it "
+                "(add that user to the group of /dev/kvm, usually kvm)")
     return None
 
 
@@ -133,7 +141,16 @@ def _probe_cache(cache_dir: Path | None) -> tuple[Path, dict[str, str]]:
 
     root = cache_dir or cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    return root / "kvm-probe.json", {"boot_id": _boot_id(), "qemu": qemu_version(), "format": "2"}
+    key = {"boot_id": _boot_id(), "qemu": qemu_version(), "format": "2", "qemu_uid": str(_qemu_uid())}
+    return root / "kvm-probe.json", key
+
+
+def _qemu_uid() -> int | None:
+    """Whose QEMU the probe booted: another user may not open /dev/kvm."""
+    try:
+        return qemu_identity().uid
+    except ConfigError:
+        return None
 
 
 def _read_probe(path: Path, key: dict[str, str]) -> tuple[str | None] | None:

@@ -41,6 +41,25 @@ def _qemu() -> Check:
     return Check("QEMU", True, f"{qemu_version()} ({path})")
 
 
+def _qemu_user() -> Check:
+    """Who QEMU will run as (never root), and whether its seccomp sandbox works."""
+    from .privileges import CREATE_USER, qemu_identity, sandbox_problem
+    from .qemu import find_qemu
+
+    try:
+        identity = qemu_identity()
+        qemu = find_qemu()
+    except NetlabError as exc:
+        return Check("QEMU's user", False, str(exc), f"{CREATE_USER} (setup.sh does)")
+    problem = sandbox_problem(qemu, identity)
+    if problem is not None:
+        return Check(
+            "QEMU's user", False, f"{identity.describe()}; QEMU cannot start in its sandbox: {problem}",
+            "a QEMU built with seccomp (Debian's qemu-system-x86 is)",
+        )
+    return Check("QEMU's user", True, f"{identity.describe()}, no capabilities, seccomp sandbox available")
+
+
 def _kvm() -> Check:
     from .accel import decide_accelerator, kvm_device_usable
 
@@ -169,7 +188,7 @@ def _budget() -> Check:
 def checks(guests: int = 4) -> Iterator[Check]:
     """Every check, in order; each is run when the iterator reaches it."""
     steps: list[Callable[[], Check]] = [
-        _qemu, _tun, _namespaces, _qdiscs, _kvm, _image,
+        _qemu, _qemu_user, _tun, _namespaces, _qdiscs, _kvm, _image,
         lambda: _program("nsenter", "util-linux", "runs commands in lab namespaces", True),
         lambda: _program("setpriv", "util-linux", "children die with their owner (--pdeathsig)", True),
         lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),

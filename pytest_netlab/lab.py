@@ -39,6 +39,7 @@ from .guest import VM, Router
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
 from .pcap import Capture, tcpdump_argv, wait_listening
+from .privileges import qemu_identity
 from .qemu import MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
 from .shares import SHARE_MODULES, Share, mount_script, share_tag, shares_of
 from .shares import share as checked_share
@@ -549,6 +550,7 @@ class Lab:
         if not pending:
             return
         find_qemu()  # a missing QEMU is bad input: say so before anything is made
+        qemu_identity()  # so is a root run without an unprivileged user to run it as
         setups = self._plan_addresses(pending)  # so is an address plan that cannot work
         self._ensure_namespace()
         self.claim.admit([vm.spec.memory for vm in pending])  # may wait for room (see budget)

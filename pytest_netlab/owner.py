@@ -21,6 +21,10 @@ import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .privileges import QemuIdentity
 
 OWNER_ENV = "NETLAB_OWNER"
 _TAG = re.compile(r"(?P<pid>\d+)-(?P<ticks>\d+)")
@@ -81,13 +85,17 @@ def process_owner(pid: int) -> Owner | None:
     return None
 
 
-def die_with_parent(argv: Sequence[str]) -> list[str]:
-    """*argv* run so that the kernel kills it when the thread that starts it ends.
+def die_with_parent(argv: Sequence[str], identity: QemuIdentity | None = None) -> list[str]:
+    """*argv* run so that the kernel kills it when the thread that starts it ends; as
+    *identity*, without privileges, if given (see :mod:`pytest_netlab.privileges`).
 
     The death signal is not inherited by what the command forks: those are found by
     their owner environment, or by their network namespace (:func:`pids_in_netns`).
+    setpriv sets it after changing the user (a change of user clears it), so it holds
+    for an unprivileged child too.
     """
-    return ["setpriv", "--pdeathsig", "KILL", "--", *argv]
+    drop = identity.setpriv_args() if identity is not None else []
+    return ["setpriv", "--pdeathsig", "KILL", *drop, "--", *argv]
 
 
 def pids_in_netns(path: Path) -> list[int]:

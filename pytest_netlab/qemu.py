@@ -20,13 +20,21 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .constants import NAT_HOST
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
+from .privileges import (
+    ProcessPrivileges,
+    QemuIdentity,
+    check_readable,
+    file_arg,
+    qemu_identity,
+    sandbox_option,
+)
 from .untrusted import DEFAULT_OUTPUT_LIMIT, printable
 
 if TYPE_CHECKING:
@@ -139,12 +147,42 @@ def nat_netdev(netdev_id: str, host_ports: Sequence[int], outside: bool) -> str:
     """``-netdev user`` of a NAT NIC: restricted (the guest reaches nothing through it)
     unless *outside*; each of *host_ports* is ``NAT_HOST:port`` in the guest, relayed
     to the host's ``127.0.0.1:port`` (see :mod:`pytest_netlab.relay`)."""
-    relay = Path(__file__).with_name("relay.py")
     netdev = f"user,id={netdev_id}" + ("" if outside else ",restrict=on")
     for port in host_ports:
-        command = shlex.join([sys.executable, "-I", "-S", str(relay), str(int(port))])
+        command = shlex.join([*relay_command(), str(int(port))])
         netdev += f",guestfwd=tcp:{NAT_HOST}:{int(port)}-cmd:{option_value(command)}"
     return netdev
+
+
+RELAY_ENV = "NETLAB_RELAY"
+
+
+def relay_command() -> list[str]:
+    """How QEMU runs the relay: a system Python runs the source QEMU has in its
+    environment (:data:`RELAY_ENV`, see :func:`relay_environment`), so that QEMU's
+    unprivileged user needs to read neither this package nor a virtualenv that may live
+    in a directory it cannot enter (``/root``). (QEMU cuts a ``cmd:`` after about 1000
+    characters: the source itself does not fit there.)"""
+    python = shutil.which("python3", path="/usr/bin:/bin") or sys.executable
+    return [python, "-I", "-S", "-c", f"import os; exec(os.environ[{RELAY_ENV!r}])"]
+
+
+@functools.cache
+def relay_environment() -> dict[str, str]:
+    """What QEMU's environment needs for :func:`relay_command`."""
+    return {RELAY_ENV: Path(__file__).with_name("relay.py").read_text()}
+
+
+def drive_file(drive: str) -> tuple[Path, str] | None:
+    """The file of a ``-drive`` option that starts with ``file=`` (its ``,,`` unescaped),
+    and the options after it (from the first ``,`` on); ``None`` for another option."""
+    if not drive.startswith("file="):
+        return None
+    value, i, path = drive[len("file="):], 0, []
+    while i < len(value) and not (value[i] == "," and value[i + 1:i + 2] != ","):
+        path.append(value[i])
+        i += 2 if value[i] == "," else 1
+    return Path("".join(path)), value[i:]
 
 
 @dataclass
@@ -165,17 +203,18 @@ class FsShare:
     """A host directory given to the guest as a virtio-9p device with *tag*.
 
     ``security_model=mapped-xattr``: QEMU creates the guest's files as its own user (the
-    one running the tests) with host mode 0600/0700 and keeps the owner and mode the
-    guest set in ``user.virtfs.*`` extended attributes, so a guest's root (QEMU runs as
-    root here) can plant no setuid file or device node on the host.
+    running QEMU, see :mod:`pytest_netlab.privileges`) with host mode 0600/0700 and keeps
+    the owner and mode the guest set in ``user.virtfs.*`` extended attributes, so a
+    guest's root can plant no setuid file or device node on the host.
     """
 
     path: Path
     tag: str
     readonly: bool = True
 
-    def argv(self, index: int) -> list[str]:
-        path = str(self.path).replace(",", ",,")  # QEMU's option syntax escapes ',' as ',,'
+    def argv(self, index: int, root: str | None = None) -> list[str]:
+        """Its options; QEMU opens the directory as *root* if given (an inherited fd)."""
+        path = option_value(root or self.path)  # QEMU's option syntax escapes ',' as ',,'
         fsdev = f"local,id=share{index},path={path},security_model=mapped-xattr"
         return ["-fsdev", fsdev + (",readonly=on" if self.readonly else ""),
                 "-device", f"virtio-9p-pci,fsdev=share{index},mount_tag={self.tag}"]
@@ -238,10 +277,19 @@ class QemuMachine:
         self._console_shell = False
         self.launched_at = 0.0
         self.ready_at = 0.0
+        self.identity: QemuIdentity | None = None  # who QEMU runs as (set by launch)
+        self.privileges: ProcessPrivileges | None = None  # read from /proc once it runs
+        self.files: dict[Path, int] = {}  # files QEMU inherits, by their descriptor in it
 
     # -- launch -----------------------------------------------------------------------
-    def build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
+    def build_argv(self, qmp_fd: int, console_fd: int, files: Mapping[Path, int] | None = None) -> list[str]:
+        """QEMU's command line; a file in *files* is given as the descriptor QEMU inherits."""
         c = self.config
+        files = files or {}
+
+        def path(file: Path) -> str:
+            return file_arg(files[file]) if file in files else str(file)
+
         accel = "tcg,thread=multi" if c.accel == "tcg" and c.cpus > 1 else c.accel
         argv = [
             find_qemu(), "-name", f"{c.name},debug-threads=on",
@@ -256,12 +304,13 @@ class QemuMachine:
             ]
         argv += [
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(c.kernel), "-append", c.cmdline,
+            "-sandbox", sandbox_option(spawn=any(nic.nat and nic.host_ports for nic in c.nics)),
+            "-kernel", path(c.kernel), "-append", c.cmdline,
             "-chardev", f"socket,id=mon,fd={qmp_fd}", "-mon", "chardev=mon,mode=control",
             "-chardev", f"socket,id=con,fd={console_fd}", "-serial", "chardev:con",
         ]
         if c.initrd is not None:
-            argv += ["-initrd", str(c.initrd)]
+            argv += ["-initrd", path(c.initrd)]
         for i, nic in enumerate(c.nics):
             if nic.nat:
                 # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2
@@ -284,9 +333,12 @@ class QemuMachine:
                 "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC},romfile=",
             ]
         for drive in c.drives:
-            argv += ["-drive", drive]
+            disk = drive_file(drive)
+            inherited = f"file={option_value(path(disk[0]))}{disk[1]}" if disk and disk[0] in files else None
+            argv += ["-drive", inherited or drive]
         for i, fs in enumerate(c.shares):
-            argv += fs.argv(i)
+            # a directory's /proc/self/fd link, with '/': QEMU wants a directory, not a link
+            argv += fs.argv(i, f"/proc/self/fd/{files[fs.path]}/" if fs.path in files else None)
         # a new generation id on every start makes a resumed Linux guest reseed its RNG
         argv += ["-device", "vmgenid,guid=auto"]
         if c.incoming is not None:
@@ -297,12 +349,23 @@ class QemuMachine:
         return argv
 
     def launch(self) -> None:
-        """Start QEMU. Call from the thread that owns the lab (see ``die_with_parent``).
+        """Start QEMU, as an unprivileged user in its sandbox (see
+        :mod:`pytest_netlab.privileges`). Call from the thread that owns the lab (see
+        ``die_with_parent``).
 
         Raises:
-            QemuError: QEMU could not be started.
+            ConfigError: no unprivileged user for QEMU, or a file it needs that user
+                may not read.
+            QemuError: QEMU could not be started, or runs with privileges.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            self.identity = qemu_identity()
+            files = self._open_files(self.identity)
+        except BaseException:
+            self._close_taps()
+            raise
+        self.files = files  # the numbers stay QEMU's after ours are closed
         qmp_ours, qmp_theirs = socket.socketpair()
         con_ours, con_theirs = socket.socketpair()
         tap_fds = [fd for nic in self.config.nics for fd in nic.fds]
@@ -311,15 +374,18 @@ class QemuMachine:
 
         from .owner import die_with_parent, owner_environment
 
-        self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno())
-        self.log.debug("launch: %s", shlex.join(self.argv))
+        self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno(), self.files)
+        self.log.debug("launch as %s: %s", self.identity.describe(), shlex.join(self.argv))
+        if any(nic.nat and nic.host_ports for nic in self.config.nics):
+            self.log.info("its QEMU may start programs (the relay of NAT host ports): sandbox %s",
+                          sandbox_option(spawn=True))
         try:
             with open(self.qemu_log, "wb") as out:
                 self._proc = subprocess.Popen(
-                    die_with_parent(self.argv), stdin=subprocess.DEVNULL, stdout=out,
+                    die_with_parent(self.argv, self.identity), stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT,
-                    pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds],
-                    env=owner_environment(),
+                    pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds, *self.files.values()],
+                    env=self._environment(owner_environment()), cwd="/",
                 )
         except OSError as exc:
             qmp_ours.close()
@@ -328,14 +394,13 @@ class QemuMachine:
         finally:
             qmp_theirs.close()
             con_theirs.close()
-            # QEMU holds the TAPs now: they vanish with it, however it ends
-            for nic in self.config.nics:
-                for fd in nic.fds:
-                    os.close(fd)
-                nic.fds = []
+            # QEMU holds the TAPs and files now: they vanish with it, however it ends
+            self._close_taps()
+            for fd in files.values():
+                os.close(fd)
         self.launched_at = time.monotonic()
         (self.workdir / "qemu.pid").write_text(f"{self._proc.pid}\n")
-        (self.workdir / "cmdline").write_text(shlex.join(self.argv) + "\n")
+        (self.workdir / "cmdline").write_text(shlex.join(self.argv) + "\n" + self._files_note() + "\n")
         self._console_sock = con_ours
         self._reader = threading.Thread(
             target=self._read_console, name=f"console-{self.name}", daemon=True
@@ -346,9 +411,78 @@ class QemuMachine:
             self._qmp.connect()
         except (QMPError, OSError) as exc:
             raise self._died_error(f"QMP handshake failed ({exc})") from exc
+        self._check_privileges()
         if self.config.incoming is not None:
             self._migration_events()
-            self.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(self.config.incoming))}")
+            # QEMU inherited the state file: its number is the descriptor to read from
+            self.qmp("migrate-incoming", uri=f"fd:{self.files[self.config.incoming]}")
+
+    def _open_files(self, identity: QemuIdentity) -> dict[Path, int]:
+        """Open what QEMU reads from the host (QEMU inherits the descriptors): kernel,
+        initrd, disks and shared directories, which QEMU reopens through
+        ``/dev/fd`` (so their permission bits must let *identity* in), and the saved
+        state, which QEMU reads from the descriptor itself.
+
+        Raises:
+            ConfigError: *identity* may not read one of them.
+        """
+        c = self.config
+        wanted: list[tuple[Path, str, bool]] = [(c.kernel, "kernel", False)]
+        if c.initrd is not None:
+            wanted.append((c.initrd, "initrd", False))
+        for drive in c.drives:
+            disk = drive_file(drive)
+            if disk is not None:
+                wanted.append((disk[0], "disk", False))
+        wanted += [(fs.path, "shared directory", not fs.readonly) for fs in c.shares]
+        files: dict[Path, int] = {}
+        try:
+            for file, what, write in wanted:
+                if file in files:
+                    continue
+                check_readable(identity, file, f"{self.name}: {what}", write=write)
+                directory = os.O_DIRECTORY if file.is_dir() else 0
+                files[file] = os.open(file, os.O_RDONLY | directory | os.O_CLOEXEC)
+            if c.incoming is not None:
+                files[c.incoming] = os.open(c.incoming, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            for fd in files.values():
+                os.close(fd)
+            raise ConfigError(f"{self.name}: cannot open {exc.filename}: {exc.strerror}") from exc
+        except BaseException:
+            for fd in files.values():
+                os.close(fd)
+            raise
+        return files
+
+    def _environment(self, base: dict[str, str]) -> dict[str, str]:
+        """QEMU's environment: *base*, and the relay's source if a NAT NIC needs it."""
+        if any(nic.nat and nic.host_ports for nic in self.config.nics):
+            return {**base, **relay_environment()}
+        return base
+
+    def _files_note(self) -> str:
+        """Which file each ``/dev/fd/N`` of the command line is."""
+        return "# files: " + (", ".join(f"{fd}={file}" for file, fd in self.files.items()) or "none")
+
+    def _close_taps(self) -> None:
+        for nic in self.config.nics:
+            for fd in nic.fds:
+                os.close(fd)
+            nic.fds = []
+
+    def _check_privileges(self) -> None:
+        """Refuse a QEMU that runs as root, without its sandbox or with capabilities.
+
+        Raises:
+            QemuError: it does (it is stopped).
+        """
+        assert self._proc is not None
+        self.privileges = ProcessPrivileges.of(self._proc.pid)
+        problems = self.privileges.problems() if self.privileges is not None else []
+        if problems:
+            self.shutdown()
+            raise QemuError(f"{self.name}: QEMU (pid {self._proc.pid}) {'; '.join(problems)}: refused")
 
     def _migration_events(self) -> None:
         """Have QEMU send MIGRATION events, so that saving and loading a state are
@@ -475,7 +609,7 @@ class QemuMachine:
         output = self.qemu_log.read_text(errors="replace").strip() if self.qemu_log.exists() else ""
         return QemuError(
             f"{self.name}: {what}; QEMU exit status {self.exitcode()}\n"
-            f"command: {shlex.join(self.argv)}\n"
+            f"command: {shlex.join(self.argv)}\n{self._files_note()}\n"
             f"QEMU output:\n{output or '(none)'}\n"
             f"console (last lines):\n{self.console_tail()}"
         )
@@ -562,10 +696,21 @@ class QemuMachine:
         raise self._died_error(f"loading the saved state {self.config.incoming}: QEMU exited") from exc
 
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
-        """Pause the guest and write its whole state to *path* (for ``incoming``)."""
+        """Pause the guest and write its whole state to *path* (for ``incoming``).
+
+        The file is opened here and handed to QEMU over QMP (``getfd``): QEMU's user
+        need not reach *path*, and its sandbox forbids starting a program to write it.
+        """
         self.qmp("stop")
         self._migration_events()
-        self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
+        fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            assert self._qmp is not None
+            self._qmp.send_fd_scm(fd)  # goes with the next command
+            self.qmp("getfd", fdname="state")
+        finally:
+            os.close(fd)  # QEMU has its own copy now, closed when the migration ends
+        self.qmp("migrate", uri="fd:state")
         status = self._wait_migration(timeout)
         if status != "completed":
             raise QemuError(f"{self.name}: saving the guest state to {path}: {status}")

@@ -2,8 +2,10 @@
 
 QEMU runs this file for each connection a guest opens to ``NAT_HOST:PORT``
 (``guestfwd=...-cmd:``), with the connection as stdin and stdout; it joins that
-connection to ``127.0.0.1:PORT`` on the host and to nothing else. It is run as a
-script (``python -I -S relay.py PORT``) and imports only the standard library.
+connection to ``127.0.0.1:PORT`` on the host and to nothing else. QEMU runs as an
+unprivileged user that may not read this package: it runs the system Python on this
+source, which it has in its environment (``python3 -I -S -c ... PORT``, see
+:func:`pytest_netlab.qemu.relay_command`); so it imports only the standard library.
 """
 
 from __future__ import annotations

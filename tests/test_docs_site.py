@@ -5,6 +5,7 @@ diagram is drawn as SVG, and the code the pages include from the tests is on the
 
 from __future__ import annotations
 
+import ast
 import base64
 import functools
 import hashlib
@@ -198,8 +199,15 @@ def test_the_ci_examples_run_the_readme_commands_with_and_without_kvm(example):
 
 
 def test_the_example_tests_need_nothing_but_the_plugin():
-    # the docs include each example file whole: a conftest would be code the reader never sees
-    assert not list(ROOT.glob("conftest.py")) + list((ROOT / "example_tests").rglob("conftest.py"))
+    # the docs include each example file whole: a conftest giving them fixtures would be code
+    # the reader never sees; the root conftest only checks (autouse fixtures of its own)
+    assert not list((ROOT / "example_tests").rglob("conftest.py"))
+    tree = ast.parse((ROOT / "conftest.py").read_text())
+    fixtures = [f for f in tree.body if isinstance(f, ast.FunctionDef) and f.decorator_list]
+    assert fixtures, "the root conftest checks every test"
+    for fixture in fixtures:
+        assert fixture.name.startswith("_"), f"{fixture.name}: a fixture a test could use"
+        assert "autouse=True" in ast.unparse(fixture.decorator_list[0]), fixture.name
 
 
 def test_every_page_is_in_the_nav():

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_netlab import ConfigError, LabError
+from pytest_netlab import ConfigError, LabError, give_to_qemu
 from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.privileges import qemu_identity
 from pytest_netlab.qemu import FsShare
 from pytest_netlab.shares import MAX_SHARES, Share, mount_script, share, shares_of
 
@@ -133,6 +134,7 @@ def test_read_only_is_enforced_by_qemu_and_console_guests_mount_too(netlab, tmp_
     (source / "hello.txt").write_text("from the host\n")
     out = tmp_path / "out"
     out.mkdir()
+    give_to_qemu(out)
     resumed = netlab.vm(
         "h1", shares=[netlab.share(source, "/mnt/src"), netlab.share(out, "/mnt/out", rw=True)]
     )
@@ -145,14 +147,15 @@ def test_read_only_is_enforced_by_qemu_and_console_guests_mount_too(netlab, tmp_
     refused = resumed.ssh("echo x > /mnt/src/new; mkdir /mnt/src/d", check=False)
     assert refused.status != 0 and refused.stderr.count("Read-only file system") == 2
     assert sorted(os.listdir(source)) == ["hello.txt"]
-    # mapped-xattr: the guest sees the owner and mode it set; on the host the file is the
-    # test user's, 0600, with the guest's view in user.virtfs.* attributes
+    # mapped-xattr: the guest sees the owner and mode it set; on the host the file is
+    # QEMU's user's, 0600, with the guest's view in user.virtfs.* attributes
     resumed.ssh("echo data > /mnt/out/f && chown 65534:65534 /mnt/out/f && chmod 4755 /mnt/out/f")
     assert resumed.ssh("stat -c '%u %g %a' /mnt/out/f").stdout == "65534 65534 4755\n"
     resumed.ssh("echo plain > /mnt/out/g")  # the session's umask is 022, as on a cold boot
     assert resumed.ssh("stat -c %a /mnt/out/g").stdout == "644\n"
     host = (out / "f").stat()
-    assert (host.st_uid, host.st_gid, host.st_mode & 0o7777) == (os.getuid(), os.getgid(), 0o600)
+    qemu = qemu_identity()
+    assert (host.st_uid, host.st_gid, host.st_mode & 0o7777) == (qemu.uid, qemu.gid, 0o600)
     assert "user.virtfs.mode" in os.listxattr(out / "f")
     assert island.console_run("cat /mnt/src/hello.txt").stdout == "from the host\n"
 
@@ -170,6 +173,7 @@ def test_a_mount_that_fails_is_a_lab_error_naming_the_guest(netlab, tmp_path, mo
     import pytest_netlab.lab
 
     monkeypatch.setattr(pytest_netlab.lab, "mount_script", lambda _: "mount -t 9p nosuchtag /mnt")
-    netlab.vm("h1", shares={tmp_path: "/mnt/src"})
+    (tmp_path / "src").mkdir()  # tmp_path itself is 0700: QEMU's user may not read it
+    netlab.vm("h1", shares={tmp_path / "src": "/mnt/src"})
     with pytest.raises(LabError, match=r"^h1: mounting its shares failed: .*mount -t 9p nosuchtag"):
         netlab.start()
