@@ -54,7 +54,9 @@ def private_run() -> Iterator[Path]:
     """
     holder = subprocess.Popen(
         ["unshare", "--mount", "--propagation", "private", "sh", "-c",
-         f"mount -t tmpfs netlab-test {NETNS_RUN_DIR} && mount -t tmpfs netlab-test {runtime_base()}"
+         # mode 0755: a tmpfs is world-writable by default, which the runtime base must not be
+         f"mount -t tmpfs -o mode=0755 netlab-test {NETNS_RUN_DIR}"
+         f" && mount -t tmpfs -o mode=0755 netlab-test {runtime_base()}"
          " && echo ready && exec sleep 600"],
         stdout=subprocess.PIPE,
     )
