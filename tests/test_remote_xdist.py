@@ -1,0 +1,196 @@
+"""Suites over several machines with pytest-xdist's own remote execution: an OpenSSH
+server on the loopback, with its own keys and config, stands in for the second machine;
+an inner pytest sends part of the example suite to it with ``--tx ssh=...`` (execnet),
+and afterwards nothing of that run is left (docs/multi-machine.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pytest_netlab.constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
+
+REPO = Path(__file__).resolve().parent.parent
+SSHD = Path("/usr/sbin/sshd")
+# the privilege separation directory compiled into Debian's sshd (its service makes it)
+SSHD_PRIVSEP_DIR = Path("/run/sshd")
+
+# A plugin loaded on the controller and the remote worker alike (``-p remote_probe``: the
+# worker's chdir is on its sys.path): each test writes what the plugin looks like there.
+_PROBE = '''
+import json, os
+from pathlib import Path
+
+import pytest
+
+@pytest.fixture(autouse=True)
+def _probe(request, netlab_config, worker_id):
+    facts = {
+        "pid": os.getpid(), "worker_id": worker_id, "env_worker": os.environ.get("PYTEST_XDIST_WORKER"),
+        "cwd": os.getcwd(), "artifacts": str(netlab_config.artifacts),
+        "header": netlab_config.describe(),
+    }
+    Path(f"probe-{worker_id}.json").write_text(json.dumps(facts))
+    yield
+'''
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _keygen(path: Path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    return path.with_suffix(".pub").read_text().strip()
+
+
+class LoopbackSshd:
+    """``sshd -D`` on 127.0.0.1 and a free port, with host key, authorized_keys and config
+    in *directory*; the system's sshd service is never touched. ``ssh_config`` is the
+    client side: ``ssh -F ssh_config root@127.0.0.1`` logs in as root with its own key."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.port = _free_port()
+        self.ssh_config = directory / "ssh_config"
+        self.log = directory / "sshd.log"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 30.0) -> None:
+        self._write_keys_and_configs()
+        SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+        self.process = subprocess.Popen(
+            [str(SSHD), "-D", "-f", str(self.directory / "sshd_config"), "-p", str(self.port),
+             "-E", str(self.log)],
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + timeout
+        while f"listening on 127.0.0.1 port {self.port}" not in self._log_text():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"sshd did not start listening: {self._log_text()!r}")
+            time.sleep(0.05)
+
+    def _log_text(self) -> str:
+        return self.log.read_text() if self.log.exists() else ""
+
+    def _write_keys_and_configs(self) -> None:
+        d = self.directory
+        host_key = _keygen(d / "host_key")
+        (d / "authorized_keys").write_text(_keygen(d / "client_key") + "\n")
+        (d / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_key}\n")
+        (d / "sshd_config").write_text(
+            f"ListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
+            "PidFile none\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nAllowUsers root\n"
+            "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel INFO\n"
+        )
+        self.ssh_config.write_text(
+            f"Host 127.0.0.1\n  Port {self.port}\n  User root\n  IdentityFile {d / 'client_key'}\n"
+            f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n  GlobalKnownHostsFile /dev/null\n"
+            "  StrictHostKeyChecking yes\n  BatchMode yes\n"
+        )
+
+    def close(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+
+
+@pytest.fixture
+def loopback_sshd(tmp_path: Path) -> Iterator[LoopbackSshd]:
+    if not SSHD.exists() or shutil.which("ssh") is None:
+        pytest.skip("needs Debian's openssh-server and openssh-client (setup.sh installs them)")
+    sshd = LoopbackSshd(tmp_path / "sshd")
+    sshd.directory.mkdir()
+    try:
+        sshd.start()
+        yield sshd
+    finally:
+        sshd.close()
+
+
+def _processes_of_run(testrunuid: str) -> list[int]:
+    """Processes (workers, QEMUs, helpers) that inherited this xdist run's id."""
+    mark = f"PYTEST_XDIST_TESTRUNUID={testrunuid}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit() and int(proc.name) != os.getpid():
+            try:
+                if mark in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def _port_is_free(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) != 0
+
+
+def _run_over_ssh(sshd: LoopbackSshd, scratch: Path, testrunuid: str) -> subprocess.CompletedProcess[str]:
+    # //chdir= a scratch directory: xdist copies pytest itself there (its rsync of pytest's
+    # own package), never into the checkout; the test paths are absolute, the same on
+    # both "machines"
+    tx = f"ssh=root@127.0.0.1//ssh_config={sshd.ssh_config}//python={sys.executable}//chdir={scratch}"
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "netlab", "-p", "remote_probe", "-p", "no:cacheprovider",
+         "-d", "--tx", tx, f"--testrunuid={testrunuid}", "--junitxml=junit-remote.xml",
+         "--netlab-artifacts=artifacts", "-rA", str(REPO / "example_tests" / "test_two_machines.py")],
+        cwd=scratch, capture_output=True, text=True, timeout=900,
+    )
+
+
+def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd, tmp_path):
+    scratch = tmp_path / "run"
+    scratch.mkdir()
+    (scratch / "remote_probe.py").write_text(_PROBE)
+    testrunuid = uuid.uuid4().hex
+
+    result = _run_over_ssh(loopback_sshd, scratch, testrunuid)
+
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    assert "1 passed" in output and "[ssh]" in output  # xdist's "gw0 [ssh] ..." line
+    assert "Accepted publickey for root" in loopback_sshd.log.read_text()
+    # the remote worker: xdist's identity, artifacts under the run's --netlab-artifacts
+    remote = json.loads((scratch / "probe-gw0.json").read_text())
+    assert remote["worker_id"] == remote["env_worker"] == "gw0"
+    assert remote["cwd"] == str(scratch)
+    assert remote["artifacts"] == str(scratch / "artifacts")
+    assert remote["pid"] != os.getpid()
+    # junit XML is written by the controller from the worker's reports
+    suite = ET.parse(scratch / "junit-remote.xml").getroot().find("testsuite")
+    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
+    # nothing left: no process of the run, no lab namespace of the worker, no sshd, no port
+    assert _processes_of_run(testrunuid) == []
+    assert not list(NETNS_RUN_DIR.glob(f"{NAMESPACE_PREFIX}{remote['pid']}-*"))
+    loopback_sshd.close()
+    assert _port_is_free(loopback_sshd.port)
+
+
+def test_the_github_actions_matrix_example_shards_and_merges():
+    """docs/ci/multi-machine.yml: one job per shard, each with its own image cache and its
+    own junit XML and artifacts; a last job merges the junit files."""
+    workflow = yaml.safe_load((REPO / "docs" / "ci" / "multi-machine.yml").read_text())
+    shards = workflow["jobs"]["shard"]
+    matrix = shards["strategy"]["matrix"]
+    assert len(matrix["shard"]) >= 2 and shards["strategy"]["fail-fast"] is False
+    steps = "\n".join(step.get("run", "") + str(step.get("with", "")) for step in shards["steps"])
+    for needed in ("--junitxml", "--netlab-artifacts", "${{ matrix.shard }}", "netlab image build"):
+        assert needed in steps, needed
+    assert workflow["jobs"]["merge"]["needs"] == "shard"
