@@ -142,39 +142,52 @@ def _port_is_free(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) != 0
 
 
-def _run_over_ssh(sshd: LoopbackSshd, scratch: Path, testrunuid: str) -> subprocess.CompletedProcess[str]:
-    # //chdir= a scratch directory: xdist copies pytest itself there (its rsync of pytest's
-    # own package), never into the checkout; the test paths are absolute, the same on
-    # both "machines"
-    tx = f"ssh=root@127.0.0.1//ssh_config={sshd.ssh_config}//python={sys.executable}//chdir={scratch}"
+def _checkout_on_the_second_machine(directory: Path) -> Path:
+    """The second machine's checkout of the project (here: links to this one's files).
+    xdist copies pytest's own package into the worker's ``//chdir=`` (its rsync, which
+    3.x still does for every remote spec), so it is not this working tree."""
+    directory.mkdir()
+    for name in ("pyproject.toml", "example_tests"):
+        (directory / name).symlink_to(REPO / name)
+    (directory / "remote_probe.py").write_text(_PROBE)
+    return directory
+
+
+def _run_over_ssh(sshd: LoopbackSshd, tmp_path: Path, testrunuid: str) -> subprocess.CompletedProcess[str]:
+    checkout = _checkout_on_the_second_machine(tmp_path / "checkout")
+    controller = tmp_path / "controller"
+    controller.mkdir()
+    (controller / "remote_probe.py").write_text(_PROBE)
+    tx = f"ssh=root@127.0.0.1//ssh_config={sshd.ssh_config}//python={sys.executable}//chdir={checkout}"
+    # no test paths: a path the controller sees must lie under an rsync root (deprecated
+    # in xdist 3.x); the worker collects its checkout's testpaths, -k selects
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "netlab", "-p", "remote_probe", "-p", "no:cacheprovider",
          "-d", "--tx", tx, f"--testrunuid={testrunuid}", "--junitxml=junit-remote.xml",
-         "--netlab-artifacts=artifacts", "-rA", str(REPO / "example_tests" / "test_two_machines.py")],
-        cwd=scratch, capture_output=True, text=True, timeout=900,
+         "--netlab-artifacts=artifacts", "-rA", "-k", "h1_and_h2_ping_each_other_over_br1"],
+        cwd=controller, capture_output=True, text=True, timeout=900,
     )
 
 
 def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd, tmp_path):
-    scratch = tmp_path / "run"
-    scratch.mkdir()
-    (scratch / "remote_probe.py").write_text(_PROBE)
     testrunuid = uuid.uuid4().hex
 
-    result = _run_over_ssh(loopback_sshd, scratch, testrunuid)
+    result = _run_over_ssh(loopback_sshd, tmp_path, testrunuid)
 
     output = result.stdout + result.stderr
     assert result.returncode == 0, output
-    assert "1 passed" in output and "[ssh]" in output  # xdist's "gw0 [ssh] ..." line
-    assert "Accepted publickey for root" in loopback_sshd.log.read_text()
+    assert "1 passed" in output
+    assert "Accepted publickey for root" in loopback_sshd.log.read_text()  # the worker came over ssh
     # the remote worker: xdist's identity, artifacts under the run's --netlab-artifacts
-    remote = json.loads((scratch / "probe-gw0.json").read_text())
+    # resolved in the worker's checkout (on its own machine)
+    checkout = tmp_path / "checkout"
+    remote = json.loads((checkout / "probe-gw0.json").read_text())
     assert remote["worker_id"] == remote["env_worker"] == "gw0"
-    assert remote["cwd"] == str(scratch)
-    assert remote["artifacts"] == str(scratch / "artifacts")
+    assert remote["cwd"] == str(checkout)
+    assert remote["artifacts"] == str(checkout / "artifacts")
     assert remote["pid"] != os.getpid()
     # junit XML is written by the controller from the worker's reports
-    suite = ET.parse(scratch / "junit-remote.xml").getroot().find("testsuite")
+    suite = ET.parse(tmp_path / "controller" / "junit-remote.xml").getroot().find("testsuite")
     assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
     # nothing left: no process of the run, no lab namespace of the worker, no sshd, no port
     assert _processes_of_run(testrunuid) == []
