@@ -16,6 +16,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -196,14 +197,40 @@ def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd
     assert _port_is_free(loopback_sshd.port)
 
 
-def test_the_github_actions_matrix_example_shards_and_merges():
+def _workflow() -> dict[str, Any]:
+    workflow: dict[str, Any] = yaml.safe_load((REPO / "docs" / "ci" / "multi-machine.yml").read_text())
+    return workflow
+
+
+def test_the_github_actions_matrix_gives_each_shard_its_cache_junit_and_artifacts():
     """docs/ci/multi-machine.yml: one job per shard, each with its own image cache and its
-    own junit XML and artifacts; a last job merges the junit files."""
-    workflow = yaml.safe_load((REPO / "docs" / "ci" / "multi-machine.yml").read_text())
-    shards = workflow["jobs"]["shard"]
-    matrix = shards["strategy"]["matrix"]
-    assert len(matrix["shard"]) >= 2 and shards["strategy"]["fail-fast"] is False
-    steps = "\n".join(step.get("run", "") + str(step.get("with", "")) for step in shards["steps"])
-    for needed in ("--junitxml", "--netlab-artifacts", "${{ matrix.shard }}", "netlab image build"):
-        assert needed in steps, needed
-    assert workflow["jobs"]["merge"]["needs"] == "shard"
+    own junit XML and artifacts, uploaded even when tests fail."""
+    shards = _workflow()["jobs"]["shard"]
+    assert shards["strategy"]["fail-fast"] is False
+    count = len(shards["strategy"]["matrix"]["shard"])
+    steps = shards["steps"]
+    run = " ".join(step.get("run", "") for step in steps)
+    for needed in (f"--splits {count}", "--group ${{ matrix.shard }}", "--junitxml=shard-${{ matrix.shard }}/",
+                   "--netlab-artifacts=shard-${{ matrix.shard }}/", "./setup.sh"):
+        assert needed in run, needed
+    cache = next(step for step in steps if step.get("uses", "").startswith("actions/cache"))
+    assert cache["with"]["path"].startswith(shards["env"]["NETLAB_CACHE_DIR"])
+    assert "hashFiles('images/**')" in cache["with"]["key"]
+    upload = next(step for step in steps if step.get("uses", "").startswith("actions/upload-artifact"))
+    assert upload["if"] == "always()" and upload["with"]["path"] == "shard-${{ matrix.shard }}"
+
+
+def test_the_merge_job_merges_the_shards_junit_files(pytester: pytest.Pytester):
+    pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass\n")
+    for shard, selection in (("1", "one"), ("2", "two")):
+        pytester.runpytest_inprocess(
+            f"--junitxml=shard-{shard}/junit.xml", "-o", f"junit_suite_name=shard-{shard}", "-k", selection,
+        ).assert_outcomes(passed=1)
+    merge = _workflow()["jobs"]["merge"]
+    assert merge["needs"] == "shard" and merge["if"] == "always()"
+    script = next(step["run"] for step in merge["steps"] if "run" in step)
+
+    subprocess.run(["bash", "-c", script], cwd=pytester.path, check=True)
+
+    suites = ET.parse(pytester.path / "junit.xml").getroot().findall("testsuite")
+    assert [(s.get("name"), s.get("tests")) for s in suites] == [("shard-1", "1"), ("shard-2", "1")]
