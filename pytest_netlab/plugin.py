@@ -11,12 +11,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -176,9 +177,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except NetlabError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if not hasattr(config, "workerinput"):
+    if not hasattr(config, "workerinput") or _remote_worker(config):
         # the xdist controller or a plain run: workers' labs are not made yet, and every
-        # other live run keeps its resources (their owners are alive)
+        # other live run keeps its resources (their owners are alive). A worker started
+        # over ssh (--tx ssh=) may be on a machine of its own: it cleans there
         _remove_leftovers()
     config.stash[_KEEP_KEY] = KeepPolicy(
         on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
@@ -219,6 +221,38 @@ def _terminate_like_ctrl_c(config: pytest.Config) -> None:
         handler = _sigterm_handler(os.getpid())
         signal.signal(signal.SIGTERM, handler)
         config.stash[_SIGTERM_KEY] = handler
+
+
+# the key xdist's controller sets in each worker's workerinput: True for a worker it
+# started through a gateway other than popen (ssh=, socket=): possibly another machine
+_REMOTE_WORKER = "netlab_remote_worker"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's controller, before it starts a worker: tell it how it was started."""
+    node.workerinput[_REMOTE_WORKER] = not node.gateway.spec.popen
+
+
+def _remote_worker(config: pytest.Config) -> bool:
+    workerinput = getattr(config, "workerinput", None)
+    return bool(workerinput and workerinput.get(_REMOTE_WORKER))
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A worker on another machine shows its own header line (the controller's names the
+    controller's machine), on stderr, which its gateway carries back to the controller."""
+    config = session.config
+    if _remote_worker(config):
+        sys.stderr.write(f"{_where(config)}: {pytest_report_header(config)[0].removeprefix('netlab: ')}\n")
+        sys.stderr.flush()
+
+
+def _where(config: pytest.Config) -> str:
+    """"netlab on gw0 (lab2)" on a remote worker, else "netlab"."""
+    if not _remote_worker(config):
+        return "netlab"
+    return f"netlab on {config.workerinput['workerid']} ({socket.gethostname()})"  # type: ignore[attr-defined]
 
 
 def _budget_limits(config: pytest.Config) -> tuple[int | None, int | None]:
@@ -311,7 +345,8 @@ def pytest_runtest_makereport(
         session = item.config.stash.get(_SESSION_KEY, None)
         if labs and session is not None:
             try:
-                evidence = artifacts.collect(labs, _artifacts_dir(item, session, labs))
+                host = socket.gethostname() if _remote_worker(item.config) else None
+                evidence = artifacts.collect(labs, _artifacts_dir(item, session, labs), host)
                 # guest text, shown on the terminal: no escape sequence gets through
                 report.sections.extend((title, printable(text)) for title, text in evidence.sections)
             except Exception as exc:  # evidence must never mask the failure

@@ -48,6 +48,15 @@ def _probe(request, netlab_config, worker_id):
 '''
 
 
+# a lab test that fails on the remote worker: its evidence stays on that machine
+_FAILING = """
+def test_remote_failure(netlab):
+    netlab.vm("h1")
+    netlab.start()
+    assert False, "failed on purpose"
+"""
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -101,8 +110,8 @@ class LoopbackSshd:
         )
         self.ssh_config.write_text(
             f"Host 127.0.0.1\n  Port {self.port}\n  User root\n  IdentityFile {d / 'client_key'}\n"
-            f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n  GlobalKnownHostsFile /dev/null\n"
-            "  StrictHostKeyChecking yes\n  BatchMode yes\n"
+            f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n"
+            "  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
         )
 
     def close(self) -> None:
@@ -151,6 +160,8 @@ def _checkout_on_the_second_machine(directory: Path) -> Path:
     for name in ("pyproject.toml", "example_tests"):
         (directory / name).symlink_to(REPO / name)
     (directory / "remote_probe.py").write_text(_PROBE)
+    (directory / "tests").mkdir()
+    (directory / "tests" / "test_remote_failure.py").write_text(_FAILING)
     return directory
 
 
@@ -159,15 +170,18 @@ def _run_over_ssh(sshd: LoopbackSshd, tmp_path: Path, testrunuid: str) -> subpro
     controller = tmp_path / "controller"
     controller.mkdir()
     (controller / "remote_probe.py").write_text(_PROBE)
+    # --8<-- [start:tx]
     tx = f"ssh=root@127.0.0.1//ssh_config={sshd.ssh_config}//python={sys.executable}//chdir={checkout}"
     # no test paths: a path the controller sees must lie under an rsync root (deprecated
     # in xdist 3.x); the worker collects its checkout's testpaths, -k selects
-    return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "netlab", "-p", "remote_probe", "-p", "no:cacheprovider",
-         "-d", "--tx", tx, f"--testrunuid={testrunuid}", "--junitxml=junit-remote.xml",
-         "--netlab-artifacts=artifacts", "-rA", "-k", "h1_and_h2_ping_each_other_over_br1"],
-        cwd=controller, capture_output=True, text=True, timeout=900,
-    )
+    command = [
+        sys.executable, "-m", "pytest", "-p", "netlab", "-d", "--tx", tx,
+        "--junitxml=junit-remote.xml", "--netlab-artifacts=artifacts",
+        "-k", "h1_and_h2_ping_each_other_over_br1 or remote_failure",
+    ]
+    # --8<-- [end:tx]
+    command += ["-p", "remote_probe", "-p", "no:cacheprovider", f"--testrunuid={testrunuid}", "-rA"]
+    return subprocess.run(command, check=False, cwd=controller, capture_output=True, text=True, timeout=900)
 
 
 def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd, tmp_path):
@@ -176,20 +190,24 @@ def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd
     result = _run_over_ssh(loopback_sshd, tmp_path, testrunuid)
 
     output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    assert "1 passed" in output
+    assert result.returncode == 1 and "1 failed, 1 passed" in output, output
     assert "Accepted publickey for root" in loopback_sshd.log.read_text()  # the worker came over ssh
     # the remote worker: xdist's identity, artifacts under the run's --netlab-artifacts
-    # resolved in the worker's checkout (on its own machine)
+    # resolved in the worker's checkout (on its own machine), its own header line
     checkout = tmp_path / "checkout"
     remote = json.loads((checkout / "probe-gw0.json").read_text())
     assert remote["worker_id"] == remote["env_worker"] == "gw0"
     assert remote["cwd"] == str(checkout)
     assert remote["artifacts"] == str(checkout / "artifacts")
     assert remote["pid"] != os.getpid()
+    assert f"netlab on gw0 ({socket.gethostname()}): {remote['header']}" in output
+    # the failure's evidence: on the worker's machine, named with it in the report
+    evidence = checkout / "artifacts" / "tests_test_remote_failure.py__test_remote_failure"
+    assert (evidence / "README.txt").exists(), sorted((checkout / "artifacts").rglob("*"))
+    assert f"evidence of the failure in {socket.gethostname()}:{evidence}" in output
     # junit XML is written by the controller from the worker's reports
     suite = ET.parse(tmp_path / "controller" / "junit-remote.xml").getroot().find("testsuite")
-    assert suite is not None and suite.get("tests") == "1" and suite.get("failures") == "0"
+    assert suite is not None and (suite.get("tests"), suite.get("failures")) == ("2", "1")
     # nothing left: no process of the run, no lab namespace of the worker, no sshd, no port
     assert _processes_of_run(testrunuid) == []
     assert not list(NETNS_RUN_DIR.glob(f"{NAMESPACE_PREFIX}{remote['pid']}-*"))
@@ -210,8 +228,9 @@ def test_the_github_actions_matrix_gives_each_shard_its_cache_junit_and_artifact
     count = len(shards["strategy"]["matrix"]["shard"])
     steps = shards["steps"]
     run = " ".join(step.get("run", "") for step in steps)
-    for needed in (f"--splits {count}", "--group ${{ matrix.shard }}", "--junitxml=shard-${{ matrix.shard }}/",
-                   "--netlab-artifacts=shard-${{ matrix.shard }}/", "./setup.sh"):
+    shard = "${{ matrix.shard }}"
+    for needed in (f"--splits {count}", f"--group {shard}", f"--junitxml=shard-{shard}/",
+                   f"--netlab-artifacts=shard-{shard}/", "./setup.sh"):
         assert needed in run, needed
     cache = next(step for step in steps if step.get("uses", "").startswith("actions/cache"))
     assert cache["with"]["path"].startswith(shards["env"]["NETLAB_CACHE_DIR"])
