@@ -253,3 +253,12 @@ def test_the_merge_job_merges_the_shards_junit_files(pytester: pytest.Pytester):
 
     suites = ET.parse(pytester.path / "junit.xml").getroot().findall("testsuite")
     assert [(s.get("name"), s.get("tests")) for s in suites] == [("shard-1", "1"), ("shard-2", "1")]
+
+
+def test_local_workers_print_no_header_of_their_own(pytester: pytest.Pytester):
+    # workers on the controller's machine (-n, popen) are described by its header line
+    pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass\n")
+    result = pytester.runpytest_subprocess("-p", "netlab", "-n", "2")
+    result.assert_outcomes(passed=2)
+    assert "netlab on gw" not in result.stdout.str() + result.stderr.str()
+    assert len([line for line in result.outlines if line.startswith("netlab: ")]) == 1
