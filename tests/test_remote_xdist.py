@@ -22,6 +22,7 @@ import pytest
 import yaml
 
 from pytest_netlab.constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
+from pytest_netlab.image import cache_root
 
 REPO = Path(__file__).resolve().parent.parent
 SSHD = Path("/usr/sbin/sshd")
@@ -41,7 +42,7 @@ def _probe(request, netlab_config, worker_id):
     facts = {
         "pid": os.getpid(), "worker_id": worker_id, "env_worker": os.environ.get("PYTEST_XDIST_WORKER"),
         "cwd": os.getcwd(), "artifacts": str(netlab_config.artifacts),
-        "header": netlab_config.describe(),
+        "header": netlab_config.describe(), "cache": os.environ.get("NETLAB_CACHE_DIR"),
     }
     Path(f"probe-{worker_id}.json").write_text(json.dumps(facts))
     yield
@@ -107,11 +108,14 @@ class LoopbackSshd:
             f"ListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
             "PidFile none\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nAllowUsers root\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel INFO\n"
+            "AcceptEnv NETLAB_CACHE_DIR\n"
         )
         self.ssh_config.write_text(
             f"Host 127.0.0.1\n  Port {self.port}\n  User root\n  IdentityFile {d / 'client_key'}\n"
             f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n"
             "  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
+            # ssh carries no environment: the worker's guest image cache is named for it
+            f"  SetEnv NETLAB_CACHE_DIR={cache_root()}\n"
         )
 
     def close(self) -> None:
@@ -200,6 +204,7 @@ def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd
     assert remote["cwd"] == str(checkout)
     assert remote["artifacts"] == str(checkout / "artifacts")
     assert remote["pid"] != os.getpid()
+    assert remote["cache"] == str(cache_root())  # sent over ssh (SetEnv, AcceptEnv)
     assert f"netlab on gw0 ({socket.gethostname()}): {remote['header']}" in output
     # the failure's evidence: on the worker's machine, named with it in the report
     evidence = checkout / "artifacts" / "tests_test_remote_failure.py__test_remote_failure"
