@@ -390,7 +390,9 @@ def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> N
         capman = config.pluginmanager.getplugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
             if worker:  # the controller reads the workers' stdout; their stderr is the user's
-                sys.stderr.write("\n" + hold.text)
+                # a worker over ssh: the labs are on its machine, which the text names
+                where = f"{_where(config)}:\n" if _remote_worker(config) else ""
+                sys.stderr.write("\n" + where + hold.text)
                 sys.stderr.flush()
             else:
                 writer = config.get_terminal_writer()

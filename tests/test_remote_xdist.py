@@ -184,7 +184,8 @@ def _run_over_ssh(sshd: LoopbackSshd, tmp_path: Path, testrunuid: str) -> subpro
         "-k", "h1_and_h2_ping_each_other_over_br1 or remote_failure",
     ]
     # --8<-- [end:tx]
-    command += ["-p", "remote_probe", "-p", "no:cacheprovider", f"--testrunuid={testrunuid}", "-rA"]
+    command += ["-p", "remote_probe", "-p", "no:cacheprovider", f"--testrunuid={testrunuid}", "-rA",
+                "--netlab-keep-on-fail", "--netlab-keep-timeout=1"]
     return subprocess.run(command, check=False, cwd=controller, capture_output=True, text=True, timeout=900)
 
 
@@ -210,6 +211,8 @@ def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd
     evidence = checkout / "artifacts" / "tests_test_remote_failure.py__test_remote_failure"
     assert (evidence / "README.txt").exists(), sorted((checkout / "artifacts").rglob("*"))
     assert f"evidence of the failure in {socket.gethostname()}:{evidence}" in output
+    # --netlab-keep-on-fail: the kept lab is on the worker's machine, and said so
+    assert f"netlab on gw0 ({socket.gethostname()}):\nnetlab: tests/test_remote_failure.py" in output
     # junit XML is written by the controller from the worker's reports
     suite = ET.parse(tmp_path / "controller" / "junit-remote.xml").getroot().find("testsuite")
     assert suite is not None and (suite.get("tests"), suite.get("failures")) == ("2", "1")
