@@ -239,6 +239,17 @@ def _remote_worker(config: pytest.Config) -> bool:
     return bool(workerinput and workerinput.get(_REMOTE_WORKER))
 
 
+def _every_worker_remote(config: pytest.Config) -> bool:
+    """An xdist controller none of whose workers is a popen of this machine."""
+    if hasattr(config, "workerinput") or config.getoption("dist", "no") == "no":
+        return False
+    import execnet
+
+    specs = [spec.split("*", 1)[1] if spec.split("*", 1)[0].isdigit() else spec
+             for spec in config.getoption("tx", None) or []]
+    return bool(specs) and not any(execnet.XSpec(spec).popen for spec in specs)
+
+
 def pytest_sessionstart(session: pytest.Session) -> None:
     """A worker on another machine shows its own header line (the controller's names the
     controller's machine), on stderr, which its gateway carries back to the controller."""
@@ -305,6 +316,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if _every_worker_remote(config):  # this machine runs no lab: no accelerator probe here
+        return ["netlab: every worker is started over --tx (ssh=...): each shows its own line"]
     session = config.stash[_SESSION_KEY]
     try:
         return [f"netlab: {session.describe()}"]

@@ -207,6 +207,7 @@ def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd
     assert remote["pid"] != os.getpid()
     assert remote["cache"] == str(cache_root())  # sent over ssh (SetEnv, AcceptEnv)
     assert f"netlab on gw0 ({socket.gethostname()}): {remote['header']}" in output
+    assert "netlab: every worker is started over --tx (ssh=...): each shows its own line" in output
     # the failure's evidence: on the worker's machine, named with it in the report
     evidence = checkout / "artifacts" / "tests_test_remote_failure.py__test_remote_failure"
     assert (evidence / "README.txt").exists(), sorted((checkout / "artifacts").rglob("*"))
