@@ -265,9 +265,11 @@ def test_the_merge_job_merges_the_shards_junit_files(pytester: pytest.Pytester):
 
 
 def test_local_workers_print_no_header_of_their_own(pytester: pytest.Pytester):
-    # workers on the controller's machine (-n, popen) are described by its header line
+    # workers on the controller's machine (-n, popen) are described by its header line,
+    # which describes the machine
     pytester.makepyfile(test_a="def test_one(): pass\ndef test_two(): pass\n")
     result = pytester.runpytest_subprocess("-p", "netlab", "-n", "2")
     result.assert_outcomes(passed=2)
     assert "netlab on gw" not in result.stdout.str() + result.stderr.str()
-    assert len([line for line in result.outlines if line.startswith("netlab: ")]) == 1
+    headers = [line for line in result.outlines if line.startswith("netlab: ")]
+    assert len(headers) == 1 and headers[0].startswith("netlab: accelerator "), headers
