@@ -251,8 +251,8 @@ def _every_worker_remote(config: pytest.Config) -> bool:
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """A worker on another machine shows its own header line (the controller's names the
-    controller's machine), on stderr, which its gateway carries back to the controller."""
+    """A worker on another machine shows its own header line (the controller's is about
+    the controller's machine), on stderr, which its gateway carries back to the controller."""
     config = session.config
     if _remote_worker(config):
         sys.stderr.write(f"{_where(config)}: {pytest_report_header(config)[0].removeprefix('netlab: ')}\n")
@@ -260,7 +260,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
 
 
 def _where(config: pytest.Config) -> str:
-    """"netlab on gw0 (lab2)" on a remote worker, else "netlab"."""
+    """How this process's lines begin: ``netlab on gw0 (lab2)`` on a remote worker, else
+    ``netlab``."""
     if not _remote_worker(config):
         return "netlab"
     return f"netlab on {config.workerinput['workerid']} ({socket.gethostname()})"  # type: ignore[attr-defined]
