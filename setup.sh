@@ -13,13 +13,16 @@ fi
 apt-get update -q
 # openssh-client: ssh -F / scp -F with a lab's ssh_config (docs/access.md), and Ansible's
 # connection to guests; Ansible itself and testinfra come with the dev extra (pip).
+# openssh-server: its sshd binary only; tests/test_remote_xdist.py starts its own on the
+# loopback, with its own config and keys, as the second machine of `--tx ssh=` (where
+# systemd runs, Debian also enables the ssh service on install: that is the system's)
 # Debian's chromium and chromium-driver (Ubuntu has them only as snaps: there the docs site's
 # browser test skips, saying so)
 browser=""
 if apt-cache show chromium-driver >/dev/null 2>&1; then browser="chromium chromium-driver"; fi
 # shellcheck disable=SC2046,SC2086
 apt-get install -y -q --no-install-recommends \
-    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux openssh-client $browser \
+    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux openssh-client openssh-server $browser \
     $(grep -v '^[[:space:]]*#' images/packages.txt)
 # QEMU never runs as root: a system user of its own (docs/security.md, "QEMU's
 # privileges"), in the kvm group where there is one so that KVM stays usable

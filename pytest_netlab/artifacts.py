@@ -212,10 +212,11 @@ def _namespace(lab: Lab, directory: Path, evidence: Evidence) -> str:
     return "\n".join([f"files: {directory}", *outputs])
 
 
-def collect(labs: Iterable[Lab], directory: Path) -> Evidence:
+def collect(labs: Iterable[Lab], directory: Path, host: str | None = None) -> Evidence:
     """Write the evidence of every guest of *labs* and of their namespaces under
     *directory*; return it with the report sections. Never raises for a guest or
-    command that fails: that is noted instead."""
+    command that fails: that is noted instead. *host*: the machine the report names
+    (an xdist worker on another machine), as in ``host:directory``."""
     evidence = Evidence(directory)
     labs = list(labs)
     started = time.monotonic()
@@ -245,7 +246,8 @@ def collect(labs: Iterable[Lab], directory: Path) -> Evidence:
                 _copy(extra, base / extra.name)
             except (OSError, ValueError) as exc:
                 evidence.problems.append(f"{extra}: not copied: {exc}")
-    summary = [f"evidence of the failure in {directory} ({time.monotonic() - started:.1f} s)"]
+    where = f"{host}:{directory}" if host else str(directory)
+    summary = [f"evidence of the failure in {where} ({time.monotonic() - started:.1f} s)"]
     summary += [f"problem: {p}" for p in evidence.problems]
     evidence.sections.insert(0, ("netlab artifacts", "\n".join(summary)))
     _write(directory / "README.txt", "\n".join(summary) + "\n")

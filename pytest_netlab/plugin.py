@@ -11,12 +11,13 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -177,9 +178,10 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     except NetlabError as exc:
         raise pytest.UsageError(str(exc)) from None
-    if not hasattr(config, "workerinput"):
+    if not hasattr(config, "workerinput") or _remote_worker(config):
         # the xdist controller or a plain run: workers' labs are not made yet, and every
-        # other live run keeps its resources (their owners are alive)
+        # other live run keeps its resources (their owners are alive). A worker started
+        # over ssh (--tx ssh=) may be on a machine of its own: it cleans there
         config.stash[_LEFTOVERS_KEY] = _remove_leftovers()
     config.stash[_KEEP_KEY] = KeepPolicy(
         on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
@@ -220,6 +222,50 @@ def _terminate_like_ctrl_c(config: pytest.Config) -> None:
         handler = _sigterm_handler(os.getpid())
         signal.signal(signal.SIGTERM, handler)
         config.stash[_SIGTERM_KEY] = handler
+
+
+# the key xdist's controller sets in each worker's workerinput: True for a worker it
+# started through a gateway other than popen (ssh=, socket=): possibly another machine
+_REMOTE_WORKER = "netlab_remote_worker"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """xdist's controller, before it starts a worker: tell it how it was started."""
+    node.workerinput[_REMOTE_WORKER] = not node.gateway.spec.popen
+
+
+def _remote_worker(config: pytest.Config) -> bool:
+    workerinput = getattr(config, "workerinput", None)
+    return bool(workerinput and workerinput.get(_REMOTE_WORKER))
+
+
+def _every_worker_remote(config: pytest.Config) -> bool:
+    """An xdist controller none of whose workers is a popen of this machine."""
+    if hasattr(config, "workerinput") or config.getoption("dist", "no") == "no":
+        return False
+    import execnet
+
+    specs = [spec.split("*", 1)[1] if spec.split("*", 1)[0].isdigit() else spec
+             for spec in config.getoption("tx", None) or []]
+    return bool(specs) and not any(execnet.XSpec(spec).popen for spec in specs)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A worker on another machine shows its own header line (the controller's is about
+    the controller's machine), on stderr, which its gateway carries back to the controller."""
+    config = session.config
+    if _remote_worker(config):
+        sys.stderr.write(f"{_where(config)}: {pytest_report_header(config)[0].removeprefix('netlab: ')}\n")
+        sys.stderr.flush()
+
+
+def _where(config: pytest.Config) -> str:
+    """How this process's lines begin: ``netlab on gw0 (lab2)`` on a remote worker, else
+    ``netlab``."""
+    if not _remote_worker(config):
+        return "netlab"
+    return f"netlab on {config.workerinput['workerid']} ({socket.gethostname()})"  # type: ignore[attr-defined]
 
 
 def _budget_limits(config: pytest.Config) -> tuple[int | None, int | None]:
@@ -274,6 +320,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    if _every_worker_remote(config):  # this machine runs no lab: no accelerator probe here
+        return ["netlab: every worker is started over --tx (ssh=...): each shows its own line"]
     session = config.stash[_SESSION_KEY]
     removed = [f"netlab: {line}" for line in config.stash.get(_LEFTOVERS_KEY, [])]
     try:
@@ -315,7 +363,8 @@ def pytest_runtest_makereport(
         session = item.config.stash.get(_SESSION_KEY, None)
         if labs and session is not None:
             try:
-                evidence = artifacts.collect(labs, _artifacts_dir(item, session, labs))
+                host = socket.gethostname() if _remote_worker(item.config) else None
+                evidence = artifacts.collect(labs, _artifacts_dir(item, session, labs), host)
                 # guest text, shown on the terminal: no escape sequence gets through
                 report.sections.extend((title, printable(text)) for title, text in evidence.sections)
             except Exception as exc:  # evidence must never mask the failure
@@ -359,7 +408,9 @@ def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> N
         capman = config.pluginmanager.getplugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
             if worker:  # the controller reads the workers' stdout; their stderr is the user's
-                sys.stderr.write("\n" + hold.text)
+                # a worker over ssh: the labs are on its machine, which the text names
+                where = f"{_where(config)}:\n" if _remote_worker(config) else ""
+                sys.stderr.write("\n" + where + hold.text)
                 sys.stderr.flush()
             else:
                 writer = config.get_terminal_writer()
