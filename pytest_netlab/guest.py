@@ -48,11 +48,10 @@ def _check_remote_path(remote: object) -> None:
 class VM:
     """A guest of the lab. Usable once ``lab.start()`` has returned."""
 
-    def __init__(self, lab: Lab, spec: GuestSpec, number: int, macs: list[str], taps: list[str]) -> None:
+    def __init__(self, lab: Lab, spec: GuestSpec, macs: list[str], taps: list[str]) -> None:
         self.lab = lab
         self.spec = spec
         self.name = spec.name
-        self.number = number
         self.macs = macs
         self.taps = taps
         self.machine: QemuMachine | None = None

@@ -80,7 +80,6 @@ class GuestImage:
     hash: str
     kernel_version: str
     modules: frozenset[str]
-    bzimage: Path
 
     def has_modules(self, names: Iterable[str]) -> bool:
         """True if this image's kernel has every module in ``names`` (built in or as a file)."""
@@ -228,7 +227,6 @@ def _load(path: Path, variant: str, digest: str) -> GuestImage:
         hash=digest,
         kernel_version=(path / "kernel-version").read_text().strip(),
         modules=frozenset(modules),
-        bzimage=path / "vmlinuz",
     )
 
 

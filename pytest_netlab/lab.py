@@ -361,7 +361,7 @@ class Lab:
         self._macs.update(macs)
         self._taps.update(taps)
         cls = Router if role == "router" else VM
-        vm = cls(self, spec, number, macs, taps)
+        vm = cls(self, spec, macs, taps)
         self.vms[name] = vm
         return vm
 

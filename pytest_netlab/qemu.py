@@ -194,7 +194,6 @@ class MachineConfig:
     accel: str = "tcg"
     nics: list[NicConfig] = field(default_factory=list)
     management: bool = True
-    extra_args: list[str] = field(default_factory=list)
     drives: list[str] = field(default_factory=list)
     incoming: Path | None = None  # a saved state to resume instead of booting
     numa: bool = False  # guest RAM from a memory backend, as one NUMA node
@@ -225,7 +224,6 @@ class QemuMachine:
         self.console_limit = console_limit
         self.console_lines: deque[str] = deque(maxlen=CONSOLE_LINES_KEPT)
         self.console_seen = 0
-        self.errors: list[str] = []
         # notified for every console line and when the console closes: all waiting for
         # the guest's output goes through _await_console()
         self._console_changed = threading.Condition()
@@ -293,7 +291,6 @@ class QemuMachine:
             # started over QMP once MIGRATION events are on (see launch): events sent
             # while QMP is being negotiated would break the handshake
             argv += ["-incoming", "defer"]
-        argv += c.extra_args
         return argv
 
     def launch(self) -> None:
@@ -399,8 +396,6 @@ class QemuMachine:
             if line.startswith(HOSTKEY_MARK):
                 self._printed_host_key(line[len(HOSTKEY_MARK):].strip())
             elif line.startswith(ERROR_MARK):
-                if len(self.errors) < CONSOLE_LINES_KEPT:
-                    self.errors.append(line[len(ERROR_MARK):])
                 self.log.warning("guest reported: %s", printable(line[len(ERROR_MARK):]))
             elif line.strip() == READY_MARK and not self.ready_at:
                 self.ready_at = time.monotonic()
