@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .constants import GUEST_MEMORY_RANGE
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -43,13 +44,14 @@ def parse_memory(value: object, what: str = "netlab max memory") -> int:
     """MiB from ``4096``, ``"4096M"`` or ``"4G"``.
 
     Raises:
-        ConfigError: not a size, or below 96 MiB (one guest).
+        ConfigError: not a size, or below the smallest guest (``GUEST_MEMORY_RANGE``).
     """
     match = _SIZE.match(str(value)) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
     mib = int(match[1]) * (1024 if (match[2] or "M")[0].upper() == "G" else 1) if match else 0
-    if mib < 96:
+    smallest = GUEST_MEMORY_RANGE[0]
+    if mib < smallest:
         raise ConfigError(
-            f"{what} {value!r} is not accepted: give MiB (e.g. 4096) or G (e.g. 4G), at least 96"
+            f"{what} {value!r} is not accepted: give MiB (e.g. 4096) or G (e.g. 4G), at least {smallest}"
         )
     return mib
 

@@ -15,5 +15,10 @@ PCAP_MODES = ("off", "on-failure", "always")
 NAMESPACE_PREFIX = "netlab-"
 #: where `ip netns` (and pyroute2) keep named network namespaces
 NETNS_RUN_DIR = Path("/run/netns")
+#: MiB of memory a guest may have (the default image needs about 80 MiB to boot), and its default
+GUEST_MEMORY_RANGE = (96, 65536)
+GUEST_MEMORY_DEFAULT = 128
+#: virtual CPUs a guest may have
+GUEST_CPU_RANGE = (1, 64)
 #: the address that a NAT NIC's host ports have in the guest (netlab.nat(host_ports=...))
 NAT_HOST = "10.0.2.100"

@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import validation
 from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
+from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE
 from .errors import ConfigError
 
 if TYPE_CHECKING:
@@ -77,7 +78,7 @@ class NodeSpec:
     links: tuple[LinkSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
     forwarding: bool = False
-    memory: int = 128
+    memory: int = GUEST_MEMORY_DEFAULT
     cpus: int = 1
     gateway: str | None = None  # "auto", a router's name or an address (address plan)
 
@@ -193,8 +194,10 @@ class Topology:
             raise ConfigError(f"{where}: forwarding {forwarding!r} is not accepted: give true or false")
         return NodeSpec(
             name, role, tuple(links), tuple(routes), forwarding,
-            validation.int_in_range(raw.get("memory", 128), 64, 65536, "memory", " MiB"),
-            validation.int_in_range(raw.get("cpus", 1), 1, 64, "cpus"),
+            validation.int_in_range(
+                raw.get("memory", GUEST_MEMORY_DEFAULT), *GUEST_MEMORY_RANGE, "memory", " MiB"
+            ),
+            validation.int_in_range(raw.get("cpus", 1), *GUEST_CPU_RANGE, "cpus"),
             check_gateway(raw.get("gateway"), name),
         )
 

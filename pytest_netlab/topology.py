@@ -10,11 +10,10 @@ from pathlib import Path
 
 from . import validation
 from .addressing import check_gateway
+from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE
 from .errors import ConfigError
 from .shares import Share
 
-MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
-CPU_RANGE = (1, 64)
 QUEUE_RANGE = (1, 16)
 
 
@@ -82,7 +81,7 @@ class GuestSpec:
     name: str
     role: str = "host"
     nics: list[NicSpec] = field(default_factory=list)
-    memory: int = 128
+    memory: int = GUEST_MEMORY_DEFAULT
     cpus: int = 1
     kernel: Path | None = None
     initrd: Path | None = None
@@ -98,8 +97,10 @@ class GuestSpec:
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
-        validation.int_in_range(self.memory, *MEMORY_RANGE, what=f"memory of {self.name!r}", unit=" MiB")
-        validation.int_in_range(self.cpus, *CPU_RANGE, what=f"CPU count of {self.name!r}")
+        validation.int_in_range(
+            self.memory, *GUEST_MEMORY_RANGE, what=f"memory of {self.name!r}", unit=" MiB"
+        )
+        validation.int_in_range(self.cpus, *GUEST_CPU_RANGE, what=f"CPU count of {self.name!r}")
         for flag in ("network", "numa", "aslr"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(
