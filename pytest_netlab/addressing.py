@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import validation
 from .errors import ConfigError
-from .qemu import MGMT_NET
+from .guest_protocol import MGMT_NET
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface

@@ -47,13 +47,6 @@ DEFAULT_VARIANT = "cloud"
 GENERIC_ONLY_MODULES: frozenset[str] = frozenset(
     {"e1000", "e1000e", "8139cp", "8139too", "9p", "9pnet_virtio"}
 )
-#: QEMU NIC model -> guest modules that drive it (virtio is always loaded)
-NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
-    "virtio-net-pci": (),
-    "e1000": ("e1000",),
-    "e1000e": ("e1000e",),
-    "rtl8139": ("8139cp",),
-}
 #: environment variable that forces one variant for every guest
 VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
 #: where Debian keeps the administrator's tools the recipe runs (depmod, modprobe); a

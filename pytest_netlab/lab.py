@@ -36,22 +36,16 @@ from .budget import Budget, Claim
 from .constants import NAMESPACE_PREFIX
 from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
+from .guest_protocol import MGMT_MAC, GuestHostKey, config_line, guest_cmdline, nic_modules
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
+from .nicmodels import DEFAULT_NIC_MODEL
 from .pcap import Capture, tcpdump_argv, wait_listening
-from .qemu import MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
+from .qemu import FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
 from .shares import SHARE_MODULES, Share, mount_script, share_tag, shares_of
 from .shares import share as checked_share
 from .ssh import SessionKey, SSHSession
-from .templates import (
-    GuestHostKey,
-    Layout,
-    NicLayout,
-    TemplateStore,
-    config_line,
-    guest_cmdline,
-    nic_modules,
-)
+from .templates import Layout, NicLayout, TemplateStore
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
 from .untrusted import DEFAULT_OUTPUT_LIMIT
 
@@ -146,7 +140,7 @@ class Lab:
         return bridge
 
     def nat(
-        self, *, model: str = "virtio-net-pci", mac: str | None = None,
+        self, *, model: str = DEFAULT_NIC_MODEL, mac: str | None = None,
         host_ports: Sequence[int] = (), outside: bool = False,
     ) -> NicSpec:
         """A user-mode (slirp) NAT NIC, for ``nics=[...]``: the guest gets 10.0.2.15 by

@@ -49,6 +49,7 @@ from . import validation
 from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
 from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE
 from .errors import ConfigError
+from .nicmodels import DEFAULT_NIC_MODEL
 
 if TYPE_CHECKING:
     from .guest import VM
@@ -62,7 +63,7 @@ class LinkSpec:
     bridge: str
     address: str | None = None  # with prefix length, e.g. 10.20.10.1/24
     mac: str | None = None
-    model: str = "virtio-net-pci"
+    model: str = DEFAULT_NIC_MODEL
 
 
 @dataclass(frozen=True)
@@ -171,9 +172,8 @@ class Topology:
                 explicit_addresses(link["address"], bridge, self._subnets(bridge))
             if link.get("mac") is not None:
                 validation.mac_address(link["mac"])
-            validation.nic_model(link.get("model", "virtio-net-pci"))
-            links.append(LinkSpec(bridge, link.get("address"), link.get("mac"),
-                                  link.get("model", "virtio-net-pci")))
+            model = validation.nic_model(link.get("model", DEFAULT_NIC_MODEL))
+            links.append(LinkSpec(bridge, link.get("address"), link.get("mac"), model))
         routes: list[RouteSpec] = []
         for raw_route in _list(raw.get("routes", []), f"{where} routes"):
             route = _table(raw_route, f"{where} route")

@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from .constants import NAT_HOST
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
+from .guest_protocol import ERROR_MARK, HOST_KEY_LINE, HOSTKEY_MARK, MGMT_MAC, MGMT_NET, READY_MARK
+from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .untrusted import DEFAULT_OUTPUT_LIMIT, printable
 
 if TYPE_CHECKING:
@@ -38,16 +40,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
-READY_MARK = "NETLAB-READY"
-HOSTKEY_MARK = "NETLAB-HOSTKEY "
-ERROR_MARK = "NETLAB-ERROR "
-MGMT_NET = "100.127.255.0/24"
-MGMT_GUEST_ADDR = "100.127.255.15/24"
-MGMT_MAC = "02:6e:6c:00:00:01"
 #: seconds a QEMU whose QMP dropped while loading a state gets to exit (see _incoming_outcome)
 INCOMING_EXIT_GRACE = 5.0
-# a host key as the guest prints it: "ssh-ed25519 AAAA...", nothing else
-_HOST_KEY = re.compile(r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,2}$")
 # what a guest's console may cost the host: lines kept in memory, and the longest line
 # (output without newlines is cut into lines of this length)
 CONSOLE_LINES_KEPT = 2000
@@ -152,7 +146,7 @@ class NicConfig:
     """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""
 
     mac: str
-    model: str = "virtio-net-pci"
+    model: str = DEFAULT_NIC_MODEL
     fds: list[int] = field(default_factory=list)
     vectors: int | None = None
     nat: bool = False  # a user-mode (slirp) NAT NIC instead of a TAP: no fds
@@ -269,7 +263,7 @@ class QemuMachine:
             else:
                 argv += ["-netdev", f"tap,id=lab{i},fd={nic.fds[0]},vhost=off"]
             device = f"{nic.model},netdev=lab{i},mac={nic.mac},romfile="
-            if nic.model == "virtio-net-pci" and len(nic.fds) > 1:
+            if NIC_MODELS[nic.model].multiqueue and len(nic.fds) > 1:
                 vectors = nic.vectors if nic.vectors is not None else 2 * len(nic.fds) + 2
                 device += f",mq=on,vectors={vectors}"
             argv += ["-device", device]
@@ -408,7 +402,7 @@ class QemuMachine:
         if self._host_key_fixed:
             if key != self.host_key:
                 self.log.warning("ignored a NETLAB-HOSTKEY line printed after boot: %s", printable(key[:80]))
-        elif _HOST_KEY.match(key):
+        elif HOST_KEY_LINE.match(key):
             self.host_key = key
         else:
             self.log.warning("ignored a malformed NETLAB-HOSTKEY line: %s", printable(key[:80]))

@@ -12,6 +12,7 @@ from . import validation
 from .addressing import check_gateway
 from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE
 from .errors import ConfigError
+from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .shares import Share
 
 QUEUE_RANGE = (1, 16)
@@ -27,7 +28,7 @@ class NicSpec:
     """
 
     bridge: str | None
-    model: str = "virtio-net-pci"
+    model: str = DEFAULT_NIC_MODEL
     mac: str | None = None
     tap: str | None = None
     queues: int = 1
@@ -54,10 +55,11 @@ class NicSpec:
         if self.tap is not None:
             validation.interface_name(self.tap, "TAP name")
         validation.int_in_range(self.queues, *QUEUE_RANGE, what="queue count")
-        if self.queues > 1 and self.model != "virtio-net-pci":
+        if self.queues > 1 and not NIC_MODELS[self.model].multiqueue:
+            multiqueue = ", ".join(m.name for m in NIC_MODELS.values() if m.multiqueue)
             raise ConfigError(
                 f"queues={self.queues} is not accepted for NIC model {self.model!r}: "
-                "only virtio-net-pci has multiqueue"
+                f"only {multiqueue} has multiqueue"
             )
         if self.vectors is not None:
             validation.int_in_range(self.vectors, 1, 1024, what="MSI-X vector count")
