@@ -28,6 +28,7 @@ from filelock import FileLock
 
 from .constants import GUEST_MEMORY_RANGE
 from .errors import ConfigError
+from .owner import process_stat
 
 log = logging.getLogger(__name__)
 
@@ -82,13 +83,10 @@ def guest_cost(memory_mib: int) -> int:
 
 
 def process_start(pid: int) -> str | None:
-    """A process's start time (field 22 of /proc/PID/stat), ``None`` if it is gone or a
-    zombie: with the pid it names one process, even after the pid is reused."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+    """A process's start time (see :mod:`pytest_netlab.owner`), ``None`` if it is gone or
+    a zombie: with the pid it names one process, even after the pid is reused."""
+    stat = process_stat(pid)
+    return None if stat is None or stat[0] in ("Z", "X") else str(stat[1])
 
 
 def available_memory() -> int:

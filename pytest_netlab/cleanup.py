@@ -26,7 +26,9 @@ from pathlib import Path
 
 from .constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
 from .owner import (
+    TAG_PATTERN,
     Owner,
+    is_running,
     kill_netns_processes,
     namespace_owner,
     owners_dir,
@@ -37,9 +39,9 @@ from .untrusted import printable
 log = logging.getLogger(__name__)
 
 _NS_NAME = re.compile(rf"^{re.escape(NAMESPACE_PREFIX)}(?P<pid>\d+)-\S+$")
-_RUNTIME_NAME = re.compile(r"^(?P<owner>\d+-\d+)-")
-_BUILD_NAME = re.compile(r"^build-(?P<owner>\d+-\d+)$")
-_PART_NAME = re.compile(r"^.+\.(?P<owner>\d+-\d+)\.part$")
+_RUNTIME_NAME = re.compile(rf"^(?P<owner>{TAG_PATTERN})-")
+_BUILD_NAME = re.compile(rf"^build-(?P<owner>{TAG_PATTERN})$")
+_PART_NAME = re.compile(rf"^.+\.(?P<owner>{TAG_PATTERN})\.part$")
 
 
 @dataclass
@@ -90,13 +92,7 @@ def _lab_file_owner_gone(runtime_base: Path, name: str) -> bool:
     owner = namespace_owner(runtime_base, name)
     if owner is not None:
         return _gone(owner)
-    try:
-        os.kill(int(match["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not is_running(int(match["pid"]))
 
 
 def _remove_namespace(name: str) -> None:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .budget import QEMU_OVERHEAD_MIB
-from .constants import GUEST_MEMORY_DEFAULT
+from .constants import GUEST_MEMORY_DEFAULT, NAMESPACE_PREFIX
 from .errors import NetlabError
 
 
@@ -79,7 +79,7 @@ def _tun() -> Check:
 def _namespaces() -> Check:
     from .netns import LabNamespace
 
-    namespace = LabNamespace(f"netlab-{os.getpid()}-doctor")
+    namespace = LabNamespace(f"{NAMESPACE_PREFIX}{os.getpid()}-doctor")
     try:
         namespace.create()
         namespace.add_bridge("br-doctor")

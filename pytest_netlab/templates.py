@@ -26,6 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from .constants import NAMESPACE_PREFIX
 from .errors import LabError
 from .guest_protocol import TEMPLATE_MARK, guest_cmdline
 from .image import PRUNE_AFTER_DAYS, GuestImage
@@ -154,7 +155,7 @@ class TemplateStore:
     def _make(self, layout: Layout, image: GuestImage, path: Path, boot_timeout: float) -> None:
         owner = Owner.me().tag  # the names cleanup knows the owner by (see .cleanup)
         workdir = self.root / f"build-{owner}"
-        namespace = LabNamespace(f"netlab-{os.getpid()}-tpl{secrets.token_hex(3)}")
+        namespace = LabNamespace(f"{NAMESPACE_PREFIX}{os.getpid()}-tpl{secrets.token_hex(3)}")
         config = self.machine_config(layout, image, "template")
         machine: QemuMachine | None = None
         partial = path.with_suffix(f".{owner}.part")
