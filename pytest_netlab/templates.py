@@ -24,12 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from .constants import NAMESPACE_PREFIX
 from .errors import LabError
 from .guest_protocol import TEMPLATE_MARK, guest_cmdline
 from .image import PRUNE_AFTER_DAYS, GuestImage
+from .locks import unless_locked
 from .netns import LabNamespace
 from .owner import Owner
 from .qemu import FsShare, MachineConfig, NicConfig, QemuMachine
@@ -140,16 +141,10 @@ class TemplateStore:
                     continue
             except FileNotFoundError:
                 continue
-            lock = FileLock(str(state) + ".lock")
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
-            try:
-                state.unlink(missing_ok=True)
-                removed.append(state)
-            finally:
-                lock.release()
+            with unless_locked(FileLock(str(state) + ".lock")) as held:
+                if held:
+                    state.unlink(missing_ok=True)
+                    removed.append(state)
         return removed
 
     def _make(self, layout: Layout, image: GuestImage, path: Path, boot_timeout: float) -> None:
