@@ -99,6 +99,12 @@ def guest_ifname(index: int) -> str:
     return f"eth{index}"
 
 
+def guest_ifindex(name: str) -> int | None:
+    """The index of ``nics=`` that the guest's interface *name* is (``eth2``: 2), else ``None``."""
+    number = name.removeprefix("eth")
+    return int(number) if number != name and number.isdigit() else None
+
+
 def nic_modules(models: Sequence[str]) -> list[str]:
     """The guest kernel modules that drive NICs of *models*, beyond :data:`INIT_MODULES`."""
     return sorted({m for model in models for m in NIC_MODELS[model].modules if m not in INIT_MODULES})

@@ -49,6 +49,7 @@ from . import validation
 from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
 from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE
 from .errors import ConfigError
+from .guest_protocol import guest_ifname
 from .nicmodels import DEFAULT_NIC_MODEL
 
 if TYPE_CHECKING:
@@ -248,8 +249,8 @@ class Topology:
             if link.bridge in planned:
                 continue
             if link.address:
-                commands.append(f"ip addr add {shlex.quote(link.address)} dev eth{index}")
-            commands.append(f"ip link set eth{index} up")
+                commands.append(f"ip addr add {shlex.quote(link.address)} dev {guest_ifname(index)}")
+            commands.append(f"ip link set {guest_ifname(index)} up")
         for route in node.routes:
             six = "-6 " if ":" in route.via else ""
             commands.append(f"ip {six}route add {shlex.quote(route.to)} via {shlex.quote(route.via)}")
@@ -271,7 +272,7 @@ class Topology:
             lines.append(f"    {_id(node.name)}{shape[0]}{node.name} ({node.role}){extra}{shape[1]}")
         for node in self.nodes.values():
             for index, link in enumerate(node.links):
-                label = f"eth{index}" + (f" {link.address}" if link.address else "")
+                label = guest_ifname(index) + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
 

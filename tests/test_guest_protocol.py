@@ -49,3 +49,10 @@ def test_the_console_marks_are_the_ones_init_prints():
     for mark in (protocol.HOSTKEY_MARK, protocol.ERROR_MARK):
         assert f'say "{mark}$' in INIT
     assert f"{protocol.MGMT_IFNAME}" in INIT and protocol.guest_ifname(3) == "eth3"
+
+
+def test_interface_names_and_indexes_round_trip():
+    for index in (0, 1, 12):
+        assert protocol.guest_ifindex(protocol.guest_ifname(index)) == index
+    for name in ("eth", "mgmt0", "eth1a", "veth0", "vport11"):
+        assert protocol.guest_ifindex(name) is None
