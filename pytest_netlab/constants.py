@@ -4,13 +4,19 @@ plugin is loaded in every run of a project that installs pytest-netlab, labs or 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal, get_args
 
 #: --netlab-accel / netlab_accel
 ACCEL_CHOICES = ("auto", "kvm", "tcg")
 #: --netlab-boot / netlab_boot: resumed from a saved state, or a full kernel boot
-BOOT_MODES = ("snapshot", "cold")
+BootMode = Literal["snapshot", "cold"]
+BOOT_MODES: tuple[BootMode, ...] = get_args(BootMode)
 #: --netlab-pcap
-PCAP_MODES = ("off", "on-failure", "always")
+PcapMode = Literal["off", "on-failure", "always"]
+PCAP_MODES: tuple[PcapMode, ...] = get_args(PcapMode)
+#: what a guest is: a Router has forwarding switches (lab.router(), role = "router" in a topology)
+Role = Literal["host", "router"]
+ROLES: tuple[Role, ...] = get_args(Role)
 #: a lab's network namespace is netlab-<owner pid>-<lab number>
 NAMESPACE_PREFIX = "netlab-"
 #: where `ip netns` (and pyroute2) keep named network namespaces

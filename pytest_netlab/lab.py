@@ -33,7 +33,7 @@ from .addressing import (
 )
 from .bridge import Bridge
 from .budget import Budget, Claim
-from .constants import NAMESPACE_PREFIX
+from .constants import NAMESPACE_PREFIX, BootMode, Role
 from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
 from .guest_protocol import MGMT_MAC, GuestHostKey, config_line, guest_cmdline, nic_modules
@@ -62,7 +62,7 @@ class LabSettings:
     """How a lab boots its guests; the plugin fills it from options and ini values."""
 
     accel: str = "tcg"
-    boot: str = "snapshot"  # or "cold": see pytest_netlab.templates
+    boot: BootMode = "snapshot"  # or "cold": see pytest_netlab.templates
     templates: TemplateStore | None = None
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
@@ -248,7 +248,7 @@ class Lab:
         return found
 
     def vm(
-        self, name: str, nics: Sequence[Bridge | NicSpec] = (), *, role: str = "host",
+        self, name: str, nics: Sequence[Bridge | NicSpec] = (), *, role: Role = "host",
         memory: int = 128, cpus: int = 1, kernel: str | Path | None = None,
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,

@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import validation
 from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
-from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE
+from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
 from .errors import ConfigError
 from .guest_protocol import guest_ifname
 from .nicmodels import DEFAULT_NIC_MODEL
@@ -56,7 +56,6 @@ if TYPE_CHECKING:
     from .guest import VM
     from .lab import Lab
 
-ROLES = ("host", "router")
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ class RouteSpec:
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    role: str = "host"
+    role: Role = "host"
     links: tuple[LinkSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
     forwarding: bool = False

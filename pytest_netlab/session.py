@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .constants import BootMode, PcapMode
 from .errors import LabError
 from .owner import Owner
 from .trust import trusted_directory
@@ -48,10 +49,10 @@ class NetlabSession:
     """Created once per pytest process; ``close()`` removes the key and runtime dir."""
 
     accel_request: str = "auto"
-    boot: str = "snapshot"
+    boot: BootMode = "snapshot"
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
-    pcap: str = "off"  # "off", "on-failure" or "always" (constants.PCAP_MODES)
+    pcap: PcapMode = "off"
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
     max_guests: int | None = None  # --netlab-max-guests: guests booting at once, machine-wide
     max_memory: int | None = None  # --netlab-max-memory: MiB of guests, machine-wide

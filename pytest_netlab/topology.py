@@ -10,7 +10,7 @@ from pathlib import Path
 
 from . import validation
 from .addressing import check_gateway
-from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE
+from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
 from .errors import ConfigError
 from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .shares import Share
@@ -81,7 +81,7 @@ class GuestSpec:
     """One guest: its NICs in order, its size, and optionally its own kernel and disk."""
 
     name: str
-    role: str = "host"
+    role: Role = "host"
     nics: list[NicSpec] = field(default_factory=list)
     memory: int = GUEST_MEMORY_DEFAULT
     cpus: int = 1
@@ -99,6 +99,10 @@ class GuestSpec:
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
+        if self.role not in ROLES:
+            raise ConfigError(
+                f"role {self.role!r} of {self.name!r} is not accepted: use one of {', '.join(ROLES)}"
+            )
         validation.int_in_range(
             self.memory, *GUEST_MEMORY_RANGE, what=f"memory of {self.name!r}", unit=" MiB"
         )
