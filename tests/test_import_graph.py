@@ -89,3 +89,30 @@ def test_the_checker_sees_a_cycle_and_the_real_edges():
     assert {"validation", "errors", "topology"} <= graph["lab"]
     assert "lab" not in graph["guest"]  # under TYPE_CHECKING only
     assert "__init__" in MODULES and "errors" in graph["__init__"]
+
+
+#: the layers of docs/architecture.md, top to bottom; a module not named is a mechanism
+LAYERS = {
+    "entry points": {"__init__", "plugin", "cli"},
+    "session and reporting": {
+        "session", "artifacts", "keep", "access", "running", "detached", "doctor", "graph",
+    },
+    "the lab core": {"lab", "guest", "bridge"},
+    "mechanisms": set(),
+    "the pure model": {"topology", "addressing", "validation", "labspec", "builders", "nicmodels",
+                       "guest_protocol", "constants", "errors"},
+}
+#: load-time imports against the layering, each for a reason
+UPWARD = {
+    ("errors", "untrusted"),  # an error's evidence (guest output) is escaped when shown
+    ("topology", "shares"),  # a guest's spec holds the checked Share values
+}
+
+
+def _layer(module: str) -> int:
+    return next((i for i, members in enumerate(LAYERS.values()) if module in members), 3)
+
+
+def test_modules_import_only_their_own_layer_and_those_below():
+    upward = {(a, b) for a, targets in import_graph().items() for b in targets if _layer(b) < _layer(a)}
+    assert upward == UPWARD
