@@ -7,7 +7,10 @@ from pathlib import Path
 from typing import Literal, get_args
 
 #: --netlab-accel / netlab_accel
-ACCEL_CHOICES = ("auto", "kvm", "tcg")
+AccelRequest = Literal["auto", "kvm", "tcg"]
+ACCEL_CHOICES: tuple[AccelRequest, ...] = get_args(AccelRequest)
+#: the accelerator guests run under, once decided (pytest_netlab.accel)
+Accelerator = Literal["kvm", "tcg"]
 #: --netlab-boot / netlab_boot: resumed from a saved state, or a full kernel boot
 BootMode = Literal["snapshot", "cold"]
 BOOT_MODES: tuple[BootMode, ...] = get_args(BootMode)

@@ -33,7 +33,7 @@ from .addressing import (
 )
 from .bridge import Bridge
 from .budget import Budget, Claim
-from .constants import NAMESPACE_PREFIX, BootMode, Role
+from .constants import NAMESPACE_PREFIX, Accelerator, BootMode, Role
 from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
 from .guest_protocol import MGMT_MAC, GuestHostKey, config_line, guest_cmdline, nic_modules
@@ -61,7 +61,7 @@ _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 class LabSettings:
     """How a lab boots its guests; the plugin fills it from options and ini values."""
 
-    accel: str = "tcg"
+    accel: Accelerator = "tcg"
     boot: BootMode = "snapshot"  # or "cold": see pytest_netlab.templates
     templates: TemplateStore | None = None
     boot_timeout: float = 120.0

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .constants import NAT_HOST
+from .constants import NAT_HOST, Accelerator
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
 from .guest_protocol import ERROR_MARK, HOST_KEY_LINE, HOSTKEY_MARK, MGMT_MAC, MGMT_NET, READY_MARK
 from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
@@ -185,7 +185,7 @@ class MachineConfig:
     cmdline: str
     memory_mib: int = 128
     cpus: int = 1
-    accel: str = "tcg"
+    accel: Accelerator = "tcg"
     nics: list[NicConfig] = field(default_factory=list)
     management: bool = True
     drives: list[str] = field(default_factory=list)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
-from .constants import NAMESPACE_PREFIX
+from .constants import NAMESPACE_PREFIX, Accelerator
 from .errors import LabError
 from .guest_protocol import TEMPLATE_MARK, guest_cmdline
 from .image import PRUNE_AFTER_DAYS, GuestImage
@@ -55,7 +55,7 @@ class Layout:
 
     memory: int
     cpus: int
-    accel: str
+    accel: Accelerator
     nics: tuple[NicLayout, ...]
     numa: bool = False
     shares: int = 0  # virtio-9p devices; the template's point at an empty directory
