@@ -90,8 +90,16 @@ MGMT_NET = "100.127.255.0/24"
 MGMT_GUEST_ADDR = "100.127.255.15/24"
 MGMT_MAC = "02:6e:6c:00:00:01"
 MGMT_IFNAME = "mgmt0"
+#: the root file system on the first virtio disk (a user's rootfs=), see ``root=`` above
+DISK_ROOT = "root=/dev/vda rw"
 #: modules the guest's init loads at every boot, whatever it is asked
 INIT_MODULES = ("virtio_pci", "virtio_net")
+
+
+def key_params(keytype: str, key: str) -> list[str]:
+    """The kernel parameters that make ``keytype key`` root's authorised SSH key (a cold
+    boot; a resumed copy gets the key in its configuration line instead)."""
+    return [f"netlab.keytype={keytype}", f"netlab.key={key}"]
 
 
 def guest_ifname(index: int) -> str:

@@ -36,7 +36,15 @@ from .budget import Budget, Claim
 from .constants import NAMESPACE_PREFIX, Accelerator, BootMode, Role
 from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
-from .guest_protocol import MGMT_MAC, GuestHostKey, config_line, guest_cmdline, nic_modules
+from .guest_protocol import (
+    DISK_ROOT,
+    MGMT_MAC,
+    GuestHostKey,
+    config_line,
+    guest_cmdline,
+    key_params,
+    nic_modules,
+)
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
 from .nicmodels import DEFAULT_NIC_MODEL
@@ -489,9 +497,9 @@ class Lab:
             # a kernel of the user's own: only the console and the netlab.* contract
             base="console=ttyS0" if spec.kernel is not None else None,
         )
-        params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
+        params = [cmdline, *key_params(self.key.keytype, self.key.blob)]
         if spec.rootfs is not None:
-            params.append("root=/dev/vda rw")
+            params.append(DISK_ROOT)
         disks = ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
         drives = [drive_option(disk) for disk in disks]
         if spec.append:

@@ -21,10 +21,12 @@ def _image() -> GuestImage:
 def test_every_kernel_parameter_the_host_gives_is_one_init_reads():
     read = set(re.findall(r"^\s*(netlab\.\w+)=\*\)", INIT, re.MULTILINE))
     line = protocol.guest_cmdline(_image(), "h1", ["52:54:00:00:01:00"], ["e1000"], aslr=True, cpus=1)
+    line += " " + " ".join(protocol.key_params("ssh-ed25519", "AAAA"))
     given = {p.split("=", 1)[0] for p in line.split() if p.startswith("netlab.")}
     assert given == {"netlab.name", "netlab.nics", "netlab.aslr", "netlab.mgmt", "netlab.mgmt_addr",
-                     "netlab.modules"}
-    assert given | {"netlab.keytype", "netlab.key", "netlab.template"} <= read
+                     "netlab.modules", "netlab.keytype", "netlab.key"}
+    assert given | {"netlab.template"} <= read
+    assert protocol.DISK_ROOT.split("=")[0] + "=*)" in INIT
     assert f"netlab.mgmt_addr={protocol.MGMT_GUEST_ADDR}" in line.split()
     assert " acpi=noirq " in line and "netlab.modules=e1000" in line.split()
 
