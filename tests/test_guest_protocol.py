@@ -58,3 +58,10 @@ def test_interface_names_and_indexes_round_trip():
         assert protocol.guest_ifindex(protocol.guest_ifname(index)) == index
     for name in ("eth", "mgmt0", "eth1a", "veth0", "vport11"):
         assert protocol.guest_ifindex(name) is None
+
+
+def test_the_package_spells_guest_interface_names_in_one_place():
+    package = Path(protocol.__file__).parent
+    others = [p for p in package.glob("*.py") if p.name != "guest_protocol.py"]
+    spelled = [p.name for p in others if "eth{" in p.read_text()]
+    assert spelled == [], "use guest_protocol.guest_ifname()"
