@@ -28,6 +28,7 @@ from .constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
 from .owner import (
     TAG_PATTERN,
     Owner,
+    command_line,
     is_running,
     kill_netns_processes,
     namespace_owner,
@@ -68,13 +69,6 @@ class CleanupReport:
 def _gone(owner: Owner | None) -> bool:
     """Whether *owner* is known and gone (this process is alive, a reuse of its pid not)."""
     return owner is not None and not owner.alive()
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "?"
 
 
 def _orphaned_processes() -> Iterator[int]:
@@ -171,7 +165,7 @@ def remove_leftovers(
     report = CleanupReport()
     for pid in _orphaned_processes():
         # a command line is anyone's text: escaped before it reaches a terminal
-        report.processes.append(f"{pid} ({printable(_cmdline(pid)[:80])})")
+        report.processes.append(f"{pid} ({printable(command_line(pid)[:80])})")
         if not dry_run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

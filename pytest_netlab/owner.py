@@ -80,6 +80,16 @@ class Owner:
         return start_ticks(self.pid) == self.ticks
 
 
+def command_line(pid: int) -> str:
+    """Process *pid*'s command line, its words joined by spaces; ``"?"`` if it is gone.
+    Anyone's text: escape it (:func:`pytest_netlab.untrusted.printable`) before showing it."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(w.decode(errors="replace") for w in words)
+
+
 def owner_environment() -> dict[str, str]:
     """The environment of child processes, marked with their owner."""
     return {**os.environ, OWNER_ENV: Owner.me().tag}

@@ -118,3 +118,15 @@ def test_a_zombie_has_a_start_time_but_does_not_run():
     proc.wait()
     assert process_stat(proc.pid) is None and not is_running(proc.pid)
     assert is_running(os.getpid()) and process_start(os.getpid()) == str(Owner.me().ticks)
+
+
+def test_a_process_s_command_line_is_read_from_proc_once_for_cleanup_and_netlab_list():
+    from pytest_netlab.owner import command_line
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert command_line(proc.pid) == "sleep 60"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert command_line(proc.pid) == "?"
