@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import ACCEL_CHOICES
+from .constants import ACCEL_CHOICES, Accelerator
 from .errors import AcceleratorError, BootTimeout, ConfigError, LabError
 from .privileges import qemu_identity
 from .qemu import MachineConfig, QemuMachine, qemu_version
@@ -29,7 +29,7 @@ PROBE_TIMEOUT = 10.0
 class AccelDecision:
     """Which accelerator guests use, and why."""
 
-    accel: str
+    accel: Accelerator
     reason: str
 
     def __str__(self) -> str:

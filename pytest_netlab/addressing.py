@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from . import validation
 from .errors import ConfigError
-from .qemu import MGMT_NET
+from .guest_protocol import MGMT_NET, guest_ifname
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 Interface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
@@ -291,13 +291,13 @@ class AddressPlan:
         for index, interfaces in enumerate(self.assigned.get(guest, [])):
             for interface in interfaces:
                 flags = " nodad" if interface.version == 6 else ""  # usable at once
-                lines.append(f"addr add {interface} dev eth{index}{flags}")
+                lines.append(f"addr add {interface} dev {guest_ifname(index)}{flags}")
             if interfaces:
-                lines.append(f"link set eth{index} up")
+                lines.append(f"link set {guest_ifname(index)} up")
             if any(i.version == 6 for i in interfaces):
                 # no DAD for the link-local address either: until it is done (1-2 s)
                 # a router cannot send neighbour solicitations, so forwards nothing
-                no_dad.append(f"echo 0 > /proc/sys/net/ipv6/conf/eth{index}/accept_dad\n")
+                no_dad.append(f"echo 0 > /proc/sys/net/ipv6/conf/{guest_ifname(index)}/accept_dad\n")
         for network, via in self.routes(guest):
             lines.append(f"route add {network} via {via}")
         for gateway in self.gateways.get(guest, ()):

@@ -12,6 +12,7 @@ from .addressing import (
     explicit_addresses,
 )
 from .errors import ConfigError
+from .nicmodels import DEFAULT_NIC_MODEL
 from .topology import NicSpec
 
 if TYPE_CHECKING:
@@ -30,7 +31,7 @@ class Bridge:
         self.addresses: list[Interface] = []  # the lab namespace's own, from add_address
 
     def nic(
-        self, *, model: str = "virtio-net-pci", mac: str | None = None, tap: str | None = None,
+        self, *, model: str = DEFAULT_NIC_MODEL, mac: str | None = None, tap: str | None = None,
         queues: int = 1, vectors: int | None = None, address: str | Sequence[str] | None = None,
     ) -> NicSpec:
         """A NIC on this bridge with options, for ``nics=[...]``.

@@ -26,7 +26,9 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from .constants import GUEST_MEMORY_RANGE
 from .errors import ConfigError
+from .owner import process_stat
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +45,14 @@ def parse_memory(value: object, what: str = "netlab max memory") -> int:
     """MiB from ``4096``, ``"4096M"`` or ``"4G"``.
 
     Raises:
-        ConfigError: not a size, or below 96 MiB (one guest).
+        ConfigError: not a size, or below the smallest guest (``GUEST_MEMORY_RANGE``).
     """
     match = _SIZE.match(str(value)) if isinstance(value, (int, str)) and not isinstance(value, bool) else None
     mib = int(match[1]) * (1024 if (match[2] or "M")[0].upper() == "G" else 1) if match else 0
-    if mib < 96:
+    smallest = GUEST_MEMORY_RANGE[0]
+    if mib < smallest:
         raise ConfigError(
-            f"{what} {value!r} is not accepted: give MiB (e.g. 4096) or G (e.g. 4G), at least 96"
+            f"{what} {value!r} is not accepted: give MiB (e.g. 4096) or G (e.g. 4G), at least {smallest}"
         )
     return mib
 
@@ -80,13 +83,10 @@ def guest_cost(memory_mib: int) -> int:
 
 
 def process_start(pid: int) -> str | None:
-    """A process's start time (field 22 of /proc/PID/stat), ``None`` if it is gone or a
-    zombie: with the pid it names one process, even after the pid is reused."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return None if fields[0] in ("Z", "X") else fields[19]
+    """A process's start time (see :mod:`pytest_netlab.owner`), ``None`` if it is gone or
+    a zombie: with the pid it names one process, even after the pid is reused."""
+    stat = process_stat(pid)
+    return None if stat is None or stat[0] in ("Z", "X") else str(stat[1])
 
 
 def available_memory() -> int:

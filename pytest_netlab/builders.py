@@ -22,6 +22,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from .constants import GUEST_MEMORY_RANGE
 from .errors import ConfigError
 
 LAN_NETWORK = ipaddress.ip_network("10.40.0.0/16")  # a /24 per router's LAN
@@ -83,7 +84,7 @@ def _total(guests: int, what: str) -> None:
 
 
 def _memory(memory: int | None) -> int | None:
-    return None if memory is None else _count(memory, "memory", 96, 65536)
+    return None if memory is None else _count(memory, "memory", *GUEST_MEMORY_RANGE)
 
 
 def _routers(kind: str, routers: int, hosts_per_router: int, memory: int | None, fewest: int) -> _Plan:

@@ -26,7 +26,10 @@ from pathlib import Path
 
 from .constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
 from .owner import (
+    TAG_PATTERN,
     Owner,
+    command_line,
+    is_running,
     kill_netns_processes,
     namespace_owner,
     owners_dir,
@@ -37,9 +40,9 @@ from .untrusted import printable
 log = logging.getLogger(__name__)
 
 _NS_NAME = re.compile(rf"^{re.escape(NAMESPACE_PREFIX)}(?P<pid>\d+)-\S+$")
-_RUNTIME_NAME = re.compile(r"^(?P<owner>\d+-\d+)-")
-_BUILD_NAME = re.compile(r"^build-(?P<owner>\d+-\d+)$")
-_PART_NAME = re.compile(r"^.+\.(?P<owner>\d+-\d+)\.part$")
+_RUNTIME_NAME = re.compile(rf"^(?P<owner>{TAG_PATTERN})-")
+_BUILD_NAME = re.compile(rf"^build-(?P<owner>{TAG_PATTERN})$")
+_PART_NAME = re.compile(rf"^.+\.(?P<owner>{TAG_PATTERN})\.part$")
 
 
 @dataclass
@@ -68,13 +71,6 @@ def _gone(owner: Owner | None) -> bool:
     return owner is not None and not owner.alive()
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return "?"
-
-
 def _orphaned_processes() -> Iterator[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid() and _gone(process_owner(int(entry.name))):
@@ -90,13 +86,7 @@ def _lab_file_owner_gone(runtime_base: Path, name: str) -> bool:
     owner = namespace_owner(runtime_base, name)
     if owner is not None:
         return _gone(owner)
-    try:
-        os.kill(int(match["pid"]), 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:
-        return False
-    return False
+    return not is_running(int(match["pid"]))
 
 
 def _remove_namespace(name: str) -> None:
@@ -175,7 +165,7 @@ def remove_leftovers(
     report = CleanupReport()
     for pid in _orphaned_processes():
         # a command line is anyone's text: escaped before it reaches a terminal
-        report.processes.append(f"{pid} ({printable(_cmdline(pid)[:80])})")
+        report.processes.append(f"{pid} ({printable(command_line(pid)[:80])})")
         if not dry_run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)

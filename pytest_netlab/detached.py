@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import ConfigError, LabError
-from .owner import namespace_owner
+from .owner import is_running, namespace_owner
 
 
 def labs_dir(runtime_base: Path) -> Path:
@@ -53,7 +53,7 @@ class DetachedLab:
         owner = namespace_owner(runtime_base, self.name)
         if owner is not None and owner.pid == self.pid:
             return owner.alive()
-        return _running(self.pid)
+        return is_running(self.pid)
 
 
 def detached_labs(runtime_base: Path) -> list[DetachedLab]:
@@ -99,7 +99,7 @@ def take_down(runtime_base: Path, lab: DetachedLab, timeout: float = 60.0) -> st
     with contextlib.suppress(ProcessLookupError):
         os.kill(lab.pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while _running(lab.pid):
+    while is_running(lab.pid):
         if time.monotonic() > deadline:
             raise LabError(
                 f"lab {lab.name}: its owner (pid {lab.pid}) was sent SIGTERM and still runs "
@@ -109,11 +109,3 @@ def take_down(runtime_base: Path, lab: DetachedLab, timeout: float = 60.0) -> st
     path.unlink(missing_ok=True)  # the owner removes it; not if it was killed meanwhile
     return f"lab {lab.name} is down"
 
-
-def _running(pid: int) -> bool:
-    """Whether *pid* exists and is not a zombie (an exited child nobody reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2:].split()[0] != "Z"

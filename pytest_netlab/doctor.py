@@ -12,9 +12,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from .budget import QEMU_OVERHEAD_MIB
+from .constants import GUEST_MEMORY_DEFAULT, NAMESPACE_PREFIX
 from .errors import NetlabError
-
-GUEST_MEMORY_MIB = 128
 
 
 @dataclass(frozen=True)
@@ -99,7 +98,7 @@ def _tun() -> Check:
 def _namespaces() -> Check:
     from .netns import LabNamespace
 
-    namespace = LabNamespace(f"netlab-{os.getpid()}-doctor")
+    namespace = LabNamespace(f"{NAMESPACE_PREFIX}{os.getpid()}-doctor")
     try:
         namespace.create()
         namespace.add_bridge("br-doctor")
@@ -166,8 +165,9 @@ def _memory(guests: int) -> Check:
         for line in meminfo:
             if line.startswith("MemAvailable:"):
                 available = int(line.split()[1]) // 1024
-    need = guests * (GUEST_MEMORY_MIB + QEMU_OVERHEAD_MIB)
-    verdict = f"{available} MiB available; {guests} guests of {GUEST_MEMORY_MIB} MiB need about {need} MiB"
+    need = guests * (GUEST_MEMORY_DEFAULT + QEMU_OVERHEAD_MIB)
+    size = GUEST_MEMORY_DEFAULT
+    verdict = f"{available} MiB available; {guests} guests of {size} MiB need about {need} MiB"
     if available < need:
         return Check("memory", False, verdict, "free memory or run fewer guests (pytest -n)", required=False)
     return Check("memory", True, verdict)

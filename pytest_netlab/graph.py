@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 from .errors import ConfigError
+from .guest_protocol import guest_ifname
 from .labspec import Topology
 
 GRAPH_FORMATS = ("mermaid", "dot")
@@ -28,7 +29,7 @@ def dot(topology: Topology) -> str:
         lines.append(f"    {quoted('node ' + node.name)} [shape={shape}, label={quoted(label)}];")
     for node in topology.nodes.values():
         for index, link in enumerate(node.links):
-            label = f"eth{index}" + (f" {link.address}" if link.address else "")
+            label = guest_ifname(index) + (f" {link.address}" if link.address else "")
             ends = f"{quoted('node ' + node.name)} -- {quoted('bridge ' + link.bridge)}"
             lines.append(f"    {ends} [label={quoted(label)}];")
     return "\n".join(lines) + "\n}\n"

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import validation
 from .bridge import Bridge
 from .errors import CommandError, ConfigError, GuestGoneError, LabError
+from .guest_protocol import guest_ifindex, guest_ifname
 from .impairment import Impairment, Where
 from .netns import host_has_qdisc
 from .ping import PingResult, parse_ping
@@ -48,11 +49,10 @@ def _check_remote_path(remote: object) -> None:
 class VM:
     """A guest of the lab. Usable once ``lab.start()`` has returned."""
 
-    def __init__(self, lab: Lab, spec: GuestSpec, number: int, macs: list[str], taps: list[str]) -> None:
+    def __init__(self, lab: Lab, spec: GuestSpec, macs: list[str], taps: list[str]) -> None:
         self.lab = lab
         self.spec = spec
         self.name = spec.name
-        self.number = number
         self.macs = macs
         self.taps = taps
         self.machine: QemuMachine | None = None
@@ -377,7 +377,7 @@ class VM:
         index = self._nic_position(nic)
         if self.spec.nics[index].bridge is None:
             raise ConfigError(
-                f"NIC {nic!r} of {self.name!r} is its NAT NIC (eth{index}), not on a lab bridge: "
+                f"NIC {nic!r} of {self.name!r} is its NAT NIC ({guest_ifname(index)}), not on a lab bridge: "
                 "give one of its lab NICs"
             )
         return index
@@ -399,7 +399,9 @@ class VM:
         if not self.started:
             raise LabError(f"{self.name}: addresses are chosen at netlab.start(); call it first")
         nics = self.lab.plan.assigned.get(self.name, [])
-        return {f"eth{i}": [str(a) for a in interfaces] for i, interfaces in enumerate(nics) if interfaces}
+        return {
+            guest_ifname(i): [str(a) for a in interfaces] for i, interfaces in enumerate(nics) if interfaces
+        }
 
     def address(self, nic: Bridge | str | int = 0, *, version: int | None = None) -> str:
         """The address (without prefix length) the lab gave the guest's NIC *nic*: a
@@ -413,12 +415,12 @@ class VM:
         if version not in (None, 4, 6):
             raise ConfigError(f"version {version!r} is not accepted: give 4, 6 or None")
         index = self._nic_position(nic)
-        interfaces = self.addresses.get(f"eth{index}", [])
+        interfaces = self.addresses.get(guest_ifname(index), [])
         found = [a.split("/")[0] for a in interfaces if version is None or (":" in a) == (version == 6)]
         if not found:
             what = f"an IPv{version} address" if version else "an address"
             raise LabError(
-                f"{self.name}: eth{index} has no {what} from the lab (give its bridge a "
+                f"{self.name}: {guest_ifname(index)} has no {what} from the lab (give its bridge a "
                 "subnet, or the NIC an address with bridge.nic(address=...))"
             )
         return found[0]
@@ -437,8 +439,9 @@ class VM:
                 f"{self.name} has no NIC on bridge {bridge!r} (its bridges: "
                 f"{', '.join(sorted({n.bridge for n in nics if n.bridge})) or 'none'})"
             )
-        if isinstance(nic, str) and nic.startswith("eth") and nic[3:].isdigit():
-            nic = int(nic[3:])
+        ifindex = guest_ifindex(nic) if isinstance(nic, str) else None
+        if ifindex is not None:
+            nic = ifindex
         elif isinstance(nic, str) and nic in self.taps:
             on_bridges = [i for i, n in enumerate(nics) if n.bridge is not None]
             nic = on_bridges[self.taps.index(nic)]
@@ -446,7 +449,8 @@ class VM:
             return nic
         raise ConfigError(
             f"NIC {given!r} of {self.name!r} is not accepted: give a bridge, a bridge's name, "
-            f"eth0..eth{len(nics) - 1}, an index or a TAP name ({', '.join(self.taps) or 'none'})"
+            f"{guest_ifname(0)}..{guest_ifname(len(nics) - 1)}, an index or a TAP name "
+            f"({', '.join(self.taps) or 'none'})"
             if nics else f"NIC {given!r} of {self.name!r}: the guest has no NICs"
         )
 
@@ -503,7 +507,7 @@ class VM:
             assert qdisc is not None  # not none, so there is a qdisc to set
             self.lab.namespace.set_root_qdisc(self._tap(index), *qdisc)
         elif target == "guest":
-            self.ssh(shlex.join(impairment.tc_argv(f"eth{index}")))
+            self.ssh(shlex.join(impairment.tc_argv(guest_ifname(index))))
         if target is None:
             self._impaired_at.pop(index, None)
         else:
@@ -513,7 +517,7 @@ class VM:
         if where == "tap":
             self.lab.namespace.remove_root_qdisc(self._tap(index))
         else:
-            self.ssh(shlex.join(Impairment().tc_argv(f"eth{index}")) + " 2>/dev/null || true")
+            self.ssh(shlex.join(Impairment().tc_argv(guest_ifname(index))) + " 2>/dev/null || true")
         self._impaired_at.pop(index, None)
 
     def set_sysctl(self, key: str, value: str | int) -> None:

@@ -35,6 +35,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import ImageError
+from .locks import unless_locked
 from .trust import trusted_directory, verify_debs
 
 log = logging.getLogger(__name__)
@@ -47,13 +48,6 @@ DEFAULT_VARIANT = "cloud"
 GENERIC_ONLY_MODULES: frozenset[str] = frozenset(
     {"e1000", "e1000e", "8139cp", "8139too", "9p", "9pnet_virtio"}
 )
-#: QEMU NIC model -> guest modules that drive it (virtio is always loaded)
-NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
-    "virtio-net-pci": (),
-    "e1000": ("e1000",),
-    "e1000e": ("e1000e",),
-    "rtl8139": ("8139cp",),
-}
 #: environment variable that forces one variant for every guest
 VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
 #: where Debian keeps the administrator's tools the recipe runs (depmod, modprobe); a
@@ -80,7 +74,6 @@ class GuestImage:
     hash: str
     kernel_version: str
     modules: frozenset[str]
-    bzimage: Path
 
     def has_modules(self, names: Iterable[str]) -> bool:
         """True if this image's kernel has every module in ``names`` (built in or as a file)."""
@@ -228,7 +221,6 @@ def _load(path: Path, variant: str, digest: str) -> GuestImage:
         hash=digest,
         kernel_version=(path / "kernel-version").read_text().strip(),
         modules=frozenset(modules),
-        bzimage=path / "vmlinuz",
     )
 
 
@@ -376,16 +368,10 @@ def _prune(variant: str, keep: Path) -> None:
         if path == keep or not path.is_dir() or path.stat().st_mtime > too_old:
             continue
         digest = path.name[len(variant) + 1 :]
-        lock = _lock(variant, digest)
-        try:
-            lock.acquire(timeout=0)
-        except Timeout:
-            continue
-        try:
-            log.info("removing the outdated guest image %s", path)
-            shutil.rmtree(path, ignore_errors=True)
-        finally:
-            lock.release()
+        with unless_locked(_lock(variant, digest)) as held:
+            if held:
+                log.info("removing the outdated guest image %s", path)
+                shutil.rmtree(path, ignore_errors=True)
 
 
 def _sizes(path: Path) -> dict[str, int]:
@@ -438,23 +424,16 @@ def clean_images() -> list[Path]:
         for path in sorted(images.iterdir()):
             if not path.is_dir():
                 continue
-            lock = None
             name = path.name.removeprefix(".tmp-")
             variant, _, rest = name.partition("-")
             digest = rest.split("-", 1)[0]
-            if variant in VARIANTS and digest and not path.name.startswith(".old-"):
-                lock = _lock(variant, digest)
-                try:
-                    lock.acquire(timeout=0)
-                except Timeout:
+            locked = variant in VARIANTS and digest and not path.name.startswith(".old-")
+            with unless_locked(_lock(variant, digest)) if locked else contextlib.nullcontext(True) as held:
+                if not held:
                     log.info("not removing %s: a build holds its lock", path)
                     continue
-            try:
                 shutil.rmtree(path, ignore_errors=True)
                 removed.append(path)
-            finally:
-                if lock is not None:
-                    lock.release()
     debs = cache_root() / "debs"
     if debs.is_dir():
         shutil.rmtree(debs, ignore_errors=True)

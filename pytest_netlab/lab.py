@@ -33,26 +33,28 @@ from .addressing import (
 )
 from .bridge import Bridge
 from .budget import Budget, Claim
-from .constants import NAMESPACE_PREFIX
+from .constants import NAMESPACE_PREFIX, Accelerator, BootMode, Role
 from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
+from .guest_protocol import (
+    DISK_ROOT,
+    MGMT_MAC,
+    GuestHostKey,
+    config_line,
+    guest_cmdline,
+    key_params,
+    nic_modules,
+)
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
+from .nicmodels import DEFAULT_NIC_MODEL
 from .pcap import Capture, tcpdump_argv, wait_listening
 from .privileges import qemu_identity
-from .qemu import MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
+from .qemu import FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
 from .shares import SHARE_MODULES, Share, mount_script, share_tag, shares_of
 from .shares import share as checked_share
 from .ssh import SessionKey, SSHSession
-from .templates import (
-    GuestHostKey,
-    Layout,
-    NicLayout,
-    TemplateStore,
-    config_line,
-    guest_cmdline,
-    nic_modules,
-)
+from .templates import Layout, NicLayout, TemplateStore
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
 from .untrusted import DEFAULT_OUTPUT_LIMIT
 
@@ -68,8 +70,8 @@ _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
 class LabSettings:
     """How a lab boots its guests; the plugin fills it from options and ini values."""
 
-    accel: str = "tcg"
-    boot: str = "snapshot"  # or "cold": see pytest_netlab.templates
+    accel: Accelerator = "tcg"
+    boot: BootMode = "snapshot"  # or "cold": see pytest_netlab.templates
     templates: TemplateStore | None = None
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
@@ -147,7 +149,7 @@ class Lab:
         return bridge
 
     def nat(
-        self, *, model: str = "virtio-net-pci", mac: str | None = None,
+        self, *, model: str = DEFAULT_NIC_MODEL, mac: str | None = None,
         host_ports: Sequence[int] = (), outside: bool = False,
     ) -> NicSpec:
         """A user-mode (slirp) NAT NIC, for ``nics=[...]``: the guest gets 10.0.2.15 by
@@ -255,7 +257,7 @@ class Lab:
         return found
 
     def vm(
-        self, name: str, nics: Sequence[Bridge | NicSpec] = (), *, role: str = "host",
+        self, name: str, nics: Sequence[Bridge | NicSpec] = (), *, role: Role = "host",
         memory: int = 128, cpus: int = 1, kernel: str | Path | None = None,
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
@@ -362,7 +364,7 @@ class Lab:
         self._macs.update(macs)
         self._taps.update(taps)
         cls = Router if role == "router" else VM
-        vm = cls(self, spec, number, macs, taps)
+        vm = cls(self, spec, macs, taps)
         self.vms[name] = vm
         return vm
 
@@ -496,9 +498,9 @@ class Lab:
             # a kernel of the user's own: only the console and the netlab.* contract
             base="console=ttyS0" if spec.kernel is not None else None,
         )
-        params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
+        params = [cmdline, *key_params(self.key.keytype, self.key.blob)]
         if spec.rootfs is not None:
-            params.append("root=/dev/vda rw")
+            params.append(DISK_ROOT)
         disks = ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
         drives = [drive_option(disk) for disk in disks]
         if spec.append:

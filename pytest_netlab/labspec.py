@@ -47,13 +47,15 @@ from typing import TYPE_CHECKING, Any
 
 from . import validation
 from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
+from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
 from .errors import ConfigError
+from .guest_protocol import guest_ifname
+from .nicmodels import DEFAULT_NIC_MODEL
 
 if TYPE_CHECKING:
     from .guest import VM
     from .lab import Lab
 
-ROLES = ("host", "router")
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class LinkSpec:
     bridge: str
     address: str | None = None  # with prefix length, e.g. 10.20.10.1/24
     mac: str | None = None
-    model: str = "virtio-net-pci"
+    model: str = DEFAULT_NIC_MODEL
 
 
 @dataclass(frozen=True)
@@ -73,11 +75,11 @@ class RouteSpec:
 @dataclass(frozen=True)
 class NodeSpec:
     name: str
-    role: str = "host"
+    role: Role = "host"
     links: tuple[LinkSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
     forwarding: bool = False
-    memory: int = 128
+    memory: int = GUEST_MEMORY_DEFAULT
     cpus: int = 1
     gateway: str | None = None  # "auto", a router's name or an address (address plan)
 
@@ -170,9 +172,8 @@ class Topology:
                 explicit_addresses(link["address"], bridge, self._subnets(bridge))
             if link.get("mac") is not None:
                 validation.mac_address(link["mac"])
-            validation.nic_model(link.get("model", "virtio-net-pci"))
-            links.append(LinkSpec(bridge, link.get("address"), link.get("mac"),
-                                  link.get("model", "virtio-net-pci")))
+            model = validation.nic_model(link.get("model", DEFAULT_NIC_MODEL))
+            links.append(LinkSpec(bridge, link.get("address"), link.get("mac"), model))
         routes: list[RouteSpec] = []
         for raw_route in _list(raw.get("routes", []), f"{where} routes"):
             route = _table(raw_route, f"{where} route")
@@ -193,8 +194,10 @@ class Topology:
             raise ConfigError(f"{where}: forwarding {forwarding!r} is not accepted: give true or false")
         return NodeSpec(
             name, role, tuple(links), tuple(routes), forwarding,
-            validation.int_in_range(raw.get("memory", 128), 64, 65536, "memory", " MiB"),
-            validation.int_in_range(raw.get("cpus", 1), 1, 64, "cpus"),
+            validation.int_in_range(
+                raw.get("memory", GUEST_MEMORY_DEFAULT), *GUEST_MEMORY_RANGE, "memory", " MiB"
+            ),
+            validation.int_in_range(raw.get("cpus", 1), *GUEST_CPU_RANGE, "cpus"),
             check_gateway(raw.get("gateway"), name),
         )
 
@@ -245,8 +248,8 @@ class Topology:
             if link.bridge in planned:
                 continue
             if link.address:
-                commands.append(f"ip addr add {shlex.quote(link.address)} dev eth{index}")
-            commands.append(f"ip link set eth{index} up")
+                commands.append(f"ip addr add {shlex.quote(link.address)} dev {guest_ifname(index)}")
+            commands.append(f"ip link set {guest_ifname(index)} up")
         for route in node.routes:
             six = "-6 " if ":" in route.via else ""
             commands.append(f"ip {six}route add {shlex.quote(route.to)} via {shlex.quote(route.via)}")
@@ -268,7 +271,7 @@ class Topology:
             lines.append(f"    {_id(node.name)}{shape[0]}{node.name} ({node.role}){extra}{shape[1]}")
         for node in self.nodes.values():
             for index, link in enumerate(node.links):
-                label = f"eth{index}" + (f" {link.address}" if link.address else "")
+                label = guest_ifname(index) + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
 

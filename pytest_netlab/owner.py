@@ -27,17 +27,33 @@ if TYPE_CHECKING:
     from .privileges import QemuIdentity
 
 OWNER_ENV = "NETLAB_OWNER"
+#: an owner tag, ``<pid>-<ticks>``, as it appears in the names of what it owns
+TAG_PATTERN = r"\d+-\d+"
 _TAG = re.compile(r"(?P<pid>\d+)-(?P<ticks>\d+)")
 
 
-def start_ticks(pid: int) -> int | None:
-    """When process *pid* started, in clock ticks since boot; ``None`` if it is gone."""
+def process_stat(pid: int) -> tuple[str, int] | None:
+    """Process *pid*'s state letter (``R``, ``S``, ``Z``...) and start time in clock
+    ticks since boot, from ``/proc/PID/stat``; ``None`` if it is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
         return None
     # the command name (field 2) may hold spaces and parentheses: split after its end
-    return int(stat[stat.rindex(")") + 2:].split()[19])
+    fields = stat[stat.rindex(")") + 2:].split()
+    return fields[0], int(fields[19])
+
+
+def start_ticks(pid: int) -> int | None:
+    """When process *pid* started, in clock ticks since boot; ``None`` if it is gone."""
+    stat = process_stat(pid)
+    return stat[1] if stat else None
+
+
+def is_running(pid: int) -> bool:
+    """Whether *pid* exists and has not exited (a zombie, not yet reaped, has)."""
+    stat = process_stat(pid)
+    return stat is not None and stat[0] not in ("Z", "X")
 
 
 @dataclass(frozen=True)
@@ -66,6 +82,16 @@ class Owner:
     def alive(self) -> bool:
         """Whether this very process still runs (not a later one with its pid)."""
         return start_ticks(self.pid) == self.ticks
+
+
+def command_line(pid: int) -> str:
+    """Process *pid*'s command line, its words joined by spaces; ``"?"`` if it is gone.
+    Anyone's text: escape it (:func:`pytest_netlab.untrusted.printable`) before showing it."""
+    try:
+        words = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+    except OSError:
+        return "?"
+    return " ".join(w.decode(errors="replace") for w in words)
 
 
 def owner_environment() -> dict[str, str]:

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .constants import NAT_HOST
+from .constants import NAT_HOST, Accelerator
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
+from .guest_protocol import ERROR_MARK, HOST_KEY_LINE, HOSTKEY_MARK, MGMT_MAC, MGMT_NET, READY_MARK
+from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .privileges import (
     ProcessPrivileges,
     QemuIdentity,
@@ -46,16 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 QEMU_BINARY = "qemu-system-x86_64"
-READY_MARK = "NETLAB-READY"
-HOSTKEY_MARK = "NETLAB-HOSTKEY "
-ERROR_MARK = "NETLAB-ERROR "
-MGMT_NET = "100.127.255.0/24"
-MGMT_GUEST_ADDR = "100.127.255.15/24"
-MGMT_MAC = "02:6e:6c:00:00:01"
 #: seconds a QEMU whose QMP dropped while loading a state gets to exit (see _incoming_outcome)
 INCOMING_EXIT_GRACE = 5.0
-# a host key as the guest prints it: "ssh-ed25519 AAAA...", nothing else
-_HOST_KEY = re.compile(r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,2}$")
 # what a guest's console may cost the host: lines kept in memory, and the longest line
 # (output without newlines is cut into lines of this length)
 CONSOLE_LINES_KEPT = 2000
@@ -190,7 +184,7 @@ class NicConfig:
     """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""
 
     mac: str
-    model: str = "virtio-net-pci"
+    model: str = DEFAULT_NIC_MODEL
     fds: list[int] = field(default_factory=list)
     vectors: int | None = None
     nat: bool = False  # a user-mode (slirp) NAT NIC instead of a TAP: no fds
@@ -230,10 +224,9 @@ class MachineConfig:
     cmdline: str
     memory_mib: int = 128
     cpus: int = 1
-    accel: str = "tcg"
+    accel: Accelerator = "tcg"
     nics: list[NicConfig] = field(default_factory=list)
     management: bool = True
-    extra_args: list[str] = field(default_factory=list)
     drives: list[str] = field(default_factory=list)
     incoming: Path | None = None  # a saved state to resume instead of booting
     numa: bool = False  # guest RAM from a memory backend, as one NUMA node
@@ -264,7 +257,6 @@ class QemuMachine:
         self.console_limit = console_limit
         self.console_lines: deque[str] = deque(maxlen=CONSOLE_LINES_KEPT)
         self.console_seen = 0
-        self.errors: list[str] = []
         # notified for every console line and when the console closes: all waiting for
         # the guest's output goes through _await_console()
         self._console_changed = threading.Condition()
@@ -320,7 +312,7 @@ class QemuMachine:
             else:
                 argv += ["-netdev", f"tap,id=lab{i},fd={nic.fds[0]},vhost=off"]
             device = f"{nic.model},netdev=lab{i},mac={nic.mac},romfile="
-            if nic.model == "virtio-net-pci" and len(nic.fds) > 1:
+            if NIC_MODELS[nic.model].multiqueue and len(nic.fds) > 1:
                 vectors = nic.vectors if nic.vectors is not None else 2 * len(nic.fds) + 2
                 device += f",mq=on,vectors={vectors}"
             argv += ["-device", device]
@@ -345,7 +337,6 @@ class QemuMachine:
             # started over QMP once MIGRATION events are on (see launch): events sent
             # while QMP is being negotiated would break the handshake
             argv += ["-incoming", "defer"]
-        argv += c.extra_args
         return argv
 
     def launch(self) -> None:
@@ -533,8 +524,6 @@ class QemuMachine:
             if line.startswith(HOSTKEY_MARK):
                 self._printed_host_key(line[len(HOSTKEY_MARK):].strip())
             elif line.startswith(ERROR_MARK):
-                if len(self.errors) < CONSOLE_LINES_KEPT:
-                    self.errors.append(line[len(ERROR_MARK):])
                 self.log.warning("guest reported: %s", printable(line[len(ERROR_MARK):]))
             elif line.strip() == READY_MARK and not self.ready_at:
                 self.ready_at = time.monotonic()
@@ -547,7 +536,7 @@ class QemuMachine:
         if self._host_key_fixed:
             if key != self.host_key:
                 self.log.warning("ignored a NETLAB-HOSTKEY line printed after boot: %s", printable(key[:80]))
-        elif _HOST_KEY.match(key):
+        elif HOST_KEY_LINE.match(key):
             self.host_key = key
         else:
             self.log.warning("ignored a malformed NETLAB-HOSTKEY line: %s", printable(key[:80]))

@@ -18,7 +18,7 @@ from .constants import NETNS_RUN_DIR
 from .detached import detached_labs
 from .errors import ConfigError
 from .keep import kept_dir
-from .owner import namespace_owner
+from .owner import command_line, namespace_owner
 
 
 @dataclass(frozen=True)
@@ -81,14 +81,6 @@ def _owner_user(pid: int) -> str:
         return "?"
 
 
-def _owner_command(pid: int) -> str:
-    try:
-        words = Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    except OSError:
-        return "?"
-    return " ".join(w.decode(errors="replace") for w in words)
-
-
 def kept_workdirs(runtime_base: Path) -> dict[str, str]:
     """The directories of the labs held open, by lab name (from ``kept/<lab>.json``)."""
     found = {}
@@ -124,7 +116,7 @@ def running_labs(runtime_base: Path) -> list[RunningLab]:
             kind, workdir = "kept", kept[name]
         else:
             kind = "test"
-        labs.append(RunningLab(name, kind, pid, _owner_user(pid), _owner_command(pid), workdir))
+        labs.append(RunningLab(name, kind, pid, _owner_user(pid), command_line(pid), workdir))
     return labs
 
 

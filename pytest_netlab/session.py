@@ -8,10 +8,11 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .constants import BootMode, PcapMode
 from .errors import LabError
 from .owner import Owner
 from .trust import trusted_directory
@@ -48,10 +49,10 @@ class NetlabSession:
     """Created once per pytest process; ``close()`` removes the key and runtime dir."""
 
     accel_request: str = "auto"
-    boot: str = "snapshot"
+    boot: BootMode = "snapshot"
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
-    pcap: str = "off"  # "off", "on-failure" or "always" (pytest_netlab.pcap.PCAP_MODES)
+    pcap: PcapMode = "off"
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
     max_guests: int | None = None  # --netlab-max-guests: guests booting at once, machine-wide
     max_memory: int | None = None  # --netlab-max-memory: MiB of guests, machine-wide
@@ -63,7 +64,6 @@ class NetlabSession:
     _accel: AccelDecision | None = None
     _templates: TemplateStore | None = None
     _budget: Budget | None = None
-    labs_made: int = field(default=0)
 
     @property
     def runtime_dir(self) -> Path:
@@ -140,7 +140,6 @@ class NetlabSession:
     def new_lab(self, workdir: Path) -> Lab:
         from .lab import Lab
 
-        self.labs_made += 1
         return Lab(workdir, self.image, self.key, self.settings())
 
     def close(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import logging
 import secrets
@@ -574,10 +573,3 @@ def _reason(exc: OSError) -> str:
     """What an OSError says without its own repetition of the path."""
     return exc.strerror or str(exc) or type(exc).__name__
 
-
-def public_key_line(key: paramiko.PKey) -> str:
-    return f"{key.get_name()} {key.get_base64()}"
-
-
-def decode_blob(line: str) -> bytes:
-    return base64.b64decode(line.split()[1])

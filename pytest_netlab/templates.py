@@ -15,34 +15,31 @@ a file lock, and rebuilt when the image, QEMU or the layout changes.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
 import os
 import secrets
-import struct
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
+from .constants import NAMESPACE_PREFIX, Accelerator
 from .errors import LabError
-from .image import NIC_MODEL_MODULES, PRUNE_AFTER_DAYS, GuestImage
+from .guest_protocol import TEMPLATE_MARK, guest_cmdline
+from .image import PRUNE_AFTER_DAYS, GuestImage
+from .locks import unless_locked
 from .netns import LabNamespace
 from .owner import Owner
-from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine
+from .qemu import FsShare, MachineConfig, NicConfig, QemuMachine
 from .shares import share_tag
 from .trust import create_new_file
 
 log = logging.getLogger(__name__)
 
 TEMPLATE_FORMAT = 2  # 2: the management netdev has ipv6=off (a state of 1 has RA routes)
-TEMPLATE_MARK = "NETLAB-TEMPLATE"
 
 
 @dataclass(frozen=True)
@@ -58,86 +55,13 @@ class Layout:
 
     memory: int
     cpus: int
-    accel: str
+    accel: Accelerator
     nics: tuple[NicLayout, ...]
     numa: bool = False
     shares: int = 0  # virtio-9p devices; the template's point at an empty directory
 
     def template_macs(self) -> list[str]:
         return [f"52:54:00:fe:00:{i:02x}" for i in range(len(self.nics))]
-
-
-def guest_cmdline(
-    image: GuestImage, name: str, macs: Sequence[str], models: Sequence[str], *, management: bool = True,
-    aslr: bool | None = None, cpus: int = 1, base: str | None = None,
-) -> str:
-    """The kernel command line of a guest: *base* (default: the image's own parameters)
-    and the ``netlab.*`` parameters of the init's contract."""
-    if base is None:
-        base = image.cmdline
-        if cpus == 1:
-            # saves ~0.7 s of ACPI interrupt-link evaluation, but the kernel then runs
-            # without a local APIC, on one CPU only
-            base += " acpi=noirq"
-    params = [base, f"netlab.name={name}", f"netlab.nics={','.join(macs)}"]
-    if aslr is not None:
-        params.append(f"netlab.aslr={2 if aslr else 0}")
-    if management:
-        params += [f"netlab.mgmt={MGMT_MAC}", f"netlab.mgmt_addr={MGMT_GUEST_ADDR}"]
-    modules = nic_modules(models)
-    if modules:
-        params.append(f"netlab.modules={','.join(modules)}")
-    return " ".join(params)
-
-
-def nic_modules(models: Sequence[str]) -> list[str]:
-    """The guest kernel modules that drive NICs of *models*."""
-    return sorted({module for m in models for module in NIC_MODEL_MODULES[m]})
-
-
-@dataclass(frozen=True)
-class GuestHostKey:
-    """An Ed25519 SSH host key made on the host for one clone.
-
-    Making it here instead of running ``dropbearkey`` in the guest saves an exec and a
-    key generation under emulation on every resume; every clone still gets its own key.
-    """
-
-    dropbear_file: bytes  # dropbear's own private key format, as dropbear -r reads it
-    public_blob: str  # base64 of the SSH wire-format public key ("AAAAC3Nza...")
-
-    @classmethod
-    def generate(cls) -> GuestHostKey:
-        key = Ed25519PrivateKey.generate()
-        private = key.private_bytes(
-            serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
-        )
-        public = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        # dropbear's file: string "ssh-ed25519", string (32-byte seed || 32-byte public key)
-        return cls(
-            dropbear_file=_ssh_string(b"ssh-ed25519") + _ssh_string(private + public),
-            public_blob=base64.b64encode(_ssh_string(b"ssh-ed25519") + _ssh_string(public)).decode(),
-        )
-
-    @property
-    def public_line(self) -> str:
-        return f"ssh-ed25519 {self.public_blob}"
-
-
-def _ssh_string(data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + data
-
-
-def config_line(
-    name: str, macs: Sequence[str], keytype: str, key: str, host_key: GuestHostKey, *, aslr: bool = False,
-) -> str:
-    """The line typed on a clone's console: who it is now, and its own SSH host key."""
-    return (
-        f"NETLAB-CONFIG name={name} nics={','.join(macs)} keytype={keytype} key={key} "
-        f"hostkey={base64.b64encode(host_key.dropbear_file).decode()} hostpub={host_key.public_blob} "
-        f"aslr={2 if aslr else 0} "
-        f"seed={secrets.token_hex(32)} time={int(time.time())}\n"
-    )
 
 
 class TemplateStore:
@@ -217,22 +141,16 @@ class TemplateStore:
                     continue
             except FileNotFoundError:
                 continue
-            lock = FileLock(str(state) + ".lock")
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                continue
-            try:
-                state.unlink(missing_ok=True)
-                removed.append(state)
-            finally:
-                lock.release()
+            with unless_locked(FileLock(str(state) + ".lock")) as held:
+                if held:
+                    state.unlink(missing_ok=True)
+                    removed.append(state)
         return removed
 
     def _make(self, layout: Layout, image: GuestImage, path: Path, boot_timeout: float) -> None:
         owner = Owner.me().tag  # the names cleanup knows the owner by (see .cleanup)
         workdir = self.root / f"build-{owner}"
-        namespace = LabNamespace(f"netlab-{os.getpid()}-tpl{secrets.token_hex(3)}")
+        namespace = LabNamespace(f"{NAMESPACE_PREFIX}{os.getpid()}-tpl{secrets.token_hex(3)}")
         config = self.machine_config(layout, image, "template")
         machine: QemuMachine | None = None
         partial = path.with_suffix(f".{owner}.part")

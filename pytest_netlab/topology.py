@@ -10,11 +10,11 @@ from pathlib import Path
 
 from . import validation
 from .addressing import check_gateway
+from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
 from .errors import ConfigError
+from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .shares import Share
 
-MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
-CPU_RANGE = (1, 64)
 QUEUE_RANGE = (1, 16)
 
 
@@ -28,7 +28,7 @@ class NicSpec:
     """
 
     bridge: str | None
-    model: str = "virtio-net-pci"
+    model: str = DEFAULT_NIC_MODEL
     mac: str | None = None
     tap: str | None = None
     queues: int = 1
@@ -55,10 +55,11 @@ class NicSpec:
         if self.tap is not None:
             validation.interface_name(self.tap, "TAP name")
         validation.int_in_range(self.queues, *QUEUE_RANGE, what="queue count")
-        if self.queues > 1 and self.model != "virtio-net-pci":
+        if self.queues > 1 and not NIC_MODELS[self.model].multiqueue:
+            multiqueue = ", ".join(m.name for m in NIC_MODELS.values() if m.multiqueue)
             raise ConfigError(
                 f"queues={self.queues} is not accepted for NIC model {self.model!r}: "
-                "only virtio-net-pci has multiqueue"
+                f"only {multiqueue} has multiqueue"
             )
         if self.vectors is not None:
             validation.int_in_range(self.vectors, 1, 1024, what="MSI-X vector count")
@@ -80,9 +81,9 @@ class GuestSpec:
     """One guest: its NICs in order, its size, and optionally its own kernel and disk."""
 
     name: str
-    role: str = "host"
+    role: Role = "host"
     nics: list[NicSpec] = field(default_factory=list)
-    memory: int = 128
+    memory: int = GUEST_MEMORY_DEFAULT
     cpus: int = 1
     kernel: Path | None = None
     initrd: Path | None = None
@@ -98,8 +99,14 @@ class GuestSpec:
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
-        validation.int_in_range(self.memory, *MEMORY_RANGE, what=f"memory of {self.name!r}", unit=" MiB")
-        validation.int_in_range(self.cpus, *CPU_RANGE, what=f"CPU count of {self.name!r}")
+        if self.role not in ROLES:
+            raise ConfigError(
+                f"role {self.role!r} of {self.name!r} is not accepted: use one of {', '.join(ROLES)}"
+            )
+        validation.int_in_range(
+            self.memory, *GUEST_MEMORY_RANGE, what=f"memory of {self.name!r}", unit=" MiB"
+        )
+        validation.int_in_range(self.cpus, *GUEST_CPU_RANGE, what=f"CPU count of {self.name!r}")
         for flag in ("network", "numa", "aslr"):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigError(

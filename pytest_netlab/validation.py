@@ -7,13 +7,13 @@ import ipaddress
 import re
 
 from .errors import ConfigError
+from .nicmodels import NIC_MODELS
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 _IFNAME_BAD = re.compile(r"[\s/:%]")
 _MAC = re.compile(r"^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$")
 _GUEST_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9-]{0,30}$")
 
-NIC_MODELS = ("virtio-net-pci", "e1000", "rtl8139")
 
 
 def interface_name(name: object, what: str = "interface name") -> str:
@@ -60,11 +60,10 @@ def mac_address(mac: object) -> str:
 
 def nic_model(model: object) -> str:
     """Return *model* if QEMU's guests here can use it as a NIC model."""
-    if model not in NIC_MODELS:
+    if not isinstance(model, str) or model not in NIC_MODELS:
         raise ConfigError(
             f"NIC model {model!r} is not supported: use one of {', '.join(NIC_MODELS)}"
         )
-    assert isinstance(model, str)
     return model
 
 

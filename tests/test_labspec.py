@@ -50,6 +50,9 @@ def test_mermaid_draws_nodes_bridges_and_labelled_links():
         ({"links": []}, "topology: unknown key 'links'"),
         ({"nodes": {"1bad": {}}}, "guest name '1bad'"),
         ({"nodes": {"h1": {"forwarding": "yes"}}}, "forwarding 'yes' is not accepted"),
+        # the guests' bounds (constants.GUEST_MEMORY_RANGE): refused at load, not at boot
+        ({"nodes": {"h1": {"memory": 64}}}, "memory 64 is out of range: give a whole number from 96"),
+        ({"nodes": {"h1": {"cpus": 65}}}, "cpus 65 is out of range: give a whole number from 1 to 64"),
     ],
 )
 def test_bad_topologies_are_refused_with_the_value_named(data, message):

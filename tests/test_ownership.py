@@ -102,3 +102,31 @@ def test_template_build_leftovers_of_dead_runs_are_reaped(tmp_path: Path, dead_o
     assert sorted(report.directories) == [str(build)] and sorted(report.files) == [str(part)]
     assert not build.exists() and not part.exists()
     assert live_build.exists() and live_part.exists() and state.exists()
+
+
+def test_a_zombie_has_a_start_time_but_does_not_run():
+    """owner.py is the one reader of /proc/PID/stat (budget, detached labs, cleanup use it)."""
+    from pytest_netlab.budget import process_start
+    from pytest_netlab.owner import is_running, process_stat
+
+    proc = subprocess.Popen(["sh", "-c", "exit 0"])
+    deadline = time.monotonic() + 10
+    while (stat := process_stat(proc.pid)) is not None and stat[0] != "Z" and time.monotonic() < deadline:
+        time.sleep(0.01)  # waiting for the exit, bounded: not a synchronisation by sleep alone
+    assert stat is not None and stat[0] == "Z" and stat[1] == start_ticks(proc.pid)
+    assert not is_running(proc.pid) and process_start(proc.pid) is None
+    proc.wait()
+    assert process_stat(proc.pid) is None and not is_running(proc.pid)
+    assert is_running(os.getpid()) and process_start(os.getpid()) == str(Owner.me().ticks)
+
+
+def test_a_process_s_command_line_is_read_from_proc_once_for_cleanup_and_netlab_list():
+    from pytest_netlab.owner import command_line
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        assert command_line(proc.pid) == "sleep 60"
+    finally:
+        proc.kill()
+        proc.wait()
+    assert command_line(proc.pid) == "?"

@@ -65,6 +65,11 @@ def test_bad_address():
         validation.ip_address("10.0.0")
 
 
+def test_a_role_other_than_host_or_router_is_refused():
+    with pytest.raises(ConfigError, match="role 'switch' of 'h1' is not accepted: use one of host, router"):
+        GuestSpec("h1", role="switch").validated()
+
+
 @pytest.mark.parametrize(
     ("field", "value"), [("memory", 16), ("memory", 10**7), ("cpus", 0), ("cpus", 999), ("cpus", True)]
 )

@@ -1,0 +1,67 @@
+"""The host side of the guest protocol speaks what images/init reads (pure logic: reads
+images/init, boots nothing; test_image.py and the lab tests boot real guests)."""
+
+from __future__ import annotations
+
+import base64
+import re
+from pathlib import Path
+
+from pytest_netlab import guest_protocol as protocol
+from pytest_netlab.image import GuestImage
+
+INIT = (Path(__file__).parent.parent / "images" / "init").read_text()
+
+
+def _image() -> GuestImage:
+    path = Path("/nonexistent")
+    return GuestImage(path, path, "console=ttyS0 quiet", path, "cloud", "0" * 16, "6.1", frozenset())
+
+
+def test_every_kernel_parameter_the_host_gives_is_one_init_reads():
+    read = set(re.findall(r"^\s*(netlab\.\w+)=\*\)", INIT, re.MULTILINE))
+    line = protocol.guest_cmdline(_image(), "h1", ["52:54:00:00:01:00"], ["e1000"], aslr=True, cpus=1)
+    line += " " + " ".join(protocol.key_params("ssh-ed25519", "AAAA"))
+    given = {p.split("=", 1)[0] for p in line.split() if p.startswith("netlab.")}
+    assert given == {"netlab.name", "netlab.nics", "netlab.aslr", "netlab.mgmt", "netlab.mgmt_addr",
+                     "netlab.modules", "netlab.keytype", "netlab.key"}
+    assert given | {"netlab.template"} <= read
+    assert protocol.DISK_ROOT.split("=")[0] + "=*)" in INIT
+    assert f"netlab.mgmt_addr={protocol.MGMT_GUEST_ADDR}" in line.split()
+    assert " acpi=noirq " in line and "netlab.modules=e1000" in line.split()
+
+
+def test_the_configuration_line_has_the_keys_init_takes():
+    taken = set(re.findall(r"^\t\t(\w+)=\*\)", INIT, re.MULTILINE))
+    key = protocol.GuestHostKey.generate()
+    line = protocol.config_line("h1", ["52:54:00:00:01:00"], "ssh-ed25519", "AAAA", key, aslr=True)
+    assert line.endswith("\n") and line.count("\n") == 1
+    mark, *fields = line.split()
+    assert mark == protocol.CONFIG_MARK and f"case \"$line\" in {mark}\\ *)" in INIT
+    values = dict(f.split("=", 1) for f in fields)
+    assert set(values) == taken
+    assert values["hostpub"] == key.public_blob and values["aslr"] == "2"
+    assert protocol.HOST_KEY_LINE.match(key.public_line)
+    assert base64.b64decode(values["hostkey"]) == key.dropbear_file
+
+
+def test_the_console_marks_are_the_ones_init_prints():
+    for mark in (protocol.READY_MARK, protocol.TEMPLATE_MARK):
+        assert f'say "{mark}"' in INIT
+    for mark in (protocol.HOSTKEY_MARK, protocol.ERROR_MARK):
+        assert f'say "{mark}$' in INIT
+    assert f"{protocol.MGMT_IFNAME}" in INIT and protocol.guest_ifname(3) == "eth3"
+
+
+def test_interface_names_and_indexes_round_trip():
+    for index in (0, 1, 12):
+        assert protocol.guest_ifindex(protocol.guest_ifname(index)) == index
+    for name in ("eth", "mgmt0", "eth1a", "veth0", "vport11"):
+        assert protocol.guest_ifindex(name) is None
+
+
+def test_the_package_spells_guest_interface_names_in_one_place():
+    package = Path(protocol.__file__).parent
+    others = [p for p in package.glob("*.py") if p.name != "guest_protocol.py"]
+    spelled = [p.name for p in others if "eth{" in p.read_text()]
+    assert spelled == [], "use guest_protocol.guest_ifname()"
