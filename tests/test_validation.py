@@ -148,7 +148,7 @@ def test_numa_is_part_of_the_template_layout(tmp_path):
     for name in ("vmlinux", "initrd.img"):
         (tmp_path / name).write_bytes(b"x")
     image = GuestImage(tmp_path / "vmlinux", tmp_path / "initrd.img", "quiet", tmp_path, "test", "0",
-                       "6.1", frozenset(), tmp_path / "vmlinux")
+                       "6.1", frozenset())
     store = TemplateStore(tmp_path / "templates", "7.2.0")
     assert store._digest(plain, image) != store._digest(numa, image)
     assert store._digest(numa, image) == store._digest(
