@@ -36,8 +36,7 @@ shift 2
 HERE=$(cd "$(dirname "$0")" && pwd)
 COMP=${NETLAB_ROOTFS_COMPRESS:-lz4}
 # what every guest needs from its root file system: the programs of the default image
-HARNESS="busybox-static dropbear-bin openssh-sftp-server iproute2 iputils-ping kmod procps
-ethtool tcpdump dnsmasq-base bridge-utils netbase"
+HARNESS=$(grep -v -e '^#' -e '^[[:space:]]*$' "$HERE/harness.txt")
 
 command -v mmdebstrap > /dev/null 2>&1 || die "'mmdebstrap' not found: apt-get install mmdebstrap"
 command -v mksquashfs > /dev/null 2>&1 || die "'mksquashfs' not found: apt-get install squashfs-tools"

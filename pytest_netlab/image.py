@@ -74,6 +74,17 @@ class GuestImage:
     kernel_version: str
     modules: frozenset[str]
     bzimage: Path
+    #: a package image (see :mod:`pytest_netlab.package_image`): its read-only root disk
+    disk: Path | None = None
+    #: the Debian packages a package image was asked for; empty for the default image
+    packages: tuple[str, ...] = ()
+
+    def drives(self) -> list[str]:
+        """QEMU ``-drive`` values the image needs: a package image's read-only root disk
+        (the first virtio disk, ``/dev/vda``), attached the same in templates and clones."""
+        if self.disk is None:
+            return []
+        return [f"file={self.disk},if=virtio,format=raw,readonly=on"]
 
     def has_modules(self, names: Iterable[str]) -> bool:
         """True if this image's kernel has every module in ``names`` (built in or as a file)."""
@@ -84,6 +95,12 @@ class GuestImage:
         wanted = [n for n in names if n]
         if self.has_modules(wanted):
             return self
+        if self.disk is not None:
+            missing = sorted(_norm(n) for n in wanted if _norm(n) not in self.modules)
+            raise ImageError(
+                f"package images boot the {self.variant} kernel {self.kernel_version}, which has no "
+                f"module {', '.join(missing)}: give their guests virtio-net-pci NICs"
+            )
         return default_image(modules=wanted)
 
 

@@ -86,7 +86,7 @@ class Lab:
         self.number = next(_lab_numbers)
         self.name = name or namespace_name(os.getpid(), self.number)
         self.workdir = workdir
-        self.image = image
+        self.default_image = image  # guests without image= boot this one
         self.key = key
         self.settings = settings or LabSettings()
         self.namespace = LabNamespace(self.name)
@@ -229,7 +229,7 @@ class Lab:
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
         forwards: Sequence[int] = (), numa: bool = False, aslr: bool = False,
-        gateway: str | None = None,
+        gateway: str | None = None, image: GuestImage | None = None,
     ) -> VM:
         """Declare guest *name*; it boots at the next ``start()``.
 
@@ -253,6 +253,9 @@ class Lab:
         *gateway*: a default route set at start (with the addresses of the bridges'
         subnets): ``"auto"`` (via the first router on the guest's first addressed
         bridge; nothing for a router), a router's name, or an address.
+
+        *image*: what the guest runs, e.g. ``netlab.image(packages=["frr"])`` (see
+        :meth:`image`); default: the lab's default image.
 
         Raises:
             ConfigError: bad or duplicate name, a bridge of another lab, duplicate MACs,
@@ -286,7 +289,7 @@ class Lab:
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
             append=append, disks=[Path(d) for d in disks], network=network,
-            forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway,
+            forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway, image=image,
         ).validated()
         given = [validation.ip_interface(a).ip for nic in specs for a in nic.addresses]
         for address in given:
@@ -377,6 +380,20 @@ class Lab:
         )
         return {vm.name: self.plan.guest_script(vm.name) for vm in pending if vm.spec.network}
 
+    def image(self, packages: str | Sequence[str]) -> GuestImage:
+        """The image of the default guest plus the Debian *packages* (a list, or one
+        comma-separated string), for ``vm(..., image=)``: built once (a minute or two),
+        then cached and shared by every test process. See docs/package-images.md.
+
+        Raises:
+            ConfigError: a bad package name, or packages apt cannot install (with
+                apt's message), before anything is built.
+            ImageError: the build failed.
+        """
+        from .package_image import package_image
+
+        return package_image(packages, base=self.default_image)
+
     def router(self, name: str, nics: Sequence[Bridge | NicSpec] = (), **options: Any) -> Router:
         """Declare a guest that routes (see :meth:`Router.enable_forwarding`)."""
         vm = self.vm(name, nics, role="router", **options)
@@ -442,12 +459,13 @@ class Lab:
 
     def _image_for(self, vm: VM) -> GuestImage:
         """The default image, or its variant whose kernel drives the VM's NIC models."""
-        return self.image.for_modules(nic_modules([n.model for n in vm.spec.nics]))
+        image = vm.spec.image or self.default_image
+        return image.for_modules(nic_modules([n.model for n in vm.spec.nics]))
 
     def _cold_config(self, vm: VM) -> MachineConfig:
         spec = vm.spec
         models = [n.model for n in spec.nics]
-        image = self._image_for(vm) if spec.kernel is None else self.image
+        image = self._image_for(vm) if spec.kernel is None else self.default_image
         cmdline = guest_cmdline(
             image, spec.name, vm.macs, models, management=spec.network, aslr=spec.aslr,
             cpus=spec.cpus,
@@ -458,7 +476,8 @@ class Lab:
         if spec.rootfs is not None:
             params.append("root=/dev/vda rw")
         # snapshot=on: writes go to a temporary overlay, the user's image is never changed
-        drives = [
+        drives = image.drives() if spec.kernel is None else []  # a package image's root disk
+        drives += [
             f"file={disk},if=virtio,format={_disk_format(disk)},snapshot=on"
             for disk in ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
         ]

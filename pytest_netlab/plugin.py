@@ -94,6 +94,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="how long a kept or paused lab stays up without Enter "
         f"(default: ini netlab_keep_timeout, else {DEFAULT_KEEP_TIMEOUT:g})",
     )
+    group.addoption(
+        "--netlab-packages", default=None, metavar="PKG,PKG",
+        help="Debian packages every guest without image= gets: a package image of the default "
+        "harness plus these, built once and cached (default: ini netlab_packages, else none: "
+        "the default image)",
+    )
+    parser.addini(
+        "netlab_packages", "Debian packages of every guest's image, comma separated (default none)",
+        default="",
+    )
     parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
     parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
     parser.addini(
@@ -137,6 +147,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
             ) from None
+    packages = _packages(config)
     if not hasattr(config, "workerinput"):
         # the xdist controller or a plain run: workers' labs are not made yet, and every
         # other live run keeps its resources (their owners are alive)
@@ -147,10 +158,24 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
-        command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
+        command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"), packages=packages,
         artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
+
+
+def _packages(config: pytest.Config) -> tuple[str, ...]:
+    raw = config.getoption("--netlab-packages")
+    if raw is None:
+        raw = config.getini("netlab_packages")
+    if not str(raw).replace(",", " ").strip():
+        return ()
+    from .package_image import parse_packages
+
+    try:
+        return parse_packages(str(raw))
+    except NetlabError as exc:
+        raise pytest.UsageError(f"netlab packages {raw!r}: {exc}") from None
 
 
 def _remove_leftovers() -> None:

@@ -46,6 +46,7 @@ class NetlabSession:
     command_timeout: float = 60.0
     pcap: str = "off"  # "off", "on-failure" or "always" (pytest_netlab.pcap.PCAP_MODES)
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
+    packages: tuple[str, ...] = ()  # --netlab-packages: every lab's default is a package image
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
@@ -74,6 +75,10 @@ class NetlabSession:
             from .image import default_image
 
             self._image = default_image()
+            if self.packages:
+                from .package_image import package_image
+
+                self._image = package_image(self.packages, base=self._image)
         return self._image
 
     @property

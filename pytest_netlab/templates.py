@@ -150,6 +150,7 @@ class TemplateStore:
             "kernel": _file_id(image.kernel),
             "initrd": _file_id(image.initrd),
             "cmdline": image.cmdline,
+            "disk": _file_id(image.disk) if image.disk is not None else None,
             "layout": [layout.memory, layout.cpus, layout.accel,
                        [[n.model, n.queues, n.vectors] for n in layout.nics], layout.numa],
         }
@@ -167,7 +168,7 @@ class TemplateStore:
             memory_mib=layout.memory, cpus=layout.cpus, accel=layout.accel,
             nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors)
                   for mac, n in zip(macs, layout.nics, strict=True)],
-            numa=layout.numa,
+            numa=layout.numa, drives=image.drives(),
         )
 
     def state(self, layout: Layout, image: GuestImage, boot_timeout: float) -> Path:

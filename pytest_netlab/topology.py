@@ -11,6 +11,7 @@ from pathlib import Path
 from . import validation
 from .addressing import check_gateway
 from .errors import ConfigError
+from .image import GuestImage
 
 MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
 CPU_RANGE = (1, 64)
@@ -79,6 +80,7 @@ class GuestSpec:
     numa: bool = False  # memory from a memory backend, given to one NUMA node
     aslr: bool = False  # address space layout randomisation in the guest (off: faster execs under TCG)
     gateway: str | None = None  # "auto", a router's name or an address: a default route (addressing)
+    image: GuestImage | None = None  # None: the lab's default image
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
@@ -92,6 +94,13 @@ class GuestSpec:
         for nic in self.nics:
             nic.validated()
         self.gateway = check_gateway(self.gateway, self.name)
+        if self.image is not None and not isinstance(self.image, GuestImage):
+            raise ConfigError(
+                f"image={self.image!r} of {self.name!r} is not accepted: give an image from "
+                "netlab.image(packages=[...])"
+            )
+        if self.image is not None and self.kernel is not None:
+            raise ConfigError(f"{self.name}: give image= or kernel=, not both")
         if self.initrd is not None and self.kernel is None:
             raise ConfigError(f"{self.name}: initrd={str(self.initrd)!r} needs kernel= as well")
         if self.rootfs is not None and self.kernel is None:
