@@ -36,6 +36,9 @@ STATE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("sysctl", "sysctl net.ipv4.ip_forward net.ipv6.conf.all.forwarding "
                "net.ipv4.conf.all.rp_filter"),
     ("qdisc", "tc qdisc"),
+    # the output of daemons started with vm.daemon() (pytest_netlab.guest.DAEMON_LOG_DIR)
+    ("daemons", "for f in /var/log/netlab/*.log; do [ -f \"$f\" ] || continue; "
+                "echo \"== $f (last 50 lines)\"; tail -n 50 \"$f\"; done"),
 )
 GUEST_TIMEOUT = 10.0
 NAMESPACE_TIMEOUT = 5.0
@@ -147,6 +150,8 @@ def _guest(vm: VM, directory: Path, evidence: Evidence) -> str:
         f"--- console (last {CONSOLE_TAIL} lines) ---",
         console,
     ]
+    if parts.get("daemons", "").strip():
+        lines += ["--- daemon logs (vm.daemon) ---", parts["daemons"].rstrip()]
     return "\n".join(lines)
 
 
