@@ -79,6 +79,7 @@ class NodeSpec:
     memory: int = 128
     cpus: int = 1
     gateway: str | None = None  # "auto", a router's name or an address (address plan)
+    packages: tuple[str, ...] = ()  # Debian packages: the node runs a package image
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,7 @@ class Topology:
 
     bridges: dict[str, BridgeSpec] = field(default_factory=dict)
     nodes: dict[str, NodeSpec] = field(default_factory=dict)
+    packages: tuple[str, ...] = ()  # [lab] packages: of every node that names none itself
 
     # -- loading ----------------------------------------------------------------------
     @classmethod
@@ -104,8 +106,11 @@ class Topology:
             ConfigError: an unknown key, a link to an undeclared bridge, a bad name,
                 address, route or role; the message names the node and the value.
         """
-        _keys(data, {"bridges", "nodes"}, "topology")
+        _keys(data, {"bridges", "nodes", "lab"}, "topology")
         topology = cls()
+        lab = _table(data.get("lab", {}), "[lab]")
+        _keys(lab, {"packages"}, "[lab]")
+        topology.packages = _packages(lab.get("packages"), "[lab]")
         for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
             bridge = _table(raw_bridge or {}, f"bridge {name!r}")
             _keys(bridge, {"address", "subnet"}, f"bridge {name!r}")
@@ -148,7 +153,7 @@ class Topology:
 
     def _node(self, name: str, raw: Mapping[str, Any]) -> NodeSpec:
         where = f"node {name!r}"
-        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus", "gateway"}, where)
+        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus", "gateway", "packages"}, where)
         validation.guest_name(name)
         role = raw.get("role", "host")
         if role not in ROLES:
@@ -193,6 +198,7 @@ class Topology:
             validation.int_in_range(raw.get("memory", 128), 64, 65536, "memory", " MiB"),
             validation.int_in_range(raw.get("cpus", 1), 1, 64, "cpus"),
             check_gateway(raw.get("gateway"), name),
+            _packages(raw.get("packages"), where),
         )
 
     # -- building ---------------------------------------------------------------------
@@ -212,6 +218,10 @@ class Topology:
             if spec.address:
                 bridges[spec.name].add_address(spec.address)
         planned = {name for name, spec in self.bridges.items() if spec.subnet}
+        images = {
+            packages: lab.image(packages)
+            for packages in {node.packages or self.packages for node in self.nodes.values()} if packages
+        }
         vms = {
             node.name: lab.vm(
                 node.name,
@@ -220,6 +230,7 @@ class Topology:
                     address=link.address if link.bridge in planned else None,
                 ) for link in node.links],
                 role=node.role, memory=node.memory, cpus=node.cpus, gateway=node.gateway,
+                image=images.get(node.packages or self.packages),
             )
             for node in self.nodes.values()
         }
@@ -266,6 +277,18 @@ class Topology:
                 label = f"eth{index}" + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
+
+
+def _packages(value: object, where: str) -> tuple[str, ...]:
+    """A ``packages`` list of the topology (absent: none)."""
+    if value is None:
+        return ()
+    from .package_image import parse_packages
+
+    try:
+        return parse_packages(_list(value, f"{where} packages"))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _is_address(value: object) -> bool:

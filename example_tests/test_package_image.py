@@ -1,0 +1,51 @@
+"""Guests on a package image: Debian's nftables and iperf3 in guests that keep the whole
+harness (ethN names, planned addresses, SSH, put/get, daemons). See docs/package-images.md.
+
+The image is built once (a minute or two) and cached; later runs find it at once.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# one package set for the example tests, so CI builds one image for all of them
+PACKAGES = ["iperf3", "nftables"]
+
+
+def test_nftables_and_iperf3_from_debian_packages(netlab, tmp_path: Path) -> None:
+    # --8<-- [start:lab]
+    image = netlab.image(packages=PACKAGES)  # built once, cached, shared by workers
+    lan = netlab.bridge("lan", subnet="10.40.0.0/24")
+    fw = netlab.router("fw", nics=[lan], image=image)  # routers first: fw is 10.40.0.1
+    h1 = netlab.vm("h1", nics=[lan], image=image)
+    netlab.start()
+    assert "nftables" in fw.ssh("nft --version").stdout
+    assert "iperf 3" in h1.ssh("iperf3 --version").stdout
+    # --8<-- [end:lab]
+
+    # the harness works as on the default image: ethN names, planned addresses, names
+    assert fw.addresses == {"eth0": ["10.40.0.1/24"]}
+    assert "10.40.0.2/24" in h1.ssh("ip -br addr show eth0").stdout
+    assert h1.ping("fw")
+
+    # --8<-- [start:daemon]
+    # count what reaches iperf3's port, start its server as a daemon, measure from h1
+    fw.ssh("nft add table inet lab; "
+           "nft add chain inet lab input '{ type filter hook input priority 0; }'; "
+           "nft add rule inet lab input tcp dport 5201 counter")
+    fw.daemon("iperf3 -s", name="iperf3")  # output in /var/log/netlab/iperf3.log
+    h1.wait_until("iperf3 -c fw -t 1 -J > /tmp/iperf3.json", timeout=30)
+    assert '"bits_per_second"' in h1.ssh("cat /tmp/iperf3.json").stdout
+    counter = fw.ssh("nft list chain inet lab input").stdout
+    assert "packets 0 " not in counter and "counter packets" in counter
+    # --8<-- [end:daemon]
+    assert "Server listening on 5201" in fw.ssh("cat /var/log/netlab/iperf3.log").stdout
+    fw.stop_daemon("iperf3")
+    fw.wait_until_fails("pidof iperf3")
+
+    # files in and out, and the root file system is writable (a tmpfs over the image)
+    script = tmp_path / "hello.sh"
+    script.write_text("#!/bin/sh\necho hello from $(hostname)\n")
+    h1.put(script, "/usr/local/bin/hello", mode=0o755)
+    assert h1.ssh("hello").stdout == "hello from h1\n"
+    assert h1.get("/etc/hostname", tmp_path / "hostname").read_text() == "h1\n"
