@@ -1,0 +1,140 @@
+"""Package images without guests: names, apt's verdict on bad sets, the cache's pruning,
+the saved-state identity and the topology keys. (Guests on a package image run in
+example_tests/test_package_image.py.)"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_netlab import package_image as pi
+from pytest_netlab.errors import ConfigError, ImageError
+from pytest_netlab.guest import _check_daemon_name
+from pytest_netlab.image import GuestImage
+from pytest_netlab.labspec import Topology
+from pytest_netlab.templates import Layout, NicLayout, TemplateStore
+
+pytest_plugins = ["pytester"]
+
+
+def test_package_names_are_sorted_unique_and_checked():
+    assert pi.parse_packages("iperf3, frr iperf3") == ("frr", "iperf3")
+    assert pi.parse_packages(["nftables", "bird2"]) == ("bird2", "nftables")
+    for bad in (["Frr"], ["frr;rm"], ["-o"], [""], [3]):
+        with pytest.raises(ConfigError, match="is not accepted"):
+            pi.parse_packages(bad)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="no packages"):
+        pi.parse_packages(" , ")
+
+
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("NETLAB_CACHE_DIR", str(tmp_path / "cache"))
+    images = tmp_path / "cache" / "images"
+    images.mkdir(parents=True)
+    return images
+
+
+def test_an_unknown_package_is_a_config_error_with_apts_message_and_nothing_cached(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    images = _cache(tmp_path, monkeypatch)
+    base = dataclasses.replace(_image(tmp_path), root=tmp_path / "base")
+    with pytest.raises(ConfigError, match=r"no-such-package-xyz.*Unable to locate package no-such-pa"):
+        pi.package_image(["frr", "no-such-package-xyz"], base=base)
+    assert list(images.iterdir()) == []
+
+
+def test_a_set_apt_cannot_resolve_is_a_config_error_naming_the_conflict():
+    with pytest.raises(ConfigError, match=r"apt cannot install them: .*Conflicts"):
+        pi.resolve(["postfix", "exim4-daemon-light"])
+
+
+def test_resolution_gives_the_versions_of_the_packages_and_their_dependencies():
+    versions = pi.resolve(["iperf3"])
+    names = {v.split("=")[0] for v in versions}
+    assert {"iperf3", "libiperf0", "dropbear-bin", "iproute2"} <= names
+
+
+def _make(images: Path, name: str, used_days_ago: float) -> Path:
+    path = images / name
+    path.mkdir()
+    (path / "rootfs.sqfs").write_bytes(b"x" * 10)
+    (path / "netlab-image.json").write_text(json.dumps({"id": name[4:], "packages": ["frr"]}))
+    (path / "last-used").touch()
+    then = time.time() - used_days_ago * 86400
+    os.utime(path / "last-used", (then, then))
+    return path
+
+
+def test_images_unused_for_a_week_and_dead_builds_are_pruned(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    images = _cache(tmp_path, monkeypatch)
+    old = _make(images, "pkg-0ld", 8)
+    recent = _make(images, "pkg-recent", 1)
+    busy = _make(images, "pkg-busy", 30)
+    dead = images / ".tmp-pkg-dead-abc123"
+    (dead / "image").mkdir(parents=True)
+    listed = {Path(str(e["path"])).name: e for e in pi.list_images()}
+    assert set(listed) == {"pkg-0ld", "pkg-recent", "pkg-busy"}
+    assert listed["pkg-recent"]["packages"] == ["frr"] and listed["pkg-recent"]["size_bytes"] == 10
+    with pi._lock("busy"):  # a build of it holds the lock
+        removed = pi.prune()
+    assert sorted(p.name for p in removed) == [".tmp-pkg-dead-abc123", "pkg-0ld"]
+    assert recent.is_dir() and busy.is_dir() and not old.exists() and not dead.exists()
+
+
+def _image(tmp_path: Path, disk: Path | None = None) -> GuestImage:
+    kernel = tmp_path / "vmlinux"
+    kernel.write_bytes(b"k")
+    return GuestImage(
+        kernel=kernel, initrd=kernel, cmdline="console=ttyS0", root=tmp_path, variant="cloud",
+        hash="h", kernel_version="6.1", modules=frozenset({"virtio_net"}), bzimage=kernel, disk=disk,
+    )
+
+
+def test_the_disk_is_attached_read_only_and_identically_in_template_and_clone(tmp_path: Path):
+    disk = tmp_path / "rootfs.sqfs"
+    disk.write_bytes(b"sqsh")
+    plain, packaged = _image(tmp_path), _image(tmp_path, disk)
+    store = TemplateStore(tmp_path / "templates", "QEMU 7.2")
+    layout = Layout(128, 1, "tcg", (NicLayout("virtio-net-pci"),))
+    assert store._digest(layout, plain) != store._digest(layout, packaged)
+    config = store.machine_config(layout, packaged, "x")
+    assert config.drives == [f"file={disk},if=virtio,format=raw,readonly=on"]
+    assert store.machine_config(layout, plain, "x").drives == []
+    with pytest.raises(ImageError, match="virtio-net-pci"):
+        packaged.for_modules(["e1000"])
+
+
+def test_topology_packages_for_the_lab_and_per_node():
+    topology = Topology.from_dict({
+        "lab": {"packages": ["iperf3"]},
+        "bridges": {"br1": {}},
+        "nodes": {"r1": {"packages": ["frr", "iperf3"], "links": [{"bridge": "br1"}]},
+                  "h1": {"links": [{"bridge": "br1"}]}},
+    })
+    assert topology.packages == ("iperf3",)
+    assert topology.nodes["r1"].packages == ("frr", "iperf3")
+    assert topology.nodes["h1"].packages == ()
+    with pytest.raises(ConfigError, match=r"node 'h1'.*'Bad'"):
+        Topology.from_dict({"nodes": {"h1": {"packages": ["Bad"]}}})
+    with pytest.raises(ConfigError, match=r"\[lab\]: unknown key 'image'"):
+        Topology.from_dict({"lab": {"image": "x"}})
+
+
+def test_daemon_names_are_file_names():
+    _check_daemon_name("bird-1.v4")
+    for bad in ("", "../x", "a b", ".hidden", None):
+        with pytest.raises(ConfigError, match="daemon name"):
+            _check_daemon_name(bad)
+
+
+def test_a_bad_packages_option_is_a_usage_error(pytester: pytest.Pytester):
+    pytester.makepyfile("def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "netlab", "--netlab-packages=frr,Bad_Name")
+    result.stderr.fnmatch_lines(["*netlab packages 'frr,Bad_Name'*'Bad_Name' is not accepted*"])
+    assert result.ret != 0
