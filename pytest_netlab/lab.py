@@ -16,7 +16,7 @@ import shlex
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -69,6 +69,7 @@ class LabSettings:
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
     pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
+    progress: Callable[[str], None] | None = None  # where a package image build reports its steps
 
 
 def namespace_name(pid: int, number: int) -> str:
@@ -392,7 +393,7 @@ class Lab:
         """
         from .package_image import package_image
 
-        return package_image(packages, base=self.default_image)
+        return package_image(packages, base=self.default_image, progress=self.settings.progress)
 
     def router(self, name: str, nics: Sequence[Bridge | NicSpec] = (), **options: Any) -> Router:
         """Declare a guest that routes (see :meth:`Router.enable_forwarding`)."""

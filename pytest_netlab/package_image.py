@@ -282,9 +282,10 @@ def _run(
         for raw in proc.stdout:
             line = raw.rstrip("\n")
             tail.append(line)
-            log.debug("%s", line)
-            if progress is not None and line.startswith("build-packages.sh: "):
-                progress(line)
+            if line.startswith("build-packages.sh: "):
+                _say(progress, line)
+            else:
+                log.debug("%s", line)
         return proc.wait(), list(tail)
 
 

@@ -7,6 +7,7 @@ The work is done in plain modules that know nothing of pytest (:mod:`.lab`,
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -160,8 +161,20 @@ def pytest_configure(config: pytest.Config) -> None:
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
         command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"), packages=packages,
         artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
+        progress=functools.partial(_show_progress, config),
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
+
+
+def _show_progress(config: pytest.Config, message: str) -> None:
+    """A step of a long build (a package image), on the terminal even while output is
+    captured; xdist workers have no terminal: the log has it."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        reporter.write_line(f"netlab: {message}")
 
 
 def _packages(config: pytest.Config) -> tuple[str, ...]:

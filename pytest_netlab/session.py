@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,6 +48,7 @@ class NetlabSession:
     pcap: str = "off"  # "off", "on-failure" or "always" (pytest_netlab.pcap.PCAP_MODES)
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
     packages: tuple[str, ...] = ()  # --netlab-packages: every lab's default is a package image
+    progress: Callable[[str], None] | None = None  # shows image build steps on the terminal
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
@@ -74,11 +76,11 @@ class NetlabSession:
         if self._image is None:
             from .image import default_image
 
-            self._image = default_image()
+            self._image = default_image(progress=self.progress)
             if self.packages:
                 from .package_image import package_image
 
-                self._image = package_image(self.packages, base=self._image)
+                self._image = package_image(self.packages, base=self._image, progress=self.progress)
         return self._image
 
     @property
@@ -116,7 +118,7 @@ class NetlabSession:
         return LabSettings(
             accel=self.accel.accel, boot=self.boot, templates=self._templates,
             boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
-            pcap=self.pcap != "off",
+            pcap=self.pcap != "off", progress=self.progress,
         )
 
     def new_lab(self, workdir: Path) -> Lab:
