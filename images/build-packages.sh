@@ -26,7 +26,7 @@ die() {
 	echo "build-packages.sh: error: $*" >&2
 	exit 1
 }
-log() { echo "build-packages.sh: $*" >&2; }
+log() { echo "build-packages.sh: [${SECONDS}s] $*" >&2; }
 trap 'echo "build-packages.sh: error: line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
 [ $# -ge 3 ] || die "usage: $0 BASEDIR OUTDIR PACKAGE..."
@@ -63,14 +63,14 @@ ARCHIVES=${NETLAB_APT_ARCHIVES:-}
 CACHE_OPTS=()
 if [ -n "$ARCHIVES" ]; then
 	mkdir -p "$ARCHIVES"
-	CACHE_OPTS=(--skip=download/empty
+	CACHE_OPTS=(--skip=download/empty --skip=essential/unlink
 		--setup-hook="mkdir -p \"\$1\"/var/cache/apt/archives"
 		--setup-hook="sync-in '$ARCHIVES' /var/cache/apt/archives/"
 		--customize-hook="sync-out /var/cache/apt/archives '$ARCHIVES'")
 fi
 log "installing $* and the harness with mmdebstrap ($SUITE, sources $SOURCES)"
 mmdebstrap --variant=essential --include="$INCLUDE" --format=directory -q \
-	--aptopt='APT::Install-Recommends "false"' \
+	--aptopt='APT::Install-Recommends "false"' --dpkgopt=force-unsafe-io \
 	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
 	"${CACHE_OPTS[@]}" "$SUITE" "$ROOT" "$SOURCES" > "$WORK/mmdebstrap.log" 2>&1 ||

@@ -53,6 +53,8 @@ NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
 #: environment variable that forces one variant for every guest
 VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
 
+#: recipe files of package images only (pytest_netlab.package_image): not in the default image's hash
+PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "harness.txt"})
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
 _LOCK_TIMEOUT = 3600.0
@@ -174,7 +176,8 @@ def recipe_hash(variant: str = DEFAULT_VARIANT) -> str:
     digest = hashlib.sha256()
     digest.update(f"variant={variant} kernel={VARIANTS[variant]}\n".encode())
     files = (p for p in recipe.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    for path in sorted(f for f in files if f.suffix != ".md"):  # docs do not change the image
+    # docs do not change the image, nor does the package image recipe
+    for path in sorted(f for f in files if f.suffix != ".md" and f.name not in PACKAGE_RECIPE_FILES):
         digest.update(path.relative_to(recipe).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     digest.update(_package_versions(recipe).encode())
