@@ -8,8 +8,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# one package set for the example tests, so CI builds one image for all of them
-PACKAGES = ["iperf3", "nftables"]
+# the package set of the example tests that need Debian software (OSPF with FRR, BGP with
+# BIRD, nftables, iperf3, WireGuard): one list, so CI builds one image for all of them
+PACKAGES = ["bird2", "frr", "iperf3", "nftables", "wireguard-tools"]
+
+FRR_CONF = """\
+frr defaults traditional
+interface eth0
+ ip ospf network point-to-point
+ ip ospf hello-interval 1
+ ip ospf dead-interval 4
+router ospf
+ ospf router-id {router_id}
+ network 10.40.0.0/24 area 0
+"""
 
 
 def test_nftables_and_iperf3_from_debian_packages(netlab, tmp_path: Path) -> None:
@@ -42,6 +54,19 @@ def test_nftables_and_iperf3_from_debian_packages(netlab, tmp_path: Path) -> Non
     assert "Server listening on 5201" in fw.ssh("cat /var/log/netlab/iperf3.log").stdout
     fw.stop_daemon("iperf3")
     fw.wait_until_fails("pidof iperf3")
+
+    # FRR: both guests speak OSPF over the LAN; the adjacency comes up
+    for router in (fw, h1):
+        # the router ID by hand: FRR would take the highest address, mgmt0's, the same in
+        # every guest
+        (tmp_path / "frr.conf").write_text(FRR_CONF.format(router_id=router.address(lan)))
+        # --8<-- [start:frr]
+        router.ssh("sed -i 's/^ospfd=no/ospfd=yes/' /etc/frr/daemons")
+        router.put(tmp_path / "frr.conf", "/etc/frr/frr.conf")
+        router.ssh("/usr/lib/frr/frrinit.sh start")  # watchfrr starts the daemons, returns
+        # --8<-- [end:frr]
+    fw.wait_until("vtysh -c 'show ip ospf neighbor' | grep -q Full", timeout=60)
+    assert "10.40.0.2" in fw.ssh("vtysh -c 'show ip ospf neighbor'").stdout
 
     # files in and out, and the root file system is writable (a tmpfs over the image)
     script = tmp_path / "hello.sh"

@@ -68,12 +68,19 @@ if [ -n "$ARCHIVES" ]; then
 		--setup-hook="sync-in '$ARCHIVES' /var/cache/apt/archives/"
 		--customize-hook="sync-out /var/cache/apt/archives '$ARCHIVES'")
 fi
+# apt's package lists are the host's own (the ones the packages were resolved with):
+# no `apt-get update` in the build, so it downloads only .debs missing from the cache
+LISTS_OPTS=(--skip=update --setup-hook="mkdir -p \"\$1\"/var/lib/apt/lists"
+	--setup-hook="sync-in /var/lib/apt/lists /var/lib/apt/lists/")
+# (another sources file than the host's needs lists of its own)
+[ -n "${NETLAB_APT_SOURCES:-}${NETLAB_APT_UPDATE:-}" ] && LISTS_OPTS=()
 log "installing $* and the harness with mmdebstrap ($SUITE, sources $SOURCES)"
 mmdebstrap --variant=essential --include="$INCLUDE" --format=directory -q \
+	--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
 	--aptopt='APT::Install-Recommends "false"' --dpkgopt=force-unsafe-io \
 	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-	"${CACHE_OPTS[@]}" "$SUITE" "$ROOT" "$SOURCES" > "$WORK/mmdebstrap.log" 2>&1 ||
+	"${LISTS_OPTS[@]}" "${CACHE_OPTS[@]}" "$SUITE" "$ROOT" "$SOURCES" > "$WORK/mmdebstrap.log" 2>&1 ||
 	die "mmdebstrap failed: $(grep -E '^(E:|W:)' "$WORK/mmdebstrap.log" | head -n 3 | tr '\n' ' ')$(tail -n 3 "$WORK/mmdebstrap.log" | tr '\n' ' ')"
 
 log "adding the kernel modules of $KVER"

@@ -138,3 +138,18 @@ def test_a_bad_packages_option_is_a_usage_error(pytester: pytest.Pytester):
     result = pytester.runpytest_subprocess("-p", "netlab", "--netlab-packages=frr,Bad_Name")
     result.stderr.fnmatch_lines(["*netlab packages 'frr,Bad_Name'*'Bad_Name' is not accepted*"])
     assert result.ret != 0
+
+
+def test_image_list_shows_each_package_image_with_its_size_and_last_use(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+):
+    from pytest_netlab.cli import main
+
+    images = _cache(tmp_path, monkeypatch)
+    _make(images, "pkg-0123", 2)
+    (images / "pkg-0123" / "rootfs.sqfs").write_bytes(b"x" * 3 * 2**20)
+    assert main(["image", "list"]) == 0
+    out = capsys.readouterr().out
+    day = time.strftime("%Y-%m-%d", time.localtime(time.time() - 2 * 86400))
+    assert f"packages frr: 3 MiB, last used {day}" in out and str(images / "pkg-0123") in out
+    assert out.startswith("default ")
