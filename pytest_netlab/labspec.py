@@ -79,7 +79,7 @@ class NodeSpec:
     memory: int = 128
     cpus: int = 1
     gateway: str | None = None  # "auto", a router's name or an address (address plan)
-    packages: tuple[str, ...] = ()  # Debian packages: the node runs a package image
+    packages: tuple[str, ...] | None = None  # Debian packages (a package image); None: the lab's
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class Topology:
         topology = cls()
         lab = _table(data.get("lab", {}), "[lab]")
         _keys(lab, {"packages"}, "[lab]")
-        topology.packages = _packages(lab.get("packages"), "[lab]")
+        topology.packages = _packages(lab.get("packages"), "[lab]") or ()
         for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
             bridge = _table(raw_bridge or {}, f"bridge {name!r}")
             _keys(bridge, {"address", "subnet"}, f"bridge {name!r}")
@@ -219,8 +219,8 @@ class Topology:
                 bridges[spec.name].add_address(spec.address)
         planned = {name for name, spec in self.bridges.items() if spec.subnet}
         images = {
-            packages: lab.image(packages)
-            for packages in {node.packages or self.packages for node in self.nodes.values()} if packages
+            packages: lab.image(packages) for packages in {self.node_packages(n) for n in self.nodes.values()}
+            if packages
         }
         vms = {
             node.name: lab.vm(
@@ -230,7 +230,7 @@ class Topology:
                     address=link.address if link.bridge in planned else None,
                 ) for link in node.links],
                 role=node.role, memory=node.memory, cpus=node.cpus, gateway=node.gateway,
-                image=images.get(node.packages or self.packages),
+                image=images.get(self.node_packages(node)),
             )
             for node in self.nodes.values()
         }
@@ -241,6 +241,11 @@ class Topology:
                 if script:
                     vms[node.name].ssh(script)
         return vms
+
+    def node_packages(self, node: NodeSpec) -> tuple[str, ...]:
+        """The Debian packages of *node*'s image: its own list (empty: the default
+        image), else the lab's."""
+        return self.packages if node.packages is None else node.packages
 
     @staticmethod
     def guest_script(node: NodeSpec, planned: Collection[str] = ()) -> str:
@@ -279,9 +284,11 @@ class Topology:
         return "\n".join(lines) + "\n"
 
 
-def _packages(value: object, where: str) -> tuple[str, ...]:
-    """A ``packages`` list of the topology (absent: none)."""
+def _packages(value: object, where: str) -> tuple[str, ...] | None:
+    """A ``packages`` list of the topology: None if absent, () if empty."""
     if value is None:
+        return None
+    if _list(value, f"{where} packages") == []:
         return ()
     from .package_image import parse_packages
 

@@ -119,7 +119,9 @@ def test_topology_packages_for_the_lab_and_per_node():
     })
     assert topology.packages == ("iperf3",)
     assert topology.nodes["r1"].packages == ("frr", "iperf3")
-    assert topology.nodes["h1"].packages == ()
+    assert topology.nodes["h1"].packages is None
+    assert topology.node_packages(topology.nodes["h1"]) == ("iperf3",)  # the lab's
+    assert topology.node_packages(topology.nodes["r1"]) == ("frr", "iperf3")
     with pytest.raises(ConfigError, match=r"node 'h1'.*'Bad'"):
         Topology.from_dict({"nodes": {"h1": {"packages": ["Bad"]}}})
     with pytest.raises(ConfigError, match=r"\[lab\]: unknown key 'image'"):
@@ -153,3 +155,32 @@ def test_image_list_shows_each_package_image_with_its_size_and_last_use(
     day = time.strftime("%Y-%m-%d", time.localtime(time.time() - 2 * 86400))
     assert f"packages frr: 3 MiB, last used {day}" in out and str(images / "pkg-0123") in out
     assert out.startswith("default ")
+
+
+# the example tests' package set: its image is built (or found) once per machine
+EXAMPLE_PACKAGES = "bird2,frr,iperf3,nftables,wireguard-tools"
+
+
+def test_the_packages_option_gives_every_guest_the_package_image(pytester: pytest.Pytester):
+    pytester.makepyfile(
+        "def test_guest(netlab):\n"
+        "    h = netlab.vm('h', nics=[netlab.bridge('lan')])\n"
+        "    netlab.start()\n"
+        "    assert 'nftables' in h.ssh('nft --version').stdout\n"
+        "    assert h.spec.image is None and netlab.default_image.packages\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "netlab", f"--netlab-packages={EXAMPLE_PACKAGES}")
+    result.assert_outcomes(passed=1)
+
+
+def test_a_topology_gives_nodes_the_image_of_their_packages(netlab):
+    topology = Topology.from_dict({
+        "lab": {"packages": EXAMPLE_PACKAGES.split(",")},
+        "bridges": {"br1": {}},
+        "nodes": {"r1": {"links": [{"bridge": "br1"}]},
+                  "h1": {"packages": [], "links": [{"bridge": "br1"}]}},
+    })
+    vms = topology.apply(netlab, start=False)
+    image = vms["r1"].spec.image
+    assert image is not None and image.disk is not None and image.packages == topology.packages
+    assert vms["h1"].spec.image is None  # an empty list: the default image
