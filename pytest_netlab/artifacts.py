@@ -36,7 +36,10 @@ STATE_COMMANDS: tuple[tuple[str, str], ...] = (
     ("sysctl", "sysctl net.ipv4.ip_forward net.ipv6.conf.all.forwarding "
                "net.ipv4.conf.all.rp_filter"),
     ("qdisc", "tc qdisc"),
-    # the output of daemons started with vm.daemon() (pytest_netlab.guest.DAEMON_LOG_DIR)
+)
+# in guests only (the lab namespace runs STATE_COMMANDS on the host's file system): the
+# output of daemons started with vm.daemon() (pytest_netlab.guest.DAEMON_LOG_DIR)
+GUEST_COMMANDS: tuple[tuple[str, str], ...] = (
     ("daemons", "for f in /var/log/netlab/*.log; do [ -f \"$f\" ] || continue; "
                 "echo \"== $f (last 50 lines)\"; tail -n 50 \"$f\"; done"),
 )
@@ -63,9 +66,9 @@ class Evidence:
     problems: list[str] = field(default_factory=list)
 
 
-def _state_script() -> str:
+def _state_script(commands: tuple[tuple[str, str], ...] = STATE_COMMANDS) -> str:
     # one SSH round trip for all of it: under TCG each exec costs 50-80 ms
-    parts = [f"echo '{_MARK}{name}'; {{ {cmd}; }} 2>&1" for name, cmd in STATE_COMMANDS]
+    parts = [f"echo '{_MARK}{name}'; {{ {cmd}; }} 2>&1" for name, cmd in commands]
     return "; ".join(parts)
 
 
@@ -122,7 +125,8 @@ def _guest(vm: VM, directory: Path, evidence: Evidence) -> str:
         notes.append(f"guest's QEMU is not running (exit status {machine.exitcode()}): no state captured")
     else:
         try:
-            result = vm.ssh(_state_script(), check=False, timeout=GUEST_TIMEOUT)
+            script = _state_script(STATE_COMMANDS + GUEST_COMMANDS)
+            result = vm.ssh(script, check=False, timeout=GUEST_TIMEOUT)
             vm.forget_last_commands(1)
             state = result.stdout + result.stderr
             for name, text in split_sections(state).items():

@@ -314,8 +314,8 @@ class VM:
         ``"iperf3 -s"`` or ``"bird -f -c /etc/bird/bird.conf"``) in the guest, in a
         session of its own (``setsid``) so that it outlives the SSH command; its output
         goes to ``/var/log/netlab/NAME.log`` in the guest, which the evidence of a failed
-        test includes. Returns its process id. It stops with the guest at teardown, or
-        earlier with :meth:`stop_daemon`.
+        test includes. Returns its process id, which is also its process group's: the
+        group stops with the guest at teardown, or earlier with :meth:`stop_daemon`.
 
         Raises:
             ConfigError: *name* is not a plain file name, or one running already.
@@ -326,7 +326,7 @@ class VM:
         result = self.ssh(
             f"mkdir -p {DAEMON_LOG_DIR} /run/netlab; "
             f"if [ -f {pidfile} ] && kill -0 $(cat {pidfile}) 2>/dev/null; then exit 17; fi; "
-            f"setsid sh -c {shlex.quote('exec ' + command)} </dev/null >{logfile} 2>&1 & "
+            f"setsid sh -c {shlex.quote(command)} </dev/null >{logfile} 2>&1 & "
             f"echo $! > {pidfile}; echo $!",
             check=False,
         )
@@ -338,8 +338,8 @@ class VM:
         return pid
 
     def stop_daemon(self, name: str, *, timeout: float = 10.0) -> None:
-        """Stop the daemon *name* started by :meth:`daemon` (SIGTERM, then SIGKILL after
-        *timeout* seconds); return once it is gone.
+        """Stop the daemon *name* started by :meth:`daemon`, with every process of its
+        group (SIGTERM, then SIGKILL after *timeout* seconds); return once all are gone.
 
         Raises:
             ConfigError: no daemon of that name was started.
@@ -351,8 +351,9 @@ class VM:
             raise ConfigError(f"{self.name}: no daemon named {name!r} was started with vm.daemon()")
         pid = int(result.stdout.strip())
         self.ssh(
-            f"kill {pid} 2>/dev/null; i=0; while kill -0 {pid} 2>/dev/null; do "
-            f"i=$((i+1)); [ $i -gt {int(timeout * 20)} ] && kill -9 {pid}; sleep 0.05; done; rm -f {pidfile}",
+            f"kill -TERM -{pid} 2>/dev/null; i=0; while kill -0 -{pid} 2>/dev/null; do "
+            f"i=$((i+1)); [ $i -gt {int(timeout * 20)} ] && kill -KILL -{pid}; sleep 0.05; done; "
+            f"rm -f {pidfile}",
             timeout=timeout + 10,
         )
 

@@ -184,3 +184,24 @@ def test_a_topology_gives_nodes_the_image_of_their_packages(netlab):
     image = vms["r1"].spec.image
     assert image is not None and image.disk is not None and image.packages == topology.packages
     assert vms["h1"].spec.image is None  # an empty list: the default image
+
+
+def test_a_daemon_outlives_its_ssh_command_and_its_log_is_in_the_evidence(netlab, tmp_path: Path):
+    from pytest_netlab.artifacts import collect
+
+    vm = netlab.vm("h1", nics=[netlab.bridge("br1")])  # the default image has setsid too
+    netlab.start()
+    pid = vm.daemon("echo listening; sleep 600; echo not reached", name="sleeper")
+    vm.wait_until("grep -q listening /var/log/netlab/sleeper.log")
+    assert vm.ssh(f"cat /proc/{pid}/comm").stdout.strip() == "sh"  # the SSH command ended
+    assert vm.ssh("pidof sleep").stdout.strip()
+    with pytest.raises(ConfigError, match="runs already"):
+        vm.daemon("sleep 1", name="sleeper")
+    evidence = collect([netlab], tmp_path / "evidence")
+    daemons = next(evidence.directory.rglob("daemons.txt")).read_text()
+    assert "/var/log/netlab/sleeper.log" in daemons and "listening" in daemons
+    assert any("daemon logs" in text and "listening" in text for _, text in evidence.sections)
+    vm.stop_daemon("sleeper")  # the whole group: the shell and its sleep
+    assert not vm.ssh(f"kill -0 {pid} || pidof sleep", check=False).ok
+    with pytest.raises(ConfigError, match="no daemon named 'other'"):
+        vm.stop_daemon("other")
