@@ -205,3 +205,34 @@ def test_a_daemon_outlives_its_ssh_command_and_its_log_is_in_the_evidence(netlab
     assert not vm.ssh(f"kill -0 {pid} || pidof sleep", check=False).ok
     with pytest.raises(ConfigError, match="no daemon named 'other'"):
         vm.stop_daemon("other")
+
+
+def test_one_build_when_several_ask_at_once_and_a_dead_builds_leftover_is_not_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    from concurrent.futures import ThreadPoolExecutor
+
+    images = _cache(tmp_path, monkeypatch)
+    monkeypatch.setattr(pi, "resolve", lambda names: ["frr=8.4"])  # apt's answer, fixed
+    builds: list[str] = []
+
+    def build(names, base, image_id, final, progress):  # the recipe, faked: slow and counted
+        builds.append(image_id)
+        time.sleep(0.5)
+        final.mkdir()
+        (final / "rootfs.sqfs").write_bytes(b"sqsh")
+        (final / "netlab-image.json").write_text(json.dumps({"id": image_id, "packages": list(names)}))
+
+    monkeypatch.setattr(pi, "_build", build)
+    base = _image(tmp_path)
+    image_id = pi._image_id(("frr",), base, ["frr=8.4"])
+    leftover = images / f".tmp-{pi.PREFIX}{image_id}-killed" / "image"  # a build killed with -9
+    leftover.mkdir(parents=True)
+    (leftover / "rootfs.sqfs").write_bytes(b"half")
+    with ThreadPoolExecutor(3) as pool:
+        found = list(pool.map(lambda _: pi.package_image(["frr"], base=base), range(3)))
+    assert builds == [image_id]
+    assert {image.disk for image in found} == {images / f"{pi.PREFIX}{image_id}" / "rootfs.sqfs"}
+    assert found[0].cmdline.endswith(pi.ROOT_PARAMS) and found[0].packages == ("frr",)
+    assert not leftover.exists()  # pruned once the build was done
+    assert (images / f"{pi.PREFIX}{image_id}" / "last-used").exists()
