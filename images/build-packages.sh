@@ -126,7 +126,7 @@ mkdir -p "$ROOT/etc/network"
 install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc/default.script"
 : > "$ROOT/etc/resolv.conf"
 # busybox applets (init, switch_root, usleep, ...) under every name no package took
-chroot "$ROOT" /usr/bin/busybox --list-full | while read -r applet; do
+"$ROOT/usr/bin/busybox" --list-full | while read -r applet; do
 	a=${applet##*/}
 	case "$applet" in
 	sbin/* | usr/sbin/*) d=/usr/sbin ;;
@@ -143,7 +143,7 @@ rm -rf "$ROOT"/var/cache/apt/* "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/log/apt "
 
 log "packing the root file system (squashfs $COMP)"
 mkdir -p "$OUT"
-chroot "$ROOT" dpkg-query -W -f '${Package}=${Version}\n' | LC_ALL=C sort > "$OUT/packages.txt"
+dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f '${Package}=${Version}\n' | LC_ALL=C sort > "$OUT/packages.txt"
 (cd "$ROOT/usr/lib/modules/$KVER" && find . -name '*.ko*' | sed 's|.*/||; s|\.ko.*$||' | LC_ALL=C sort) > "$OUT/modules.txt"
 mksquashfs "$ROOT" "$OUT/rootfs.sqfs.tmp" -comp "$COMP" -noappend -no-xattrs -quiet -no-progress \
 	> "$WORK/mksquashfs.log" 2>&1 || die "mksquashfs failed: $(tail -n 3 "$WORK/mksquashfs.log" | tr '\n' ' ')"
