@@ -10,7 +10,9 @@ from pathlib import Path
 
 # the package set of the example tests that need Debian software (OSPF with FRR, BGP with
 # BIRD, nftables, iperf3, WireGuard): one list, so CI builds one image for all of them
+# --8<-- [start:packages]
 PACKAGES = ["bird2", "frr", "iperf3", "nftables", "wireguard-tools"]
+# --8<-- [end:packages]
 
 FRR_CONF = """\
 frr defaults traditional
