@@ -1,4 +1,4 @@
-"""Package images without guests: names, apt's verdict on bad sets, the cache's pruning,
+"""Package images (pytest_netlab.package_image) without guests: names, apt's verdict on bad sets, the cache's pruning,
 the saved-state identity and the topology keys. (Guests on a package image run in
 example_tests/test_package_image.py.)"""
 
