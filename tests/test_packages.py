@@ -1,6 +1,6 @@
-"""Package images (pytest_netlab.package_image) without guests: names, apt's verdict on bad sets, the cache's pruning,
-the saved-state identity and the topology keys. (Guests on a package image run in
-example_tests/test_package_image.py.)"""
+"""Package images (pytest_netlab.package_image): names, apt's verdict on bad sets, the
+cache (one build, pruning, leftovers), the saved-state identity, the option and topology
+keys, and vm.daemon(). The example guests run in example_tests/test_package_image.py."""
 
 from __future__ import annotations
 
