@@ -236,3 +236,15 @@ def test_one_build_when_several_ask_at_once_and_a_dead_builds_leftover_is_not_us
     assert found[0].cmdline.endswith(pi.ROOT_PARAMS) and found[0].packages == ("frr",)
     assert not leftover.exists()  # pruned once the build was done
     assert (images / f"{pi.PREFIX}{image_id}" / "last-used").exists()
+
+
+def test_a_cold_booted_guest_on_a_package_image_has_its_root_on_the_disk(netlab):
+    netlab.settings = dataclasses.replace(netlab.settings, boot="cold")
+    image = netlab.image(EXAMPLE_PACKAGES)
+    vm = netlab.vm("h1", nics=[netlab.bridge("br1")], image=image)
+    netlab.start()
+    assert vm.machine is not None and vm.machine.config.incoming is None  # booted, not resumed
+    mounts = vm.ssh("cat /proc/mounts").stdout
+    assert "overlay / overlay" in mounts
+    assert vm.ssh("command -v wg").stdout.strip() == "/usr/bin/wg"
+    vm.ssh("ip link add wg0 type wireguard && ip link del wg0")  # the module loads from the disk
