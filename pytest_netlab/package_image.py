@@ -20,6 +20,7 @@ days are removed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -168,6 +169,7 @@ def package_image(
     except OSError:
         known = None
     if known is not None and _is_complete(known):
+        _prune_once()
         return _load(known, base)
     _say(progress, f"resolving the Debian packages {' '.join(names)}")
     image_id = _image_id(names, base, resolve(names))
@@ -287,6 +289,12 @@ def _run(
             else:
                 log.debug("%s", line)
         return proc.wait(), list(tail)
+
+
+@functools.cache
+def _prune_once() -> None:
+    """Prune at the first lookup of a process too, not only after a build."""
+    prune()
 
 
 def _last_used(path: Path) -> float:
