@@ -11,7 +11,7 @@ from pathlib import Path
 from . import validation
 from .addressing import check_gateway
 from .errors import ConfigError
-from .image import GuestImage
+from .image import NIC_MODEL_MODULES, GuestImage
 
 MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
 CPU_RANGE = (1, 64)
@@ -101,6 +101,14 @@ class GuestSpec:
             )
         if self.image is not None and self.kernel is not None:
             raise ConfigError(f"{self.name}: give image= or kernel=, not both")
+        if self.image is not None and self.image.disk is not None:
+            drivers = [m for n in self.nics for m in NIC_MODEL_MODULES.get(n.model, ())]
+            if not self.image.has_modules(drivers):
+                raise ConfigError(
+                    f"{self.name}: its package image boots the {self.image.variant} kernel, which "
+                    f"has no driver for NIC models {sorted({n.model for n in self.nics})}: "
+                    "use virtio-net-pci NICs"
+                )
         if self.initrd is not None and self.kernel is None:
             raise ConfigError(f"{self.name}: initrd={str(self.initrd)!r} needs kernel= as well")
         if self.rootfs is not None and self.kernel is None:

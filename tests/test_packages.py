@@ -184,6 +184,10 @@ def test_a_topology_gives_nodes_the_image_of_their_packages(netlab):
     image = vms["r1"].spec.image
     assert image is not None and image.disk is not None and image.packages == topology.packages
     assert vms["h1"].spec.image is None  # an empty list: the default image
+    with pytest.raises(ConfigError, match=r"no driver for NIC models.*use virtio-net-pci"):
+        netlab.vm("h2", nics=[netlab.bridges["br1"].nic(model="e1000")], image=image)
+    with pytest.raises(ConfigError, match="image= or kernel="):
+        netlab.vm("h3", image=image, kernel=image.kernel)
 
 
 def test_a_daemon_outlives_its_ssh_command_and_its_log_is_in_the_evidence(netlab, tmp_path: Path):
