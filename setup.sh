@@ -1,7 +1,8 @@
 #!/bin/sh
 # Sets up everything pytest-netlab needs on a fresh Debian/Ubuntu machine, as root:
-# system packages (QEMU and what the guest image recipe takes its programs from), the
-# Python package with its dependencies in ./.venv, and the guest image (in the cache).
+# system packages (QEMU and what the guest image recipe takes its programs from; Chromium
+# and its driver for the docs site's browser test), the Python package with its
+# dependencies in ./.venv, and the guest image (in the cache).
 set -eu
 cd "$(dirname "$0")"
 export DEBIAN_FRONTEND=noninteractive
@@ -10,11 +11,19 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 1
 fi
 apt-get update -q
-# shellcheck disable=SC2046
+# openssh-client: ssh -F / scp -F with a lab's ssh_config (docs/access.md), and Ansible's
+# connection to guests; Ansible itself and testinfra come with the dev extra (pip).
+# Debian's chromium and chromium-driver (Ubuntu has them only as snaps: there the docs site's
+# browser test skips, saying so)
+browser=""
+if apt-cache show chromium-driver >/dev/null 2>&1; then browser="chromium chromium-driver"; fi
+# shellcheck disable=SC2046,SC2086
 apt-get install -y -q --no-install-recommends \
-    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux \
+    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux openssh-client $browser \
     $(grep -v '^[[:space:]]*#' images/packages.txt)
 python3 -m venv .venv
-.venv/bin/pip install -q --upgrade pip
-.venv/bin/pip install -q -e '.[dev]'
+# every Python package pinned with PyPI's hashes (tools/lock_requirements.py), the build
+# backend too, so the editable install below fetches nothing unhashed
+.venv/bin/pip install -q --require-hashes -r requirements-ci.txt
+.venv/bin/pip install -q --no-deps --no-build-isolation -e .
 .venv/bin/netlab image build

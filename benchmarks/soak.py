@@ -24,7 +24,7 @@ import threading
 import time
 from pathlib import Path
 
-from pytest_netlab.cleanup import OWNER_ENV
+from pytest_netlab.owner import OWNER_ENV, Owner
 from pytest_netlab.session import NetlabSession
 
 
@@ -40,7 +40,7 @@ def _host_links() -> list[str]:
 
 def _owned_processes() -> list[str]:
     """Live processes marked as made by this process (QEMU, lab daemons)."""
-    me = f"{OWNER_ENV}={os.getpid()}".encode()
+    me = f"{OWNER_ENV}={Owner.me().tag}".encode()
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():

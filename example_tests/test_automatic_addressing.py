@@ -3,6 +3,15 @@ addresses (routers first), sets the default routes, and names every guest in /et
 
 from __future__ import annotations
 
+import json
+
+
+def _in_guest(vm, nic: str) -> list[str]:
+    """The global addresses of *nic*, as the guest has them."""
+    (link,) = json.loads(vm.ssh(f"ip -j addr show dev {nic} scope global").stdout)
+    # (iproute2 leaves an empty entry for each address the scope filter drops)
+    return [f"{a['local']}/{a['prefixlen']}" for a in link["addr_info"] if "local" in a]
+
 
 def test_h1_pings_h2_by_name_through_rt2(netlab):
     br1 = netlab.bridge("br1", subnet="10.20.10.0/24")
@@ -13,6 +22,7 @@ def test_h1_pings_h2_by_name_through_rt2(netlab):
     netlab.start()  # addresses, default routes and /etc/hosts are set before it returns
 
     assert rt2.addresses == {"eth0": ["10.20.10.1/24"], "eth1": ["10.20.20.1/24"]}
+    assert (_in_guest(rt2, "eth0"), _in_guest(rt2, "eth1")) == (["10.20.10.1/24"], ["10.20.20.1/24"])
     assert h1.address(br1) == "10.20.10.2"
     assert h2.address("eth0") == "10.20.20.2"
     assert h1.ping("rt2-br1")
@@ -54,6 +64,7 @@ def test_explicit_addresses_dual_stack_and_a_host_only_bridge(netlab):
     netlab.start()
 
     assert a.addresses == {"eth0": ["10.30.0.50/24", "fd00:30::1/64"]}
+    assert _in_guest(a, "eth0") == ["10.30.0.50/24", "fd00:30::1/64"]
     assert b.address(lan) == "10.30.0.2"
     assert b.address(lan, version=6) == "fd00:30::2"
     assert a.ping("b") and a.ping("b-lan-v6")

@@ -4,10 +4,6 @@ namespace) cannot reach them."""
 
 from __future__ import annotations
 
-import pytest
-
-from pytest_netlab import ConfigError
-
 
 def test_two_guests_on_a_private_bridge(netlab):
     br0 = netlab.bridge("br0")
@@ -26,9 +22,3 @@ def test_two_guests_on_a_private_bridge(netlab):
     assert netlab.run("ip -4 addr show dev br0").stdout.strip() == ""
     assert netlab.run("ping -c 1 -W 1 10.10.10.2", check=False).status != 0
 
-
-def test_two_nics_with_one_mac_are_refused(netlab):
-    br0 = netlab.bridge("br0")
-    netlab.vm("h1", nics=[br0.nic(mac="52:54:00:12:34:56")])
-    with pytest.raises(ConfigError, match="52:54:00:12:34:56"):
-        netlab.vm("h2", nics=[br0.nic(mac="52:54:00:12:34:56")])

@@ -41,11 +41,18 @@ def test_mtu_1400_on_both_ends_of_a_lab_link(netlab):
     vm.ssh("ip addr add 10.10.10.2/24 dev eth0 && ip link set eth0 up")
     assert vm.ping("10.10.10.1", size=1472, dont_fragment=True)  # 1500 bytes on the wire
 
+    # the host end of the link: the lab namespace's TAP on br0, read there, not from the plugin
+    (tap,) = [link["ifname"] for link in json.loads(netlab.run("ip -j link show master br0").stdout)]
     vm.ssh("ip link set dev eth0 mtu 1400")
-    netlab.run(f"ip link set dev {vm.taps[0]} mtu 1400")  # the host end of the same link
+    netlab.run(f"ip link set dev {tap} mtu 1400")
     assert vm.ssh("cat /sys/class/net/eth0/mtu").stdout.strip() == "1400"
-    assert json.loads(netlab.run(f"ip -j link show dev {vm.taps[0]}").stdout)[0]["mtu"] == 1400
+    assert json.loads(netlab.run(f"ip -j link show dev {tap}").stdout)[0]["mtu"] == 1400
     assert json.loads(netlab.run("ip -j link show dev br0").stdout)[0]["mtu"] == 1400
 
     assert vm.ping("10.10.10.1", size=1372, dont_fragment=True)  # exactly 1400
-    assert not vm.ping("10.10.10.1", size=1373, dont_fragment=True, timeout=1)
+    too_big = vm.ping("10.10.10.1", size=1373, dont_fragment=True, timeout=1)
+    assert not too_big and "message too long" in too_big.output.lower(), too_big.output
+    # and from the host end: the namespace's side of the link refuses it as well
+    assert netlab.run("ping -n -c 1 -W 2 -M do -s 1372 10.10.10.2", check=False).status == 0
+    host = netlab.run("ping -n -c 1 -W 2 -M do -s 1373 10.10.10.2", check=False)
+    assert host.status != 0 and "message too long" in (host.stdout + host.stderr).lower(), host

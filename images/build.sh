@@ -37,8 +37,13 @@ SQFS_COMP=${NETLAB_SQUASHFS_COMPRESS:-zstd}
 ARCH_TRIPLET=x86_64-linux-gnu
 
 # --- host tools -------------------------------------------------------------
+# depmod and modprobe live in sbin directories, which a user's PATH often lacks
+for d in /usr/local/sbin /usr/sbin /sbin; do
+	case ":$PATH:" in *":$d:"*) ;; *) PATH=$PATH:$d ;; esac
+done
+export PATH
 need() { # need COMMAND PACKAGE
-	command -v "$1" > /dev/null 2>&1 || die "'$1' not found: apt-get install $2"
+	command -v "$1" > /dev/null 2>&1 || die "'$1' not found in PATH=$PATH: apt-get install $2"
 }
 need dpkg-deb dpkg
 need dpkg-query dpkg

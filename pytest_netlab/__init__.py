@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from .constants import NAT_HOST
 from .errors import (
     BootTimeout,
     CommandError,
@@ -21,6 +22,7 @@ from .errors import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "NAT_HOST",
     "BootTimeout",
     "CommandError",
     "CommandTimeout",

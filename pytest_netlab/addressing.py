@@ -53,10 +53,8 @@ def parse_subnets(value: object, bridge: str) -> tuple[Network, ...]:
     networks: list[Network] = []
     for item in values:
         try:
-            if not isinstance(item, str):
-                raise ValueError
-            network = ipaddress.ip_network(item)
-        except ValueError:
+            network = validation.ip_network(item)
+        except ConfigError:
             raise ConfigError(
                 f"subnet {item!r} of bridge {bridge!r} is not accepted: {_SUBNET_HINT}"
             ) from None
@@ -166,10 +164,8 @@ def check_gateway(value: object, guest: str) -> str | None:
     if value is None or value == "auto":
         return value
     if isinstance(value, str):
-        try:
-            return str(ipaddress.ip_address(value))
-        except ValueError:
-            pass
+        if validation.is_ip_address(value):
+            return str(validation.ip_address(value))
         try:
             return validation.guest_name(value)
         except ConfigError:
@@ -407,11 +403,8 @@ def _gateway(
                 f"of the same IP version on bridge {bridge!r}: give gateway=ADDRESS"
             )
         return found
-    try:
-        address = ipaddress.ip_address(wish)
-    except ValueError:
-        pass
-    else:
+    if validation.is_ip_address(wish):
+        address = validation.ip_address(wish)
         if not any(address in i.network for _, interfaces in addressed for i in interfaces):
             raise ConfigError(
                 f"{guest.name}: gateway {wish} is not in a subnet of its NICs "

@@ -10,14 +10,16 @@ step that fails is logged and noted in its section instead of raising.
 from __future__ import annotations
 
 import logging
+import os
 import re
-import shutil
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .untrusted import printable
 
 if TYPE_CHECKING:
     from .guest import VM
@@ -72,17 +74,23 @@ def _state_script(commands: tuple[tuple[str, str], ...] = STATE_COMMANDS) -> str
     return "; ".join(parts)
 
 
+_SECTIONS = frozenset(name for name, _ in STATE_COMMANDS + GUEST_COMMANDS)
+
+
 def split_sections(output: str) -> dict[str, str]:
-    """Split the output of the state script into its named parts."""
-    found: dict[str, str] = {}
-    current: str | None = None
+    """Split the output of the state script into its named parts. Only the names of
+    :data:`STATE_COMMANDS` and :data:`GUEST_COMMANDS` start a part (they become file names):
+    a mark line with any other name, as a guest's own program may print, is kept as text of
+    the part it is in."""
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
     for line in output.splitlines():
-        if line.startswith(_MARK):
-            current = line[len(_MARK):].strip()
-            found[current] = ""
+        name = line[len(_MARK):].strip() if line.startswith(_MARK) else None
+        if name in _SECTIONS and name not in found:
+            current = found[name] = []
         elif current is not None:
-            found[current] += line + "\n"
-    return found
+            current.append(line + "\n")
+    return {name: "".join(lines) for name, lines in found.items()}
 
 
 def format_history(vm: VM, limit: int | None = None) -> str:
@@ -100,9 +108,32 @@ def format_history(vm: VM, limit: int | None = None) -> str:
     return "\n".join(lines) or "(no commands run)"
 
 
-def _write(path: Path, text: str) -> None:
+_OWN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# a new file, or one replaced in place; never through a symbolic link
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def _write(path: Path, text: str | bytes) -> None:
+    """Write an evidence file: its name is one of the plugin's (letters, digits, ``._-``),
+    its directory is made if missing, and a symbolic link in its place is refused
+    (``OSError``) rather than followed."""
+    if not _OWN_NAME.match(path.name):
+        raise ValueError(f"evidence file name {path.name!r} is not one of the plugin's")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
+    data = text.encode(errors="surrogateescape") if isinstance(text, str) else text
+    fd = os.open(path, _CREATE, 0o644)
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+
+
+def _copy(source: Path, target: Path) -> None:
+    """Copy a host file into the evidence, as :func:`_write` writes (no link followed)."""
+    if not _OWN_NAME.match(target.name):
+        raise ValueError(f"evidence file name {target.name!r} is not one of the plugin's")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(source, "rb") as src, os.fdopen(os.open(target, _CREATE, 0o644), "wb") as out:
+        while chunk := src.read(1 << 20):
+            out.write(chunk)
 
 
 def _guest(vm: VM, directory: Path, evidence: Evidence) -> str:
@@ -115,7 +146,7 @@ def _guest(vm: VM, directory: Path, evidence: Evidence) -> str:
     if machine is not None:
         try:
             if machine.console_log.exists():
-                shutil.copyfile(machine.console_log, directory / "console.log")
+                _copy(machine.console_log, directory / "console.log")
         except OSError as exc:
             notes.append(f"console log not copied: {exc}")
     state = ""
@@ -132,10 +163,10 @@ def _guest(vm: VM, directory: Path, evidence: Evidence) -> str:
             for name, text in split_sections(state).items():
                 _write(directory / f"{name}.txt", text)
         except Exception as exc:  # noqa: BLE001 - evidence must never mask the failure
-            notes.append(f"state not captured: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            notes.append(f"state not captured: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
     for note in notes:
         evidence.problems.append(f"{vm.name}: {note}")
-        log.warning("evidence of %s: %s", vm.name, note)
+        log.warning("evidence of %s: %s", vm.name, printable(note))
     parts = split_sections(state)
     console = machine.console_tail(CONSOLE_TAIL) if machine is not None else "  (not launched)"
     lines = [
@@ -221,8 +252,8 @@ def collect(labs: Iterable[Lab], directory: Path) -> Evidence:
             _write(base / "topology.mmd", lab.diagram)
         for extra in lab.evidence_files():
             try:
-                shutil.copyfile(extra, base / extra.name)
-            except OSError as exc:
+                _copy(extra, base / extra.name)
+            except (OSError, ValueError) as exc:
                 evidence.problems.append(f"{extra}: not copied: {exc}")
     summary = [f"evidence of the failure in {directory} ({time.monotonic() - started:.1f} s)"]
     summary += [f"problem: {p}" for p in evidence.problems]

@@ -1,12 +1,15 @@
 """Removing what dead pytest-netlab runs left behind, and never what a live run owns.
 
-Every resource carries its owner's pid: namespaces are ``netlab-<pid>-<n>``, runtime
-directories ``<pid>-*`` under the runtime base, files about a lab there
-``labs/<namespace>.json`` (a detached lab's state) and ``kept/<namespace>.txt`` (a kept
-lab's text), and QEMU processes and lab daemons have ``NETLAB_OWNER=<pid>`` in their
-environment. An owner is dead when no process has its
-pid, or when the process that has it now started after the resource was last changed
-(the pid was reused: the real owner made or touched the resource while it lived).
+Every resource names its owner as ``<pid>-<ticks>``, the owner's kernel start time (see
+:mod:`pytest_netlab.owner`): runtime directories ``<owner>-*`` under the runtime base,
+template build directories ``build-<owner>`` and partial states ``*.<owner>.part`` in
+the template store, QEMU processes and lab daemons by ``NETLAB_OWNER=<owner>`` in their
+environment, and each network namespace ``netlab-<pid>-...`` by its owner record
+``owners/<namespace>`` in the runtime base. A resource is removed only when its owner is
+gone: no process has that pid with that start time. A namespace without an owner
+record was not made by this plugin (or not by this version) and is never removed. Files
+about a lab (``labs/<namespace>.json``, ``kept/<namespace>.txt``) go with the owner of
+their namespace.
 """
 
 from __future__ import annotations
@@ -17,66 +20,26 @@ import os
 import re
 import shutil
 import signal
-import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
+from .owner import (
+    Owner,
+    kill_netns_processes,
+    namespace_owner,
+    owners_dir,
+    process_owner,
+)
+from .untrusted import printable
 
 log = logging.getLogger(__name__)
 
-OWNER_ENV = "NETLAB_OWNER"
-_NS_NAME = re.compile(rf"^{re.escape(NAMESPACE_PREFIX)}(?P<pid>\d+)-\d+$")
-_RUNTIME_NAME = re.compile(r"^(?P<pid>\d+)-")
-# /proc start times count clock ticks; a resource made within this margin of its
-# owner's start is still taken as the owner's (a pid is not reused that fast)
-_START_MARGIN = 0.5
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def process_start_time(pid: int) -> float | None:
-    """When process *pid* started, in seconds since the epoch; ``None`` if it is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    # the command name (field 2) may hold spaces and parentheses: split after its end
-    fields = stat[stat.rindex(")") + 2:].split()
-    ticks = int(fields[19])  # field 22 of the whole line: starttime
-    # /proc counts from boot on CLOCK_BOOTTIME; /proc/stat's btime is whole seconds only
-    boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-    return boot + ticks / os.sysconf("SC_CLK_TCK")
-
-
-def owner_alive(pid: int, resource_time: float | None = None) -> bool:
-    """Whether the process that made a resource (last changed at *resource_time*,
-    epoch seconds) is still running: pid *pid* exists and started before that time."""
-    if not pid_alive(pid):
-        return False
-    if resource_time is None:
-        return True
-    started = process_start_time(pid)
-    if started is None:
-        return pid_alive(pid)  # not readable (another user): trust the pid
-    return started <= resource_time + _START_MARGIN
-
-
-def _changed_at(path: Path) -> float | None:
-    # mtime, not ctime: it is when the owner last added or removed an entry (a directory)
-    # or made the file (a namespace's mount point)
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
+_NS_NAME = re.compile(rf"^{re.escape(NAMESPACE_PREFIX)}(?P<pid>\d+)-\S+$")
+_RUNTIME_NAME = re.compile(r"^(?P<owner>\d+-\d+)-")
+_BUILD_NAME = re.compile(r"^build-(?P<owner>\d+-\d+)$")
+_PART_NAME = re.compile(r"^.+\.(?P<owner>\d+-\d+)\.part$")
 
 
 @dataclass
@@ -100,16 +63,9 @@ class CleanupReport:
         )
 
 
-def _owner_of_process(pid: int) -> int | None:
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return None
-    for entry in environ.split(b"\0"):
-        if entry.startswith(OWNER_ENV.encode() + b"="):
-            value = entry.split(b"=", 1)[1]
-            return int(value) if value.isdigit() else None
-    return None
+def _gone(owner: Owner | None) -> bool:
+    """Whether *owner* is known and gone (this process is alive, a reuse of its pid not)."""
+    return owner is not None and not owner.alive()
 
 
 def _cmdline(pid: int) -> str:
@@ -119,67 +75,115 @@ def _cmdline(pid: int) -> str:
         return "?"
 
 
-def _orphaned_processes(me: int) -> list[int]:
-    found = []
+def _orphaned_processes() -> Iterator[int]:
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == me:
-            continue
-        pid = int(entry.name)
-        owner = _owner_of_process(pid)
-        if owner is None or owner == me:
-            continue
-        # a child starts after its owner: an "owner" that started later is a reused pid
-        if not owner_alive(owner, process_start_time(pid)):
-            found.append(pid)
-    return found
+        if entry.name.isdigit() and int(entry.name) != os.getpid() and _gone(process_owner(int(entry.name))):
+            yield int(entry.name)
 
 
-def remove_leftovers(runtime_base: Path | None = None, *, dry_run: bool = False) -> CleanupReport:
-    """Kill processes, remove namespaces and runtime directories of dead owners.
+def _lab_file_owner_gone(runtime_base: Path, name: str) -> bool:
+    """Whether the owner of namespace *name* (whose files these are) is gone: by its
+    record, else (the namespace went first) by the pid in its name."""
+    match = _NS_NAME.match(name)
+    if not match or int(match["pid"]) == os.getpid():
+        return False
+    owner = namespace_owner(runtime_base, name)
+    if owner is not None:
+        return _gone(owner)
+    try:
+        os.kill(int(match["pid"]), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _remove_namespace(name: str) -> None:
+    from pyroute2 import netns  # only now: a run without leftovers needs none
+
+    killed = kill_netns_processes(NETNS_RUN_DIR / name)
+    if killed:
+        log.info("cleanup: killed %d process(es) in namespace %s", len(killed), name)
+    try:
+        netns.remove(name)
+    except OSError as exc:
+        log.warning("cannot remove namespace %s: %s", name, exc)
+
+
+def _namespaces(runtime_base: Path | None, report: CleanupReport, dry_run: bool) -> None:
+    names = sorted(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.is_dir() else []
+    for name in names:
+        if not _NS_NAME.match(name):
+            continue
+        owner = namespace_owner(runtime_base, name) if runtime_base is not None else None
+        if owner is None:
+            log.debug("cleanup: namespace %s has no owner record: not ours, left alone", name)
+            continue
+        if _gone(owner):
+            report.namespaces.append(name)
+            if not dry_run:
+                _remove_namespace(name)
+    if runtime_base is None or not owners_dir(runtime_base).is_dir():
+        return
+    for record in owners_dir(runtime_base).iterdir():
+        if not (NETNS_RUN_DIR / record.name).exists() and _gone(namespace_owner(runtime_base, record.name)):
+            report.files.append(str(record))
+            if not dry_run:
+                record.unlink(missing_ok=True)
+
+
+def _runtime_files(runtime_base: Path, report: CleanupReport, dry_run: bool) -> None:
+    for directory in runtime_base.iterdir():
+        match = _RUNTIME_NAME.match(directory.name)
+        if match and directory.is_dir() and _gone(Owner.parse(match["owner"])):
+            report.directories.append(str(directory))
+            if not dry_run:
+                shutil.rmtree(directory, ignore_errors=True)
+    # state of detached labs (labs/<lab>.json) and texts of kept labs (kept/<lab>.txt)
+    for subdirectory in ("labs", "kept"):
+        for path in sorted((runtime_base / subdirectory).glob("*.*")):
+            if _lab_file_owner_gone(runtime_base, path.name.split(".")[0]):
+                report.files.append(str(path))
+                if not dry_run:
+                    path.unlink(missing_ok=True)
+
+
+def _template_files(template_dir: Path, report: CleanupReport, dry_run: bool) -> None:
+    """Build directories and partial saved states of template makers that died."""
+    for path in template_dir.iterdir():
+        build, part = _BUILD_NAME.match(path.name), _PART_NAME.match(path.name)
+        if build and path.is_dir() and not path.is_symlink() and _gone(Owner.parse(build["owner"])):
+            report.directories.append(str(path))
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
+        elif part and _gone(Owner.parse(part["owner"])):
+            report.files.append(str(path))
+            if not dry_run:
+                path.unlink(missing_ok=True)
+
+
+def remove_leftovers(
+    runtime_base: Path | None = None, *, template_dir: Path | None = None, dry_run: bool = False,
+) -> CleanupReport:
+    """Kill processes, remove namespaces, runtime directories and template build files
+    of dead owners.
 
     Never raises for a single resource that cannot be removed: it is logged and the
     rest is cleaned. Resources of this process and of live owners are left alone.
     """
     report = CleanupReport()
-    me = os.getpid()
-    for pid in _orphaned_processes(me):
-        report.processes.append(f"{pid} ({_cmdline(pid)[:80]})")
+    for pid in _orphaned_processes():
+        # a command line is anyone's text: escaped before it reaches a terminal
+        report.processes.append(f"{pid} ({printable(_cmdline(pid)[:80])})")
         if not dry_run:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    names = sorted(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.is_dir() else []
-    for name in names:
-        match = _NS_NAME.match(name)
-        if not match or int(match["pid"]) == me:
-            continue
-        if not owner_alive(int(match["pid"]), _changed_at(NETNS_RUN_DIR / name)):
-            report.namespaces.append(name)
-            if not dry_run:
-                from pyroute2 import netns  # only now: a run without leftovers needs none
-
-                try:
-                    netns.remove(name)
-                except OSError as exc:
-                    log.warning("cannot remove namespace %s: %s", name, exc)
     if runtime_base is not None and runtime_base.is_dir():
-        for directory in runtime_base.iterdir():
-            match = _RUNTIME_NAME.match(directory.name)
-            if not match or int(match["pid"]) == me:
-                continue
-            if not owner_alive(int(match["pid"]), _changed_at(directory)):
-                report.directories.append(str(directory))
-                if not dry_run:
-                    shutil.rmtree(directory, ignore_errors=True)
-        # state of detached labs (labs/<lab>.json) and texts of kept labs (kept/<lab>.txt)
-        for subdirectory in ("labs", "kept"):
-            for path in sorted((runtime_base / subdirectory).glob("*.*")):
-                match = _NS_NAME.match(path.name.split(".")[0])
-                if not match or int(match["pid"]) == me:
-                    continue
-                if not owner_alive(int(match["pid"]), _changed_at(path)):
-                    report.files.append(str(path))
-                    if not dry_run:
-                        path.unlink(missing_ok=True)
+        _runtime_files(runtime_base, report, dry_run)  # before the owner records go
+    _namespaces(runtime_base, report, dry_run)
+    if template_dir is not None and template_dir.is_dir():
+        _template_files(template_dir, report, dry_run)
     for line in report.lines():
         log.info("cleanup: %s", line)
     return report

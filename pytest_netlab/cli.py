@@ -1,4 +1,6 @@
-"""The ``netlab`` command: cleanup, image management and a health check (``doctor``)."""
+"""The ``netlab`` command: cleanup, image management, a health check (``doctor``), labs
+from topology files (``up``, ``down``), and the ways into running labs (``list``, ``ssh``,
+``exec``, ``capture``) and pictures of topologies (``graph``)."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ from .errors import NetlabError
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
     from .cleanup import remove_leftovers
+    from .image import cache_root
     from .session import runtime_base
 
-    report = remove_leftovers(runtime_base(), dry_run=args.dry_run)
+    report = remove_leftovers(runtime_base(), template_dir=cache_root() / "templates", dry_run=args.dry_run)
     for line in report.lines():
         print(("would have " if args.dry_run else "") + line)
     if not report:
@@ -90,7 +93,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     topology = Topology.from_toml(Path(args.topology))  # bad input: said before a fork
     if args.detach:
         return _detach(args)
-    session = NetlabSession(accel_request=args.accel)
+    session = NetlabSession(  # "waiting for room" lines (the guest budget) go to stderr
+        accel_request=args.accel, report=lambda line: print(line, file=sys.stderr, flush=True)
+    )
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="netlab-up-"))
 
     owner = os.getpid()
@@ -108,11 +113,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
         text = access.describe(lab, state="up")
         print(text + topology.mermaid(), end="", flush=True)
         signal.signal(signal.SIGTERM, stop)
+        # found by netlab list, ssh, exec and capture (and netlab down)
+        state = DetachedLab(
+            lab.name, owner, str(Path(args.topology).resolve()), str(workdir), text,
+            detached=args.ready_fd is not None,
+        ).save(runtime_base())
         try:
             if args.ready_fd is not None:  # the background half of --detach
-                state = DetachedLab(
-                    lab.name, owner, str(Path(args.topology).resolve()), str(workdir), text
-                ).save(runtime_base())
                 _report_ready(args.ready_fd, "ok", text)
                 while True:
                     signal.pause()
@@ -215,6 +222,137 @@ def _cmd_down(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _cmd_list(args: argparse.Namespace) -> int:
+    from .running import running_labs, table
+    from .session import runtime_base
+
+    labs = running_labs(runtime_base())
+    if args.json:
+        print(json.dumps([lab.as_dict() for lab in labs], indent=2))
+    else:
+        print(table(labs), end="")
+    return 0
+
+
+def _ssh_argv(args: argparse.Namespace, *options: str) -> list[str]:
+    """``ssh -F LABDIR/ssh_config OPTIONS -- NODE CMD...`` for the lab and node of *args*."""
+    from .running import find_running
+    from .session import runtime_base
+
+    lab = find_running(runtime_base(), args.lab)
+    node = lab.check_guest(args.node)
+    # "--" first: a command word that begins with "-" is the guest's, not an ssh option
+    return ["ssh", "-F", str(lab.ssh_config), *options, "--", node, *args.cmd]
+
+
+def _cmd_ssh(args: argparse.Namespace) -> int:
+    import os
+
+    argv = _ssh_argv(args)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # the user's shell in the guest: ssh owns the terminal
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from .errors import ConfigError
+
+    if not args.cmd:
+        raise ConfigError(
+            "netlab exec needs a command to run in the guest, e.g. netlab exec LAB h1 ip -br addr"
+        )
+    # no terminal, never a prompt; the exit status is the command's (255: ssh failed)
+    return subprocess.run(_ssh_argv(args, "-T", "-o", "BatchMode=yes"), check=False).returncode
+
+
+def _cmd_capture(args: argparse.Namespace) -> int:
+    import os
+
+    from .constants import NETNS_RUN_DIR
+    from .errors import ConfigError
+    from .running import find_running
+    from .session import runtime_base
+
+    if sys.stdout.isatty():
+        raise ConfigError(
+            "netlab capture writes pcap to its output: pipe it (| wireshark -k -i -, | tcpdump -r -) "
+            "or redirect it (> FILE.pcap)"
+        )
+    lab = find_running(runtime_base(), args.lab)
+    bridges = _bridges_of(lab.name)
+    if args.bridge not in bridges:
+        raise ConfigError(
+            f"lab {lab.name} has no bridge {args.bridge!r}: bridges are {', '.join(bridges) or 'none'}"
+        )
+    argv = ["nsenter", f"--net={NETNS_RUN_DIR / lab.name}", "--",
+            "tcpdump", "-n", "-i", args.bridge, "--immediate-mode", "-U", "-s", "0", "-w", "-",
+            *args.filter]
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)
+
+
+def _bridges_of(namespace: str) -> list[str]:
+    from pyroute2 import IPRoute
+
+    from .netns import run_in_netns
+
+    def bridges() -> list[str]:
+        with IPRoute() as ipr:
+            return sorted(
+                str(link.get("ifname")) for link in ipr.get_links()
+                if (info := link.get("linkinfo")) is not None and info.get("kind") == "bridge"
+            )
+
+    return run_in_netns(namespace, bridges)
+
+
+def _cmd_graph(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from .graph import render
+    from .labspec import Topology
+
+    print(render(Topology.from_toml(Path(args.topology)), args.format), end="")
+    return 0
+
+
+def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """list, ssh, exec, capture and graph: the ways into running labs, like containerlab's."""
+    from .graph import GRAPH_FORMATS
+
+    listing = sub.add_parser(
+        "list", help="the labs running on this machine: of netlab up (detached or not), kept by a "
+        "test, or in a running test, with their owners"
+    )
+    listing.add_argument("--json", action="store_true", help="as JSON, one object per lab")
+    listing.set_defaults(func=_cmd_list)
+    for verb, func, text in (
+        ("ssh", _cmd_ssh, "open a shell in a guest of a running lab, or run CMD there "
+         "(ssh -F LABDIR/ssh_config)"),
+        ("exec", _cmd_exec, "run CMD in a guest of a running lab, without a terminal; "
+         "the exit status is CMD's (255 when ssh itself failed)"),
+    ):
+        verb_parser = sub.add_parser(verb, help=text)
+        verb_parser.add_argument("lab", help="the lab's name (netlab list)")
+        verb_parser.add_argument("node", help="the guest's name")
+        verb_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
+        verb_parser.set_defaults(func=func)
+    capture = sub.add_parser(
+        "capture", help="write what crosses a bridge of a running lab to stdout as pcap "
+        "(netlab capture LAB BRIDGE | wireshark -k -i -)"
+    )
+    capture.add_argument("lab", help="the lab's name (netlab list)")
+    capture.add_argument("bridge", help="the bridge's name, as in the topology")
+    capture.add_argument("filter", nargs=argparse.REMAINDER, help="a tcpdump filter expression (optional)")
+    capture.set_defaults(func=_cmd_capture)
+    graph = sub.add_parser("graph", help="print a picture of a topology file as Mermaid or Graphviz text")
+    graph.add_argument("topology", help="a TOML topology file (see docs/topology.md)")
+    graph.add_argument("--format", choices=GRAPH_FORMATS, default="mermaid",
+                       help="mermaid (default) or dot (Graphviz: | dot -Tsvg > lab.svg)")
+    graph.set_defaults(func=_cmd_graph)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="netlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -257,6 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     down.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
                       help="how long to wait for a lab's teardown (default 60)")
     down.set_defaults(func=_cmd_down)
+    _add_access_commands(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))

@@ -15,3 +15,5 @@ PCAP_MODES = ("off", "on-failure", "always")
 NAMESPACE_PREFIX = "netlab-"
 #: where `ip netns` (and pyroute2) keep named network namespaces
 NETNS_RUN_DIR = Path("/run/netns")
+#: the address that a NAT NIC's host ports have in the guest (netlab.nat(host_ports=...))
+NAT_HOST = "10.0.2.100"

@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .cleanup import owner_alive
 from .errors import ConfigError, LabError
+from .owner import namespace_owner
 
 
 def labs_dir(runtime_base: Path) -> Path:
@@ -33,6 +33,7 @@ class DetachedLab:
     topology: str
     workdir: str
     access: str  # the text of how to reach it (pytest_netlab.access.describe)
+    detached: bool = True  # False: a `netlab up` in the foreground (netlab list, ssh, exec)
 
     @staticmethod
     def path_of(runtime_base: Path, name: str) -> Path:
@@ -47,12 +48,12 @@ class DetachedLab:
         return path
 
     def owner_alive(self, runtime_base: Path) -> bool:
-        """Whether the owner still runs (not a later process that got its pid)."""
-        try:
-            written = self.path_of(runtime_base, self.name).stat().st_mtime
-        except FileNotFoundError:
-            written = None
-        return _running(self.pid) and owner_alive(self.pid, written)
+        """Whether the owner still runs (not a later process that got its pid): by the
+        owner record of its namespace, else by its pid."""
+        owner = namespace_owner(runtime_base, self.name)
+        if owner is not None and owner.pid == self.pid:
+            return owner.alive()
+        return _running(self.pid)
 
 
 def detached_labs(runtime_base: Path) -> list[DetachedLab]:

@@ -11,10 +11,10 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from .budget import QEMU_OVERHEAD_MIB
 from .errors import NetlabError
 
 GUEST_MEMORY_MIB = 128
-QEMU_OVERHEAD_MIB = 40  # measured: a resumed 128 MiB TCG guest's QEMU has an RSS of ~161 MiB (cold: ~268)
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def _tun() -> Check:
 def _namespaces() -> Check:
     from .netns import LabNamespace
 
-    namespace = LabNamespace(f"netlab-doctor-{os.getpid()}")
+    namespace = LabNamespace(f"netlab-{os.getpid()}-doctor")
     try:
         namespace.create()
         namespace.add_bridge("br-doctor")
@@ -154,15 +154,28 @@ def _memory(guests: int) -> Check:
     return Check("memory", True, verdict)
 
 
+def _budget() -> Check:
+    from .budget import Budget, budget_dir
+    from .session import runtime_base
+
+    return Check(
+        "guest budget", True,
+        Budget(budget_dir(runtime_base())).describe()
+        + " (set with --netlab-max-guests and --netlab-max-memory)",
+        required=False,
+    )
+
+
 def checks(guests: int = 4) -> Iterator[Check]:
     """Every check, in order; each is run when the iterator reaches it."""
     steps: list[Callable[[], Check]] = [
         _qemu, _tun, _namespaces, _qdiscs, _kvm, _image,
         lambda: _program("nsenter", "util-linux", "runs commands in lab namespaces", True),
+        lambda: _program("setpriv", "util-linux", "children die with their owner (--pdeathsig)", True),
         lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),
         lambda: _program("dnsmasq", "dnsmasq-base", "DHCP on a host-only bridge", False),
         lambda: _program("tc", "iproute2", "lab namespace state in the evidence", False),
-        lambda: _memory(guests),
+        lambda: _memory(guests), _budget,
     ]
     for step in steps:
         started = time.monotonic()

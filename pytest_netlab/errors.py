@@ -9,9 +9,19 @@ Bad input is :class:`ConfigError`, raised before anything is created.
 
 from __future__ import annotations
 
+from .untrusted import printable
+
 
 class NetlabError(Exception):
-    """Root of every error raised by pytest-netlab."""
+    """Root of every error raised by pytest-netlab.
+
+    Its text is shown on terminals and may quote a guest (a command's output, the
+    console): control characters in it are escaped (see :func:`.untrusted.printable`).
+    The attributes (``stdout``, ``stderr``...) keep the raw text.
+    """
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class ConfigError(NetlabError, ValueError):

@@ -23,7 +23,7 @@ from .netns import host_has_qdisc
 from .ping import PingResult, parse_ping
 from .qemu import QemuMachine
 from .retry import retry_until
-from .ssh import CommandResult, SSHSession
+from .ssh import DEFAULT_GET_LIMIT, CommandResult, SSHSession
 from .topology import GuestSpec
 
 if TYPE_CHECKING:
@@ -64,6 +64,7 @@ class VM:
         self.impairments: dict[int, Impairment] = {}
         self._impaired_at: dict[int, str] = {}  # NIC index -> "tap" or "guest", as set now
         self.log = log.getChild(spec.name)
+        self._testinfra: Any = None  # the testinfra Host, made at first use
 
     # -- state ------------------------------------------------------------------------
     @property
@@ -99,6 +100,23 @@ class VM:
         its own purposes, e.g. to capture evidence, are not the test's)."""
         if self._ssh is not None and count > 0:
             del self._ssh.history[-count:]
+
+    @property
+    def testinfra(self) -> Any:
+        """A pytest-testinfra ``Host`` for this guest (the ``[testinfra]`` extra), over
+        SSH with the lab's ``ssh_config`` and the guest's host key pinned; made once::
+
+            assert h1.testinfra.file("/etc/hostname").content_string == "h1\\n"
+
+        Raises:
+            ConfigError: pytest-testinfra is not installed.
+            LabError: the guest is not started or has no network.
+        """
+        if self._testinfra is None:
+            from .infra import testinfra_host
+
+            self._testinfra = testinfra_host(self)
+        return self._testinfra
 
     # -- commands ---------------------------------------------------------------------
     def ssh(
@@ -360,8 +378,8 @@ class VM:
     # -- files ------------------------------------------------------------------------
     def put(self, local: str | Path, remote: str, *, mode: int | None = None, timeout: float = 60.0) -> None:
         """Copy the local file *local* to path *remote* in the guest (over SFTP, on the
-        guest's SSH connection); with *mode* (e.g. ``0o600``) the file has that mode
-        before its first byte is written.
+        guest's SSH connection) within *timeout* seconds; with *mode* (e.g. ``0o600``)
+        the file has that mode before its first byte is written.
 
         Raises:
             ConfigError: *local* or *remote* is not a path, or *mode* is not a file mode.
@@ -378,18 +396,26 @@ class VM:
             )
         self._session().put_file(_local_path(local), remote, mode=mode, timeout=timeout)
 
-    def get(self, remote: str, local: str | Path, *, timeout: float = 60.0) -> Path:
+    def get(
+        self, remote: str, local: str | Path, *, timeout: float = 60.0, max_bytes: int = DEFAULT_GET_LIMIT,
+    ) -> Path:
         """Copy the guest's file *remote* to *local* (a file path; over SFTP); return *local*.
+        The whole copy must take at most *timeout* seconds and *max_bytes* bytes (1 GiB
+        unless given): a guest's file may be endless, and the size it reports is not
+        trusted. A copy that fails leaves no *local* file.
 
         Raises:
-            ConfigError: *remote* or *local* is not a path.
-            TransferError: the guest cannot read *remote*, or *local* cannot be written
-                (e.g. its directory does not exist); the message names the path.
+            ConfigError: *remote* or *local* is not a path, or *max_bytes* is not a
+                positive number.
+            TransferError: the guest cannot read *remote*, it is larger than
+                *max_bytes*, the copy took longer than *timeout*, or *local* cannot be
+                written (e.g. its directory does not exist); the message names the path.
             SSHError: the connection is gone.
         """
         _check_remote_path(remote)
         path = _local_path(local)
-        self._session().get_file(remote, path, timeout=timeout)
+        validation.int_in_range(max_bytes, 1, 2**63 - 1, what="max_bytes")
+        self._session().get_file(remote, path, timeout=timeout, max_bytes=max_bytes)
         return path
 
     # -- links ------------------------------------------------------------------------

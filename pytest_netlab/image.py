@@ -35,14 +35,18 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .errors import ImageError
+from .trust import trusted_directory, verify_debs
 
 log = logging.getLogger(__name__)
 
 #: image variant -> the Debian kernel metapackage it follows
 VARIANTS: dict[str, str] = {"cloud": "linux-image-cloud-amd64", "generic": "linux-image-amd64"}
 DEFAULT_VARIANT = "cloud"
-#: modules only the generic kernel has (Debian's cloud kernel builds no such NIC drivers)
-GENERIC_ONLY_MODULES: frozenset[str] = frozenset({"e1000", "e1000e", "8139cp", "8139too"})
+#: modules only the generic kernel has (Debian's cloud kernel builds no such NIC drivers,
+#: and no 9p file system for host directories in guests)
+GENERIC_ONLY_MODULES: frozenset[str] = frozenset(
+    {"e1000", "e1000e", "8139cp", "8139too", "9p", "9pnet_virtio"}
+)
 #: QEMU NIC model -> guest modules that drive it (virtio is always loaded)
 NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
     "virtio-net-pci": (),
@@ -52,6 +56,9 @@ NIC_MODEL_MODULES: dict[str, tuple[str, ...]] = {
 }
 #: environment variable that forces one variant for every guest
 VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
+#: where Debian keeps the administrator's tools the recipe runs (depmod, modprobe); a
+#: user's PATH often lacks them
+SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 #: recipe files of package images only (pytest_netlab.package_image): not in the default image's hash
 PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "harness.txt"})
@@ -122,14 +129,21 @@ def recipe_dir() -> Path:
     )
 
 
+CACHE_FIX = (
+    "set NETLAB_CACHE_DIR to a directory that only you (or root) own and can write, "
+    "e.g. /var/cache/pytest-netlab"
+)
+
+
 def cache_root() -> Path:
     """``$NETLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-netlab``, else ``~/.cache/pytest-netlab``."""
     explicit = os.environ.get("NETLAB_CACHE_DIR")
     if explicit:
-        return Path(explicit)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "pytest-netlab"
+        root = Path(explicit)
+    else:
+        xdg = os.environ.get("XDG_CACHE_HOME")
+        root = (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-netlab"
+    return trusted_directory(root, "the cache directory", CACHE_FIX)
 
 
 def variant_for(modules: Iterable[str] = ()) -> str:
@@ -143,6 +157,12 @@ def variant_for(modules: Iterable[str] = ()) -> str:
     if any(_norm(m) in GENERIC_ONLY_MODULES for m in modules):
         return "generic"
     return DEFAULT_VARIANT
+
+
+def build_path(path: str) -> str:
+    """*path* (a ``PATH`` value) with the :data:`SBIN_DIRS` it lacks appended."""
+    dirs = [d for d in path.split(os.pathsep) if d]
+    return os.pathsep.join(dirs + [d for d in SBIN_DIRS if d not in dirs])
 
 
 def _packages(recipe: Path) -> list[str]:
@@ -295,15 +315,19 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     images = _images_dir()
     for stale in images.glob(f".tmp-{variant}-{digest}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a build that died; we hold the lock
-    if shutil.which("bash") is None:
-        raise ImageError("cannot build the guest image: bash not found (apt-get install bash)")
+    path = build_path(os.environ.get("PATH", os.defpath))
+    if shutil.which("bash", path=path) is None:
+        raise ImageError(
+            f"cannot build the guest image: bash not found in PATH={path} (apt-get install bash)"
+        )
     script = recipe_dir() / "build.sh"
     debs = cache_root() / "debs"
     debs.mkdir(parents=True, exist_ok=True)
+    verify_debs(debs)  # a cached kernel package is booted only if apt vouches for it
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{variant}-{digest}-", dir=images))
     out = tmp / "image"
     command = ["bash", str(script), str(out)]
-    env = dict(os.environ, NETLAB_KERNEL_PKG=VARIANTS[variant], NETLAB_DEB_CACHE=str(debs))
+    env = dict(os.environ, PATH=path, NETLAB_KERNEL_PKG=VARIANTS[variant], NETLAB_DEB_CACHE=str(debs))
     _say(progress, f"building the {variant} guest image {digest} (takes about a minute)")
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=40)

@@ -1,18 +1,21 @@
 """Holding a lab open for a person to look at before it is torn down.
 
 The text of how to reach it is written to a file under ``<runtime base>/kept/`` (so it
-can be found from another shell); the hold ends when Enter is pressed on the
+can be found from another shell), beside a record of the lab's directory (``<lab>.json``,
+which ``netlab list``, ``ssh`` and ``exec`` read); the hold ends when Enter is pressed on the
 controlling terminal, when one of those files is deleted, or when the timeout runs out.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import select
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -42,12 +45,15 @@ class Hold:
     paths: list[Path]
     text: str
     timeout: float
+    records: list[Path] = field(default_factory=list)  # <lab>.json: name and directory
 
     @classmethod
     def write(
-        cls, directory: Path, lab_names: list[str], body: str, timeout: float, *, terminal: bool
+        cls, directory: Path, lab_names: list[str], body: str, timeout: float, *, terminal: bool,
+        workdirs: Sequence[Path] = (),
     ) -> Hold:
-        """Write *body* and how the hold ends to ``<lab>.txt`` in *directory* for each lab."""
+        """Write *body* and how the hold ends to ``<lab>.txt`` in *directory* for each lab,
+        and its directory (from *workdirs*, in the order of *lab_names*) to ``<lab>.json``."""
         directory.mkdir(mode=0o755, parents=True, exist_ok=True)
         paths = [directory / f"{name}.txt" for name in lab_names]
         enter = "press Enter here, " if terminal else ""
@@ -55,9 +61,14 @@ class Hold:
             f"the run goes on (and tears the lab down) when you {enter}delete "
             f"{' or '.join(map(str, paths))}, or after {timeout:g} s\n"
         )
+        records = []
+        for name, workdir in zip(lab_names, workdirs, strict=False):
+            record = directory / f"{name}.json"
+            record.write_text(json.dumps({"name": name, "pid": os.getpid(), "workdir": str(workdir)}) + "\n")
+            records.append(record)
         for path in paths:
             path.write_text(text)
-        return cls(paths, text, timeout)
+        return cls(paths, text, timeout, records)
 
     def wait(self, terminal_fd: int | None) -> str:
         """Block until a line is entered on *terminal_fd*, a file is deleted, or the
@@ -78,6 +89,6 @@ class Hold:
                 if ready and (not (data := os.read(terminal_fd, 1024)) or b"\n" in data):
                     return "enter"
         finally:
-            for path in self.paths:
+            for path in self.paths + self.records:
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()

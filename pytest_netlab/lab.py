@@ -16,7 +16,7 @@ import shlex
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,13 +32,16 @@ from .addressing import (
     parse_subnets,
 )
 from .bridge import Bridge
+from .budget import Budget, Claim
 from .constants import NAMESPACE_PREFIX
 from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
 from .guest import VM, Router
 from .image import GuestImage
 from .netns import HostCommandResult, LabNamespace
-from .pcap import Capture, read_pcap, tcpdump_argv, wait_listening
-from .qemu import MGMT_MAC, MachineConfig, NicConfig, QemuMachine, find_qemu
+from .pcap import Capture, tcpdump_argv, wait_listening
+from .qemu import MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
+from .shares import SHARE_MODULES, Share, mount_script, share_tag, shares_of
+from .shares import share as checked_share
 from .ssh import SessionKey, SSHSession
 from .templates import (
     GuestHostKey,
@@ -50,6 +53,7 @@ from .templates import (
     nic_modules,
 )
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
+from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,9 @@ class LabSettings:
     command_timeout: float = 60.0
     pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
     progress: Callable[[str], None] | None = None  # where a package image build reports its steps
+    budget: Budget | None = None  # the machine-wide guest budget (None: no limit)
+    # bytes kept of each stream of a command's output and of each console log
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
 
 
 def namespace_name(pid: int, number: int) -> str:
@@ -104,6 +111,7 @@ class Lab:
         self.timings: dict[str, float] = {}
         self.diagram: str | None = None  # Mermaid text, set when built from a Topology
         self.plan = AddressPlan()  # filled at start() when a bridge has a subnet (opt-in)
+        self.claim = Claim(self.settings.budget, self.name)  # its part of the guest budget
         _open_labs.add(self)
 
     # -- building ---------------------------------------------------------------------
@@ -138,16 +146,38 @@ class Lab:
             self._record(name)
         return bridge
 
-    def nat(self, *, model: str = "virtio-net-pci", mac: str | None = None) -> NicSpec:
+    def nat(
+        self, *, model: str = "virtio-net-pci", mac: str | None = None,
+        host_ports: Sequence[int] = (), outside: bool = False,
+    ) -> NicSpec:
         """A user-mode (slirp) NAT NIC, for ``nics=[...]``: the guest gets 10.0.2.15 by
-        DHCP from QEMU (e.g. ``udhcpc -i eth0``), its default route points at the
-        gateway 10.0.2.2, and 10.0.2.2 reaches the host's 127.0.0.1. A guest with such a
-        NIC cold-boots (no saved state). Point it only at 10.0.2.2, never outside.
+        DHCP from QEMU (e.g. ``udhcpc -i eth0``). A guest with such a NIC cold-boots
+        (no saved state).
+
+        The NIC is restricted: through it the guest reaches nothing on the host or
+        beyond (QEMU's DHCP offers no default route), but each of *host_ports*: port
+        ``P`` is ``NAT_HOST:P`` (``pytest_netlab.NAT_HOST``, 10.0.2.100) in the guest and
+        the host's ``127.0.0.1:P``. ``outside=True`` lifts the restriction: the default
+        route points at the gateway 10.0.2.2, which is the host's loopback with every
+        service on it, and through NAT the guest reaches other machines; tests here never
+        use it to reach anything but loopback.
 
         Raises:
-            ConfigError: an unknown model or a malformed MAC.
+            ConfigError: an unknown model, a malformed MAC, a bad or repeated port.
         """
-        return NicSpec(None, model, mac).validated()
+        ports = tuple(host_ports) if isinstance(host_ports, (list, tuple)) else host_ports
+        if not isinstance(ports, tuple):
+            raise ConfigError(f"host_ports={host_ports!r} is not accepted: give a list of port numbers")
+        return NicSpec(None, model, mac, host_ports=ports, outside=outside).validated()
+
+    def share(self, host: str | os.PathLike[str], guest: str, *, rw: bool = False) -> Share:
+        """A host directory for ``vm(..., shares=[...])``: *host* (absolute) is seen at
+        *guest* in the guest, read-only unless *rw* (see :mod:`pytest_netlab.shares`).
+
+        Raises:
+            ConfigError: a bad host or guest path (see :func:`~pytest_netlab.shares.shares_of`).
+        """
+        return checked_share(host, guest, rw=rw)
 
     # -- packet capture ---------------------------------------------------------------
     @property
@@ -215,7 +245,7 @@ class Lab:
             except Exception:  # noqa: BLE001 - a stuck tcpdump is killed, the packets so far kept
                 proc.kill()
                 proc.wait()
-            capture.packets = read_pcap(path)
+            capture.load()
 
     def evidence_files(self) -> list[Path]:
         """Files worth keeping when a test fails: pcaps and the logs of daemons."""
@@ -231,6 +261,7 @@ class Lab:
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
         forwards: Sequence[int] = (), numa: bool = False, aslr: bool = False,
         gateway: str | None = None, image: GuestImage | None = None,
+        shares: Mapping[str | os.PathLike[str], str] | Sequence[Share] = (),
     ) -> VM:
         """Declare guest *name*; it boots at the next ``start()``.
 
@@ -257,11 +288,14 @@ class Lab:
 
         *image*: what the guest runs, e.g. ``netlab.image(packages=["frr"])`` (see
         :meth:`image`); default: the lab's default image.
+        *shares*: host directories mounted in the guest at start (virtio-9p; the guest
+        runs the ``generic`` image, whose kernel has 9p): ``{"/abs/host/dir":
+        "/mnt/dir"}`` read-only, or a list of :meth:`share` (``rw=True`` for writable).
 
         Raises:
             ConfigError: bad or duplicate name, a bridge of another lab, duplicate MACs,
                 TAP names or addresses, sizes out of range, unreadable kernel or disk,
-                a bad gateway.
+                a bad gateway, bad or duplicate share paths.
         """
         if name in self.vms:
             raise ConfigError(f"guest {name!r} exists already in this lab: give each guest its own name")
@@ -291,6 +325,7 @@ class Lab:
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
             append=append, disks=[Path(d) for d in disks], network=network,
             forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway, image=image,
+            shares=shares_of(shares, name),
         ).validated()
         given = [validation.ip_interface(a).ip for nic in specs for a in nic.addresses]
         for address in given:
@@ -416,13 +451,14 @@ class Lab:
             layout = Layout(
                 spec.memory, spec.cpus, self.settings.accel,
                 tuple(NicLayout(n.model, n.queues, n.vectors) for n in spec.nics),
-                numa=spec.numa,
+                numa=spec.numa, shares=len(spec.shares),
             )
             image = self._image_for(vm)
             config = store.machine_config(layout, image, spec.name)
             config.incoming = store.state(layout, image, self.settings.boot_timeout)
         else:
             config = self._cold_config(vm)
+        config.shares = [FsShare(s.host, share_tag(i), readonly=not s.rw) for i, s in enumerate(spec.shares)]
         tap_nics = [(nic, s) for nic, s in zip(config.nics, spec.nics, strict=True) if s.bridge is not None]
         for (nic, spec_nic), tap in zip(tap_nics, vm.taps, strict=True):
             assert spec_nic.bridge is not None
@@ -447,7 +483,9 @@ class Lab:
                            state, str(exc).splitlines()[0])
             state.unlink(missing_ok=True)
             machine.shutdown()  # its TAPs go with it; the new machine gets new ones
-        vm.machine = QemuMachine(self._machine_config(vm), self.workdir / vm.name)
+        vm.machine = QemuMachine(
+            self._machine_config(vm), self.workdir / vm.name, console_limit=self.settings.output_limit
+        )
         vm.machine.launch()
         try:
             vm.machine.finish_incoming()
@@ -459,9 +497,11 @@ class Lab:
             ) from exc
 
     def _image_for(self, vm: VM) -> GuestImage:
-        """The default image, or its variant whose kernel drives the VM's NIC models."""
+        """The guest's image (``image=``, else the lab's default), or its variant whose
+        kernel drives the VM's NIC models and, for shares, has 9p."""
+        modules = nic_modules([n.model for n in vm.spec.nics])
         image = vm.spec.image or self.default_image
-        return image.for_modules(nic_modules([n.model for n in vm.spec.nics]))
+        return image.for_modules([*modules, *(SHARE_MODULES if vm.spec.shares else ())])
 
     def _cold_config(self, vm: VM) -> MachineConfig:
         spec = vm.spec
@@ -476,22 +516,40 @@ class Lab:
         params = [cmdline, f"netlab.keytype={self.key.keytype}", f"netlab.key={self.key.blob}"]
         if spec.rootfs is not None:
             params.append("root=/dev/vda rw")
-        # snapshot=on: writes go to a temporary overlay, the user's image is never changed
-        drives = image.drives() if spec.kernel is None else []  # a package image's root disk
-        drives += [
-            f"file={disk},if=virtio,format={_disk_format(disk)},snapshot=on"
-            for disk in ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
-        ]
+        # a package image's root disk first (/dev/vda), then the user's disks
+        drives = image.drives() if spec.kernel is None else []
+        disks = ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
+        drives += [drive_option(disk) for disk in disks]
         if spec.append:
             params.append(spec.append)
         return MachineConfig(
             name=spec.name, kernel=spec.kernel or image.kernel,
             initrd=spec.initrd if spec.kernel else image.initrd, cmdline=" ".join(params),
             memory_mib=spec.memory, cpus=spec.cpus, accel=self.settings.accel,
-            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat)
+            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat,
+                            host_ports=n.host_ports, outside=n.outside)
                   for mac, n in zip(vm.macs, spec.nics, strict=True)],
             drives=drives, management=spec.network, numa=spec.numa,
         )
+
+    def _mount_shares(self, vm: VM) -> None:
+        """Mount *vm*'s shares, now that it is up (a resumed guest: after the resume, so
+        no mount is ever in a saved state).
+
+        Raises:
+            LabError: the guest could not mount them.
+        """
+        if not vm.spec.shares:
+            return
+        script = mount_script(vm.spec.shares)
+        try:
+            if vm.spec.network:
+                vm.ssh(script)
+            else:
+                vm.console_run(script)
+        except CommandError as exc:  # the lab could not be built, not a test failure
+            hint = " (a kernel of its own needs 9p and 9pnet_virtio)" if vm.spec.kernel else ""
+            raise LabError(f"{vm.name}: mounting its shares failed{hint}: {exc}") from exc
 
     def start(self, timeout: float | None = None) -> None:
         """Boot every declared guest that is not running yet, all at once; return when
@@ -513,11 +571,14 @@ class Lab:
         find_qemu()  # a missing QEMU is bad input: say so before anything is made
         setups = self._plan_addresses(pending)  # so is an address plan that cannot work
         self._ensure_namespace()
+        self.claim.admit([vm.spec.memory for vm in pending])  # may wait for room (see budget)
         boot_timeout = timeout or self.settings.boot_timeout
         started = time.monotonic()
         machines = []
         for vm in pending:
-            vm.machine = QemuMachine(self._machine_config(vm), self.workdir / vm.name)
+            vm.machine = QemuMachine(
+                self._machine_config(vm), self.workdir / vm.name, console_limit=self.settings.output_limit
+            )
             vm.machine.launch()
             machines.append(vm.machine)
         for vm, machine in zip(pending, machines, strict=True):
@@ -525,6 +586,8 @@ class Lab:
                 self._resume(vm)
                 assert vm.machine is not None
                 host_key = GuestHostKey.generate()
+                # the key the host made is the one pinned: nothing the guest prints changes it
+                vm.machine.expect_host_key(host_key.public_line)
                 vm.machine.write_console(config_line(
                     vm.name, vm.macs, self.key.keytype, self.key.blob, host_key, aslr=vm.spec.aslr
                 ))
@@ -539,14 +602,19 @@ class Lab:
             vm.machine.wait_ready(boot_timeout, since=started)
             if not vm.spec.network:
                 vm._console_ready = True  # no SSH: the serial console is its channel
+                self._mount_shares(vm)
                 vm.log.info("ready (no network, console only) after %.2f s", time.monotonic() - started)
                 return
             assert vm.machine.host_key is not None
-            session = SSHSession(vm.name, ports[vm.name], self.key, vm.machine.host_key)
+            session = SSHSession(
+                vm.name, ports[vm.name], self.key, vm.machine.host_key,
+                output_limit=self.settings.output_limit,
+            )
             # the boot timeout is how long a guest may take to answer SSH: the handshake
             # gets what is left of it (at least a few seconds, once the guest said ready)
             session.connect(max(SSH_HANDSHAKE_MIN, boot_timeout - (time.monotonic() - started)))
             vm._ssh = session
+            self._mount_shares(vm)
             if vm.name in setups:
                 # addresses, default route and /etc/hosts: one command, one round trip
                 try:
@@ -565,6 +633,7 @@ class Lab:
         with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="boot") as pool:
             futures = [pool.submit(bring_up, vm) for vm in pending]
             errors = [f.exception() for f in futures]
+        self.claim.booted()
         failed = [e for e in errors if e is not None]
         if failed:
             raise failed[0]
@@ -579,7 +648,8 @@ class Lab:
     def run(
         self, command: str | Sequence[str], *, check: bool = True, timeout: float = 30.0
     ) -> HostCommandResult:
-        """Run a command on the lab's host side (inside the lab namespace).
+        """Run a command on the lab's host side (inside the lab namespace). What it
+        leaves running in the background is killed when the lab closes.
 
         Raises:
             CommandError: with ``check=True``, it exited non-zero.
@@ -625,6 +695,7 @@ class Lab:
         except NetlabError as exc:
             failures.append(str(exc))
             self.log.error("%s", exc)
+        self.claim.release()
         _open_labs.discard(self)
         self.timings["teardown"] = time.monotonic() - started
         if failures:
@@ -647,6 +718,11 @@ def open_labs() -> list[Lab]:
 
 def _path(value: str | Path | None) -> Path | None:
     return Path(value) if value is not None else None
+
+
+def drive_option(disk: Path) -> str:
+    """``-drive`` for a user's *disk*; ``snapshot=on``: writes go to a temporary overlay."""
+    return f"file={option_value(disk)},if=virtio,format={_disk_format(disk)},snapshot=on"
 
 
 def _disk_format(path: Path) -> str:

@@ -40,6 +40,7 @@ import ipaddress
 import shlex
 import tomllib
 from collections.abc import Collection, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -106,9 +107,11 @@ class Topology:
             ConfigError: an unknown key, a link to an undeclared bridge, a bad name,
                 address, route or role; the message names the node and the value.
         """
-        _keys(data, {"bridges", "nodes", "lab"}, "topology")
+        _keys(data, {"bridges", "nodes", "generate", "lab"}, "topology")
+        lab = _table(data.get("lab", {}), "[lab]")  # read before [generate] makes the rest
+        if "generate" in data:
+            data = _generated(data)
         topology = cls()
-        lab = _table(data.get("lab", {}), "[lab]")
         _keys(lab, {"packages"}, "[lab]")
         topology.packages = _packages(lab.get("packages"), "[lab]") or ()
         for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
@@ -182,8 +185,8 @@ class Topology:
             to, via = route.get("to"), route.get("via")
             if to != "default":
                 try:
-                    ipaddress.ip_network(str(to) if isinstance(to, str) else "")
-                except ValueError:
+                    validation.ip_network(to)
+                except ConfigError:
                     raise ConfigError(
                         f"{where}: route to {to!r} is not accepted: give a network "
                         "(e.g. 10.20.20.0/24) or 'default'"
@@ -202,9 +205,10 @@ class Topology:
         )
 
     # -- building ---------------------------------------------------------------------
-    def apply(self, lab: Lab, *, start: bool = True) -> dict[str, VM]:
+    def apply(self, lab: Lab, *, start: bool = True, timeout: float | None = None) -> dict[str, VM]:
         """Create the bridges and guests in *lab*; with *start*, boot them and set the
-        addresses, routes and forwarding. Returns the guests by name.
+        addresses, routes and forwarding. Returns the guests by name. *timeout*: how
+        long the guests may take to answer SSH (see :meth:`Lab.start`).
 
         Raises:
             ConfigError: a name already used in *lab*.
@@ -235,11 +239,12 @@ class Topology:
             for node in self.nodes.values()
         }
         if start:
-            lab.start()
-            for node in self.nodes.values():
-                script = self.guest_script(node, planned)
-                if script:
-                    vms[node.name].ssh(script)
+            lab.start(timeout)
+            scripts = {n.name: s for n in self.nodes.values() if (s := self.guest_script(n, planned))}
+            # one round trip per guest, all at once: a 32-guest fabric has 8 routers to set
+            with ThreadPoolExecutor(max_workers=max(1, min(len(scripts), 16))) as pool:
+                for future in [pool.submit(vms[name].ssh, script) for name, script in scripts.items()]:
+                    future.result()
         return vms
 
     def node_packages(self, node: NodeSpec) -> tuple[str, ...]:
@@ -298,12 +303,24 @@ def _packages(value: object, where: str) -> tuple[str, ...] | None:
         raise ConfigError(f"{where}: {exc}") from None
 
 
+def _generated(data: Mapping[str, Any]) -> dict[str, Any]:
+    """*data* with the bridges and nodes its ``[generate]`` table asks for (see
+    :mod:`pytest_netlab.builders`) put before those it declares itself."""
+    from .builders import generate
+
+    made = generate(_table(data["generate"], "[generate]"))
+    for part in ("bridges", "nodes"):
+        for name in _table(data.get(part, {}), part):
+            if name in made[part]:
+                raise ConfigError(
+                    f"{part[:-1]} {name!r} is made by [generate] already: give yours another name"
+                )
+        made[part].update(data.get(part, {}))
+    return made
+
+
 def _is_address(value: object) -> bool:
-    try:
-        ipaddress.ip_address(str(value))
-    except ValueError:
-        return False
-    return True
+    return validation.is_ip_address(value)
 
 
 def _id(name: str) -> str:

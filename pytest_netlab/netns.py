@@ -7,6 +7,7 @@ QEMU, so a TAP disappears by itself when its QEMU process ends, however it ends.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -28,6 +29,13 @@ from pyroute2 import IPRoute, NetlinkError, netns
 
 from .constants import NETNS_RUN_DIR
 from .errors import CommandError, CommandTimeout, NamespaceError
+from .owner import (
+    Owner,
+    die_with_parent,
+    kill_netns_processes,
+    owner_environment,
+    owners_dir,
+)
 
 log = logging.getLogger(__name__)
 
@@ -39,26 +47,9 @@ IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
 IFF_VNET_HDR = 0x4000
-PR_SET_PDEATHSIG = 1
 TC_H_ROOT = 0xFFFFFFFF  # the parent of a device's root qdisc
 
 _libc = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent() -> None:
-    """``preexec_fn`` for children that must not outlive the process that started them.
-
-    The kernel sends SIGKILL when the thread that forked the child exits, so children
-    are started from the long-lived thread that owns the lab, never from a pool thread.
-    """
-    if _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
-        os._exit(126)
-
-
-def owner_environment() -> dict[str, str]:
-    """The environment of child processes: marked with their owner's pid, so that a
-    cleanup after a crash knows whose they are (see :mod:`pytest_netlab.cleanup`)."""
-    return {**os.environ, "NETLAB_OWNER": str(os.getpid())}
 
 
 def _setns(path: Path) -> None:
@@ -205,9 +196,11 @@ class LabNamespace:
         """
         if (NETNS_RUN_DIR / self.name).exists():
             raise NamespaceError(f"network namespace {self.name!r} exists already")
+        self._write_owner_record()
         try:
             netns.create(self.name)
         except (OSError, NetlinkError) as exc:
+            self._owner_record.unlink(missing_ok=True)
             raise NamespaceError(
                 f"cannot create network namespace {self.name!r}: {exc} "
                 "(pytest-netlab needs root or CAP_SYS_ADMIN and CAP_NET_ADMIN)"
@@ -220,8 +213,24 @@ class LabNamespace:
             self.close()
             raise NamespaceError(f"cannot set up namespace {self.name!r}: {exc}") from exc
 
+    @property
+    def _owner_record(self) -> Path:
+        from .session import runtime_base
+
+        return owners_dir(runtime_base()) / self.name
+
+    def _write_owner_record(self) -> None:
+        """Say who owns the namespace, before it exists: cleanup removes a namespace
+        named like ours only when its record names an owner that is gone."""
+        record = self._owner_record
+        record.parent.mkdir(mode=0o755, exist_ok=True)
+        fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(Owner.me().tag + "\n")
+
     def close(self) -> None:
-        """Stop the daemons started here and remove the namespace with all its links."""
+        """Stop the daemons started here, kill what else runs in the namespace (what
+        commands left in the background) and remove it with all its links."""
         if self._closed:
             return
         self._closed = True
@@ -232,6 +241,9 @@ class LabNamespace:
             self._ipr.close()
             self._ipr = None
         if self._created:
+            left = kill_netns_processes(NETNS_RUN_DIR / self.name)
+            if left:
+                self.log.info("killed %d process(es) left in the namespace: %s", len(left), left)
             try:
                 netns.remove(self.name)
             except OSError as exc:
@@ -239,6 +251,7 @@ class LabNamespace:
                     raise NamespaceError(
                         f"cannot remove namespace {self.name!r}: {exc}"
                     ) from exc
+            self._owner_record.unlink(missing_ok=True)
 
     @property
     def created(self) -> bool:
@@ -355,18 +368,25 @@ class LabNamespace:
         """
         text = command if isinstance(command, str) else shlex.join(command)
         started = time.monotonic()
-        try:
-            proc = subprocess.run(
-                self._argv(command), capture_output=True, timeout=timeout, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise CommandTimeout(
-                f"lab namespace {self.name}", text, timeout,
-                _text(exc.stdout), _text(exc.stderr),
-            ) from None
+        # like spawn(): marked with its owner, killed if this thread ends, in a process
+        # group of its own (a timeout kills the whole group); what it leaves in the
+        # background is killed when the namespace closes
+        with subprocess.Popen(
+            die_with_parent(self._argv(command)), stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=owner_environment(),
+            process_group=0,
+        ) as proc:
+            try:
+                stdout, stderr = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                stdout, stderr = proc.communicate()
+                raise CommandTimeout(
+                    f"lab namespace {self.name}", text, timeout, _text(stdout), _text(stderr),
+                ) from None
         result = HostCommandResult(
-            text, proc.returncode, _text(proc.stdout), _text(proc.stderr),
-            time.monotonic() - started,
+            text, proc.returncode, _text(stdout), _text(stderr), time.monotonic() - started,
         )
         self.log.debug("%s -> %d (%.3f s)", text, result.status, result.duration)
         if check and result.status != 0:
@@ -384,9 +404,8 @@ class LabNamespace:
         out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
         try:
             proc = subprocess.Popen(
-                self._argv(command), stdin=subprocess.DEVNULL, stdout=out,
+                die_with_parent(self._argv(command)), stdin=subprocess.DEVNULL, stdout=out,
                 stderr=subprocess.STDOUT, env=owner_environment(),
-                preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl() call
             )
         finally:
             if log_path and not isinstance(out, int):

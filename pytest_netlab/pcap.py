@@ -1,10 +1,17 @@
 """Packet capture on the lab's bridges: tcpdump inside the lab namespace writes pcap
 files, and :func:`read_pcap` parses them with dpkt into :class:`Packet` records that a
-test can assert on."""
+test can assert on.
+
+Guests decide what crosses a bridge, so neither a flood nor a malformed frame may hurt
+the host: a pcap file stops growing at :data:`PCAP_FILE_LIMIT` bytes (tcpdump runs with
+that file size limit), :func:`read_pcap` reads at most *max_packets* frames and
+*max_bytes* bytes of them, and a frame dpkt cannot parse is kept as a raw record
+(``kind="malformed"``) instead of ending the capture."""
 
 from __future__ import annotations
 
 import ipaddress
+import logging
 import socket
 import time
 from collections.abc import Iterator
@@ -16,18 +23,34 @@ import dpkt
 
 from .errors import LabError
 
+log = logging.getLogger(__name__)
+
 READY_TIMEOUT = 10.0
+PCAP_FILE_LIMIT = 64 * 1024 * 1024  # bytes; tcpdump is stopped by the kernel there
+READ_PACKETS_LIMIT = 250_000
+READ_BYTES_LIMIT = 64 * 1024 * 1024
 
 
-def tcpdump_argv(interface: str, path: Path) -> list[str]:
+def tcpdump_argv(interface: str, path: Path, limit: int | None = None) -> list[str]:
     """tcpdump writing every frame on *interface* to *path* as it arrives
     (``--immediate-mode``: else frames wait in the kernel's ring for a buffer timeout and
     are lost when tcpdump is stopped; ``-U``: flushed per packet), as root (``-Z root``:
-    it would drop to a user that cannot write the test's directory)."""
+    it would drop to a user that cannot write the test's directory). It may write at
+    most *limit* bytes (default :data:`PCAP_FILE_LIMIT`; ``prlimit --fsize``: the kernel
+    ends it with SIGXFSZ there, and the file keeps the frames before)."""
     return [
+        "prlimit", f"--fsize={PCAP_FILE_LIMIT if limit is None else limit}",
         "tcpdump", "-n", "-i", interface, "--immediate-mode", "-U", "-Z", "root", "-s", "0",
         "-w", str(path),
     ]
+
+
+def reached_limit(path: Path, limit: int | None = None) -> bool:
+    """Whether the pcap file *path* stopped growing at its size limit (later frames lost)."""
+    try:
+        return path.stat().st_size >= (PCAP_FILE_LIMIT if limit is None else limit)
+    except OSError:
+        return False
 
 
 def wait_listening(log_path: Path, proc: Any, timeout: float = READY_TIMEOUT) -> None:
@@ -76,7 +99,17 @@ _PROTOCOLS = {1: "icmp", 6: "tcp", 17: "udp", 58: "icmp6"}
 
 
 def parse_frame(ts: float, raw: bytes) -> Packet:
-    """Describe one Ethernet frame."""
+    """Describe one Ethernet frame; one that cannot be parsed (too short, a header that
+    lies about its lengths) is a ``kind="malformed"`` record with the raw ``frame``."""
+    try:
+        return _parse(ts, raw)
+    except Exception:  # noqa: BLE001 - dpkt, struct, socket: any frame a guest made must not end the capture
+        return Packet(
+            time=ts, src_mac=_mac(raw[6:12]), dst_mac=_mac(raw[0:6]), kind="malformed", frame=raw,
+        )
+
+
+def _parse(ts: float, raw: bytes) -> Packet:
     eth = dpkt.ethernet.Ethernet(raw)
     base: dict[str, Any] = {
         "time": ts, "src_mac": _mac(eth.src), "dst_mac": _mac(eth.dst), "frame": raw,
@@ -101,10 +134,15 @@ def parse_frame(ts: float, raw: bytes) -> Packet:
     return Packet(kind=f"0x{eth.type:04x}", **base)
 
 
-def read_pcap(path: Path) -> list[Packet]:
-    """Every frame of a pcap file, in order. A file cut short (tcpdump stopped in the
-    middle of a write) gives the frames before the cut."""
+def read_pcap(
+    path: Path, *, max_packets: int = READ_PACKETS_LIMIT, max_bytes: int = READ_BYTES_LIMIT
+) -> list[Packet]:
+    """The frames of a pcap file, in order: at most *max_packets* of them and
+    *max_bytes* bytes of frames (a warning says when more were left). A file cut short
+    (tcpdump stopped in the middle of a write) gives the frames before the cut; a frame
+    that cannot be parsed is a ``kind="malformed"`` record (see :func:`parse_frame`)."""
     packets: list[Packet] = []
+    size = 0
     with open(path, "rb") as handle:
         try:
             reader = dpkt.pcap.Reader(handle)
@@ -116,6 +154,13 @@ def read_pcap(path: Path) -> list[Packet]:
                 ts, raw = next(iterator)
             except (StopIteration, dpkt.NeedData, ValueError):
                 break
+            size += len(raw)
+            if len(packets) >= max_packets or size > max_bytes:
+                log.warning(
+                    "%s: only the first %d frames read (limits: %d frames, %d bytes)",
+                    path, len(packets), max_packets, max_bytes,
+                )
+                break
             packets.append(parse_frame(float(ts), bytes(raw)))
     return packets
 
@@ -123,13 +168,25 @@ def read_pcap(path: Path) -> list[Packet]:
 class Capture:
     """What crossed a bridge while a ``with lab.capture(bridge)`` block ran.
 
-    ``packets`` is filled when the block ends.
+    ``packets`` is filled when the block ends. ``truncated`` is true when the file
+    reached :data:`PCAP_FILE_LIMIT` (a flood): frames after that were not recorded.
     """
 
     def __init__(self, bridge: str, path: Path) -> None:
         self.bridge = bridge
         self.path = path
         self.packets: list[Packet] = []
+        self.truncated = False
+
+    def load(self) -> None:
+        """Read the file tcpdump wrote into ``packets`` (call once it stopped)."""
+        self.truncated = reached_limit(self.path)
+        if self.truncated:
+            log.warning(
+                "capture on %s reached its limit of %d bytes: later frames were not recorded (%s)",
+                self.bridge, PCAP_FILE_LIMIT, self.path,
+            )
+        self.packets = read_pcap(self.path)
 
     def arp_requests(self, sender_ip: str | None = None, target_ip: str | None = None) -> list[Packet]:
         """ARP requests, optionally only those from *sender_ip* or for *target_ip*."""

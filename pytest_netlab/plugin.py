@@ -11,8 +11,10 @@ import functools
 import logging
 import os
 import shutil
+import signal
 import sys
-from collections.abc import Generator, Iterator
+import threading
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,7 @@ from .constants import ACCEL_CHOICES, BOOT_MODES, PCAP_MODES
 from .errors import NetlabError
 from .keep import DEFAULT_KEEP_TIMEOUT, Hold, kept_dir, open_terminal
 from .session import LabFactory, NetlabSession, runtime_base
+from .untrusted import DEFAULT_OUTPUT_LIMIT, parse_output_limit, printable
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -35,6 +38,8 @@ log = logging.getLogger(__name__)
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
 _KEEP_KEY = pytest.StashKey["KeepPolicy"]()
+_SIGTERM_KEY = pytest.StashKey["Callable[[int, object], None]"]()
+_LEFTOVERS_KEY = pytest.StashKey[list[str]]()
 
 
 @dataclass(frozen=True)
@@ -105,6 +110,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "netlab_packages", "Debian packages of every guest's image, comma separated (default none)",
         default="",
     )
+    group.addoption(
+        "--netlab-max-guests", default=None, metavar="N",
+        help="guests booting at once on this machine, over every pytest process and netlab up; "
+        "a lab waits for room (default: ini netlab_max_guests, else 4 per CPU)",
+    )
+    group.addoption(
+        "--netlab-max-memory", default=None, metavar="MIB",
+        help="memory of running guests on this machine (QEMU's own included), in MiB or with G "
+        "(e.g. 8G); a lab waits for room (default: ini netlab_max_memory, else the free "
+        "memory less a reserve)",
+    )
+    group.addoption(
+        "--netlab-output-limit", default=None, metavar="BYTES",
+        help="bytes kept of each stream of a guest command's output (vm.ssh()) and of each "
+        "guest's console.log; the rest is cut with a '[... N bytes truncated]' note; K, M "
+        f"or G allowed (default: ini netlab_output_limit, else {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
+    )
+    parser.addini(
+        "netlab_output_limit",
+        "bytes kept of each command output stream and console log "
+        f"(default {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
+        default=f"{DEFAULT_OUTPUT_LIMIT // 2**20}M",
+    )
     parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
     parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
     parser.addini(
@@ -114,6 +142,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "netlab_keep_timeout",
         f"seconds a kept or paused lab stays up without Enter (default {DEFAULT_KEEP_TIMEOUT:g})",
         default=f"{DEFAULT_KEEP_TIMEOUT:g}",
+    )
+    parser.addini("netlab_max_guests", "guests booting at once, machine-wide (default 4 per CPU)", default="")
+    parser.addini(
+        "netlab_max_memory", "MiB of running guests, machine-wide (default the free memory less a reserve)",
+        default="",
     )
     parser.addini(
         "netlab_command_timeout",
@@ -149,21 +182,32 @@ def pytest_configure(config: pytest.Config) -> None:
                 f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
             ) from None
     packages = _packages(config)
+    try:
+        output_limit = parse_output_limit(
+            config.getoption("--netlab-output-limit") or config.getini("netlab_output_limit"),
+            "netlab output limit",
+        )
+    except NetlabError as exc:
+        raise pytest.UsageError(str(exc)) from None
     if not hasattr(config, "workerinput"):
         # the xdist controller or a plain run: workers' labs are not made yet, and every
         # other live run keeps its resources (their owners are alive)
-        _remove_leftovers()
+        config.stash[_LEFTOVERS_KEY] = _remove_leftovers()
     config.stash[_KEEP_KEY] = KeepPolicy(
         on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
         timeout=timeouts["keep"],
     )
+    max_guests, max_memory = _budget_limits(config)
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
-        command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"), packages=packages,
+        command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
+        output_limit=output_limit, packages=packages,
         artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
+        max_guests=max_guests, max_memory=max_memory, report=lambda line: _report_line(config, line),
         progress=functools.partial(_show_progress, config),
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
+    _terminate_like_ctrl_c(config)
 
 
 def _show_progress(config: pytest.Config, message: str) -> None:
@@ -191,19 +235,77 @@ def _packages(config: pytest.Config) -> tuple[str, ...]:
         raise pytest.UsageError(f"netlab packages {raw!r}: {exc}") from None
 
 
-def _remove_leftovers() -> None:
+def _sigterm_handler(pid: int) -> Callable[[int, object], None]:
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getpid() != pid:
+            # a forked copy of this process (pyroute2 forks to make namespaces): it must
+            # not run pytest's teardown of labs that are not its own; it dies as by default
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    return on_sigterm
+
+
+def _terminate_like_ctrl_c(config: pytest.Config) -> None:
+    """SIGTERM (a CI job cancelled) tears the labs down as Ctrl-C does: pytest's
+    KeyboardInterrupt path runs the fixtures' teardown. A handler someone else set is
+    left alone; ours is taken back at the end of the run."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        handler = _sigterm_handler(os.getpid())
+        signal.signal(signal.SIGTERM, handler)
+        config.stash[_SIGTERM_KEY] = handler
+
+
+def _budget_limits(config: pytest.Config) -> tuple[int | None, int | None]:
+    """--netlab-max-guests and --netlab-max-memory (or their ini values); ``None``: sized
+    from the machine."""
+    from .budget import parse_guests, parse_memory
+
+    limits: list[int | None] = []
+    for name, parse in (("guests", parse_guests), ("memory", parse_memory)):
+        raw = config.getoption(f"--netlab-max-{name}") or config.getini(f"netlab_max_{name}")
+        try:
+            limits.append(parse(raw) if raw else None)
+        except NetlabError as exc:
+            raise pytest.UsageError(str(exc)) from None
+    return limits[0], limits[1]
+
+
+def _report_line(config: pytest.Config, line: str) -> None:
+    """A line for the person watching the run (a lab waiting for room), past capture."""
+    log.warning("%s", line)
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():
+        if hasattr(config, "workerinput"):  # the controller reads the workers' stdout
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        else:
+            config.get_terminal_writer().line(line)
+
+
+def _remove_leftovers() -> list[str]:
+    """What was removed, for the report header (a warning logged this early is not shown)."""
     from .cleanup import remove_leftovers
+    from .image import cache_root
 
     try:
-        report = remove_leftovers(runtime_base())
+        report = remove_leftovers(runtime_base(), template_dir=cache_root() / "templates")
     except (OSError, NetlabError) as exc:  # no root: the labs will say so with their own error
         log.warning("netlab: cleaning leftovers of dead runs failed: %s", exc)
-        return
+        return [f"cleaning leftovers of dead runs failed: {exc}"]
     for line in report.lines():
         log.warning("netlab: leftover of a dead run: %s", line)
+    return [f"leftover of a dead run: {line}" for line in report.lines()]
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
+    handler = config.stash.get(_SIGTERM_KEY, None)
+    if handler is not None and signal.getsignal(signal.SIGTERM) is handler:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
     session = config.stash.get(_SESSION_KEY, None)
     if session is not None:
         session.close()
@@ -211,10 +313,11 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
     session = config.stash[_SESSION_KEY]
+    removed = [f"netlab: {line}" for line in config.stash.get(_LEFTOVERS_KEY, [])]
     try:
-        return [f"netlab: {session.describe()}"]
+        return [f"netlab: {session.describe()}", *removed]
     except NetlabError as exc:
-        return [f"netlab: not usable: {exc}"]
+        return [f"netlab: not usable: {exc}", *removed]
 
 
 @pytest.fixture(scope="session")
@@ -251,10 +354,11 @@ def pytest_runtest_makereport(
         if labs and session is not None:
             try:
                 evidence = artifacts.collect(labs, _artifacts_dir(item, session, labs))
-                report.sections.extend(evidence.sections)
+                # guest text, shown on the terminal: no escape sequence gets through
+                report.sections.extend((title, printable(text)) for title, text in evidence.sections)
             except Exception as exc:  # evidence must never mask the failure
                 log.exception("netlab: capturing evidence failed")
-                report.sections.append(("netlab artifacts", f"capturing evidence failed: {exc!r}"))
+                report.sections.append(("netlab artifacts", printable(f"capturing evidence failed: {exc!r}")))
     return report
 
 
@@ -288,7 +392,7 @@ def _hold(item: pytest.Item, labs: list[Lab], timeout: float, outcome: str) -> N
         )
         hold = Hold.write(
             kept_dir(runtime_base()), [lab.name for lab in labs], body, timeout,
-            terminal=terminal_fd is not None,
+            terminal=terminal_fd is not None, workdirs=[lab.workdir for lab in labs],
         )
         capman = config.pluginmanager.getplugin("capturemanager")
         with capman.global_and_fixture_disabled() if capman else contextlib.nullcontext():

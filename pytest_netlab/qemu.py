@@ -16,14 +16,18 @@ import shlex
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .constants import NAT_HOST
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
+from .untrusted import DEFAULT_OUTPUT_LIMIT, printable
 
 if TYPE_CHECKING:
     from qemu.qmp.legacy import QEMUMonitorProtocol
@@ -40,9 +44,67 @@ ERROR_MARK = "NETLAB-ERROR "
 MGMT_NET = "100.127.255.0/24"
 MGMT_GUEST_ADDR = "100.127.255.15/24"
 MGMT_MAC = "02:6e:6c:00:00:01"
+#: seconds a QEMU whose QMP dropped while loading a state gets to exit (see _incoming_outcome)
+INCOMING_EXIT_GRACE = 5.0
+# a host key as the guest prints it: "ssh-ed25519 AAAA...", nothing else
+_HOST_KEY = re.compile(r"^(?:ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(?:256|384|521)) [A-Za-z0-9+/]+={0,2}$")
+# what a guest's console may cost the host: lines kept in memory, and the longest line
+# (output without newlines is cut into lines of this length)
+CONSOLE_LINES_KEPT = 2000
+CONSOLE_LINE_MAX = 4096
 _USERNET_FWD = re.compile(
     r"TCP\[HOST_FORWARD\]\s+\d+\s+(?P<haddr>[\d.]+)\s+(?P<hport>\d+)\s+[\d.]+\s+(?P<gport>\d+)"
 )
+
+
+class _ExpectedDisconnect(logging.Filter):
+    """On qemu.qmp's logger of one QMP nickname: while a machine of that name shuts
+    down, what qemu.qmp reports (QEMU closing QMP after ``quit``, seen as "Task.Reader:
+    ConnectionResetError") is expected, and goes out as DEBUG; at any other time
+    its records keep their level."""
+
+    def __init__(self, logger: logging.Logger) -> None:
+        super().__init__()
+        self.logger = logger
+        self.closing: set[int] = set()  # ids of the machines shutting down
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not self.closing or record.levelno <= logging.DEBUG:
+            return True
+        record.levelno, record.levelname = logging.DEBUG, logging.getLevelName(logging.DEBUG)
+        return self.logger.isEnabledFor(logging.DEBUG)  # as if it had been logged at DEBUG
+
+    @classmethod
+    def on(cls, nickname: str) -> _ExpectedDisconnect:
+        """The filter of qemu.qmp's logger for *nickname*, added on first use."""
+        logger = logging.getLogger(f"qemu.qmp.protocol.{nickname}")
+        with _expected_lock:
+            found = next((f for f in logger.filters if isinstance(f, cls)), None)
+            if found is None:
+                found = cls(logger)
+                logger.addFilter(found)
+        return found
+
+
+_expected_lock = threading.Lock()
+def _split_lines(buffer: bytearray) -> list[bytes]:
+    """Take the complete lines out of *buffer*, without their newlines; a line longer
+    than :data:`CONSOLE_LINE_MAX` is cut into pieces of that length, so output without
+    newlines does not grow the buffer."""
+    lines: list[bytes] = []
+    start = 0
+    while True:
+        end = buffer.find(b"\n", start, start + CONSOLE_LINE_MAX + 1)
+        if end >= 0:
+            lines.append(bytes(buffer[start:end]))
+            start = end + 1
+        elif len(buffer) - start > CONSOLE_LINE_MAX:
+            lines.append(bytes(buffer[start:start + CONSOLE_LINE_MAX]))
+            start += CONSOLE_LINE_MAX
+        else:
+            break
+    del buffer[:start]
+    return lines
 
 
 def find_qemu() -> str:
@@ -67,6 +129,24 @@ def qemu_version() -> str:
     return out.stdout.splitlines()[0] if out.stdout else "unknown"
 
 
+def option_value(text: str | Path) -> str:
+    """*text* escaped for a QEMU option string (``file=...,if=virtio``): a ``,`` in a
+    path would end the value and start an option of the path's choosing."""
+    return str(text).replace(",", ",,")
+
+
+def nat_netdev(netdev_id: str, host_ports: Sequence[int], outside: bool) -> str:
+    """``-netdev user`` of a NAT NIC: restricted (the guest reaches nothing through it)
+    unless *outside*; each of *host_ports* is ``NAT_HOST:port`` in the guest, relayed
+    to the host's ``127.0.0.1:port`` (see :mod:`pytest_netlab.relay`)."""
+    relay = Path(__file__).with_name("relay.py")
+    netdev = f"user,id={netdev_id}" + ("" if outside else ",restrict=on")
+    for port in host_ports:
+        command = shlex.join([sys.executable, "-I", "-S", str(relay), str(int(port))])
+        netdev += f",guestfwd=tcp:{NAT_HOST}:{int(port)}-cmd:{option_value(command)}"
+    return netdev
+
+
 @dataclass
 class NicConfig:
     """One guest NIC on a TAP: the TAP's descriptors are handed to QEMU."""
@@ -76,6 +156,29 @@ class NicConfig:
     fds: list[int] = field(default_factory=list)
     vectors: int | None = None
     nat: bool = False  # a user-mode (slirp) NAT NIC instead of a TAP: no fds
+    host_ports: tuple[int, ...] = ()  # NAT only: host loopback ports the guest may reach
+    outside: bool = False  # NAT only: unrestricted, the guest reaches everything the host does
+
+
+@dataclass(frozen=True)
+class FsShare:
+    """A host directory given to the guest as a virtio-9p device with *tag*.
+
+    ``security_model=mapped-xattr``: QEMU creates the guest's files as its own user (the
+    one running the tests) with host mode 0600/0700 and keeps the owner and mode the
+    guest set in ``user.virtfs.*`` extended attributes, so a guest's root (QEMU runs as
+    root here) can plant no setuid file or device node on the host.
+    """
+
+    path: Path
+    tag: str
+    readonly: bool = True
+
+    def argv(self, index: int) -> list[str]:
+        path = str(self.path).replace(",", ",,")  # QEMU's option syntax escapes ',' as ',,'
+        fsdev = f"local,id=share{index},path={path},security_model=mapped-xattr"
+        return ["-fsdev", fsdev + (",readonly=on" if self.readonly else ""),
+                "-device", f"virtio-9p-pci,fsdev=share{index},mount_tag={self.tag}"]
 
 
 @dataclass
@@ -95,16 +198,21 @@ class MachineConfig:
     drives: list[str] = field(default_factory=list)
     incoming: Path | None = None  # a saved state to resume instead of booting
     numa: bool = False  # guest RAM from a memory backend, as one NUMA node
+    shares: list[FsShare] = field(default_factory=list)  # host directories (virtio-9p)
 
 
 class QemuMachine:
     """One running QEMU process.
 
-    Attributes give the guest's console lines as they arrive (``console_lines``), the
-    host key it printed at boot (``host_key``) and the path of its logs.
+    Attributes give the guest's last console lines as they arrive (``console_lines``,
+    the last :data:`CONSOLE_LINES_KEPT`; ``console_seen`` counts all of them), the host
+    key it printed at boot (``host_key``, fixed once the guest is ready) and the path of
+    its logs. ``console.log`` keeps at most *console_limit* bytes, then a note.
     """
 
-    def __init__(self, config: MachineConfig, workdir: Path) -> None:
+    def __init__(
+        self, config: MachineConfig, workdir: Path, *, console_limit: int = DEFAULT_OUTPUT_LIMIT
+    ) -> None:
         self.config = config
         self.name = config.name
         self.workdir = workdir
@@ -113,7 +221,10 @@ class QemuMachine:
         self.log = log.getChild(config.name)
         self.argv: list[str] = []
         self.host_key: str | None = None
-        self.console_lines: list[str] = []
+        self._host_key_fixed = False
+        self.console_limit = console_limit
+        self.console_lines: deque[str] = deque(maxlen=CONSOLE_LINES_KEPT)
+        self.console_seen = 0
         self.errors: list[str] = []
         # notified for every console line and when the console closes: all waiting for
         # the guest's output goes through _await_console()
@@ -123,6 +234,7 @@ class QemuMachine:
         self._console_sock: socket.socket | None = None
         self._reader: threading.Thread | None = None
         self._closed = False
+        self._quit_asked = False
         self._console_shell = False
         self.launched_at = 0.0
         self.ready_at = 0.0
@@ -152,9 +264,8 @@ class QemuMachine:
             argv += ["-initrd", str(c.initrd)]
         for i, nic in enumerate(c.nics):
             if nic.nat:
-                # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2 = the host's loopback.
-                # Not restricted: that NIC is the guest's way out through NAT.
-                argv += ["-netdev", f"user,id=lab{i}"]
+                # QEMU's defaults: 10.0.2.0/24, DHCP, gateway 10.0.2.2
+                argv += ["-netdev", nat_netdev(f"lab{i}", nic.host_ports, nic.outside)]
             elif len(nic.fds) > 1:
                 argv += ["-netdev", f"tap,id=lab{i},fds={':'.join(map(str, nic.fds))},vhost=off"]
             else:
@@ -166,12 +277,16 @@ class QemuMachine:
             argv += ["-device", device]
         if c.management:
             argv += [
+                # ipv6=off: no router advertisements, so no IPv6 route or address on mgmt0
+                # beside link-local (lab IPv6 traffic must not leave through it)
                 "-netdev",
-                f"user,id=mgmt,net={MGMT_NET},restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
+                f"user,id=mgmt,net={MGMT_NET},ipv6=off,restrict=on,hostfwd=tcp:127.0.0.1:0-:22",
                 "-device", f"virtio-net-pci,netdev=mgmt,mac={MGMT_MAC},romfile=",
             ]
         for drive in c.drives:
             argv += ["-drive", drive]
+        for i, fs in enumerate(c.shares):
+            argv += fs.argv(i)
         # a new generation id on every start makes a resumed Linux guest reseed its RNG
         argv += ["-device", "vmgenid,guid=auto"]
         if c.incoming is not None:
@@ -194,17 +309,17 @@ class QemuMachine:
         from qemu.qmp import QMPError
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
-        from .netns import die_with_parent, owner_environment
+        from .owner import die_with_parent, owner_environment
 
         self.argv = self.build_argv(qmp_theirs.fileno(), con_theirs.fileno())
         self.log.debug("launch: %s", shlex.join(self.argv))
         try:
             with open(self.qemu_log, "wb") as out:
                 self._proc = subprocess.Popen(
-                    self.argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                    die_with_parent(self.argv), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT,
                     pass_fds=[qmp_theirs.fileno(), con_theirs.fileno(), *tap_fds],
                     env=owner_environment(),
-                    preexec_fn=die_with_parent,  # noqa: PLW1509 - only a prctl() call
                 )
         except OSError as exc:
             qmp_ours.close()
@@ -242,7 +357,8 @@ class QemuMachine:
 
     def _read_console(self) -> None:
         assert self._console_sock is not None
-        buffer = b""
+        buffer = bytearray()
+        written = 0
         with open(self.console_log, "wb") as out:
             while True:
                 try:
@@ -251,31 +367,82 @@ class QemuMachine:
                     break
                 if not data:
                     break
-                out.write(data)
-                out.flush()
+                written = self._log_console(out, data, written)
                 buffer += data
-                *lines, buffer = buffer.split(b"\n")
-                for raw in lines:
+                for raw in _split_lines(buffer):
                     self._console_line(raw.decode(errors="replace").rstrip("\r"))
         if buffer:
             self._console_line(buffer.decode(errors="replace"))
         with self._console_changed:  # QEMU is gone: waiters need not wait out their time
             self._console_changed.notify_all()
 
+    def _log_console(self, out: Any, data: bytes, written: int) -> int:
+        """Append *data* to ``console.log`` up to ``console_limit`` bytes, then a note
+        once; return the bytes written so far (past the limit: counted, not written)."""
+        limit = self.console_limit
+        if written < limit:
+            out.write(data[:limit - written])
+        if written <= limit < written + len(data):  # the first byte past the limit
+            out.write(
+                f"\n[netlab: console.log reached its limit of {limit} bytes; "
+                "later console output is not kept in this file]\n".encode()
+            )
+            self.log.warning("console.log reached its limit of %d bytes", limit)
+        out.flush()  # nothing to do once past the limit
+        return written + len(data)
+
     def _console_line(self, line: str) -> None:
-        self.log.debug("console: %s", line)
+        self.log.debug("console: %s", printable(line))
         with self._console_changed:
             self.console_lines.append(line)
+            self.console_seen += 1
             if line.startswith(HOSTKEY_MARK):
-                self.host_key = line[len(HOSTKEY_MARK):].strip()
+                self._printed_host_key(line[len(HOSTKEY_MARK):].strip())
             elif line.startswith(ERROR_MARK):
-                self.errors.append(line[len(ERROR_MARK):])
-                self.log.warning("guest reported: %s", line[len(ERROR_MARK):])
-            elif line.strip() == READY_MARK:
+                if len(self.errors) < CONSOLE_LINES_KEPT:
+                    self.errors.append(line[len(ERROR_MARK):])
+                self.log.warning("guest reported: %s", printable(line[len(ERROR_MARK):]))
+            elif line.strip() == READY_MARK and not self.ready_at:
                 self.ready_at = time.monotonic()
+                self._host_key_fixed = True  # what the guest prints later is not its boot
             self._console_changed.notify_all()
 
-    def _await_console(self, found: Callable[[list[str]], bool], deadline: float) -> bool:
+    def _printed_host_key(self, key: str) -> None:
+        """A ``NETLAB-HOSTKEY`` line: the key SSH will accept, if the guest is still
+        booting and the host did not choose the key itself (see :meth:`expect_host_key`)."""
+        if self._host_key_fixed:
+            if key != self.host_key:
+                self.log.warning("ignored a NETLAB-HOSTKEY line printed after boot: %s", printable(key[:80]))
+        elif _HOST_KEY.match(key):
+            self.host_key = key
+        else:
+            self.log.warning("ignored a malformed NETLAB-HOSTKEY line: %s", printable(key[:80]))
+
+    def expect_host_key(self, public_line: str) -> None:
+        """Pin *public_line* (``ssh-ed25519 AAAA...``, a key the host made and gave the
+        guest) as its SSH host key; no console line changes it afterwards."""
+        with self._console_changed:
+            self.host_key = public_line
+            self._host_key_fixed = True
+
+    def _console_shows(self, line: str) -> bool:
+        """Whether *line* is among the console lines kept (read under the lock: the
+        reader thread appends to them)."""
+        with self._console_changed:
+            return line in self.console_lines
+
+    def console_since(self, seen: int) -> list[str]:
+        """The console lines that came after the first *seen* ones (as counted by
+        ``console_seen``), as far as they are still kept; a first line says how many
+        were dropped."""
+        with self._console_changed:
+            lines = list(self.console_lines)
+            new = self.console_seen - seen
+        if new <= len(lines):
+            return lines[len(lines) - new:] if new > 0 else []
+        return [f"[... {new - len(lines)} console lines dropped]", *lines]
+
+    def _await_console(self, found: Callable[[deque[str]], bool], deadline: float) -> bool:
         """Wait until ``found(console_lines)`` holds, QEMU exits or *deadline* (a
         ``time.monotonic()`` value) passes; return whether it holds."""
         with self._console_changed:
@@ -299,8 +466,10 @@ class QemuMachine:
         return self._proc.poll() if self._proc else None
 
     def console_tail(self, lines: int = 30) -> str:
-        tail = self.console_lines[-lines:]
-        return "\n".join(f"  {self.name}| {line}" for line in tail) or "  (no console output)"
+        """The last *lines* console lines, to show: prefixed, control characters escaped."""
+        with self._console_changed:
+            tail = list(self.console_lines)[-lines:]
+        return "\n".join(f"  {self.name}| {printable(line)}" for line in tail) or "  (no console output)"
 
     def _died_error(self, what: str) -> QemuError:
         output = self.qemu_log.read_text(errors="replace").strip() if self.qemu_log.exists() else ""
@@ -364,21 +533,33 @@ class QemuMachine:
         """
         try:
             status = self._wait_migration(timeout)
-        except GuestGoneError:
-            # QEMU exits as soon as it refuses a state, often before the event is read
-            if self._proc is not None:
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    self._proc.wait(timeout=2.0)
-            log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
-            if "load of migration failed" not in log_text:
-                raise
-            status = "failed"
+        except QemuError as exc:  # GuestGoneError too: QMP failed or QEMU is gone
+            status = self._incoming_outcome(exc)
         if status != "completed":
             error = self._died_error(f"loading the saved state {self.config.incoming}: {status}")
             if status == "failed":  # QEMU read the file and refused it
                 raise StateLoadError(str(error))
             raise error
         self.qmp("cont")
+
+    def _incoming_outcome(self, exc: QemuError) -> str:
+        """What happened to the incoming state when QMP failed while it loaded.
+
+        QEMU refuses a damaged state by exiting, and its QMP connection may drop before
+        the process is seen to exit: whichever is noticed first, wait briefly for the
+        exit, then decide from QEMU's exit status and log. Returns "failed" (QEMU refused
+        the state); otherwise raises *exc* (QEMU still runs: a real QMP failure) or the
+        error of a QEMU that died for another reason.
+        """
+        if self._proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._proc.wait(timeout=INCOMING_EXIT_GRACE)
+        if self.is_running():
+            raise exc
+        log_text = self.qemu_log.read_text(errors="replace") if self.qemu_log.exists() else ""
+        if self.exitcode() != 0 and "load of migration failed" in log_text:
+            return "failed"
+        raise self._died_error(f"loading the saved state {self.config.incoming}: QEMU exited") from exc
 
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
         """Pause the guest and write its whole state to *path* (for ``incoming``)."""
@@ -488,7 +669,7 @@ class QemuMachine:
         if not self._console_shell:
             # the shell starts after the ready mark; typing before it opened the port is lost
             probe = f"NETLAB-SHELL-{token}"
-            while probe not in self.console_lines:
+            while not self._console_shows(probe):
                 self._check_console_alive(command, timeout, deadline, "")
                 # no echo and no prompts: the console then shows only what commands print
                 self.write_console(f"stty -echo; PS1=''; PS2=''; printf '%s\\n' NETLAB-SHELL-{token}\n")
@@ -497,18 +678,18 @@ class QemuMachine:
                 )
             self._console_shell = True
         begin, end = f"NETLAB-BEGIN-{token}", f"NETLAB-END-{token} "
-        start = len(self.console_lines)
+        start = self.console_seen
         self.write_console(
             # a subshell: `exit` or `cd` in the command must not touch the console's shell
             f"printf '%s\\n' NETLAB-BEGIN-{token}; ( {command}\n) < /dev/null 2>&1; "
             f"printf '\\nNETLAB-END-%s %d\\n' {token} $?\n"
         )
         if not self._await_console(
-            lambda lines: any(line.startswith(end) for line in lines[start:]), deadline
+            lambda _: any(line.startswith(end) for line in self.console_since(start)), deadline
         ):
-            self._check_console_alive(command, timeout, deadline, "\n".join(self.console_lines[start:]))
-        lines = self.console_lines[start:]
-        done = next(line for line in lines if line.startswith(end))
+            self._check_console_alive(command, timeout, deadline, "\n".join(self.console_since(start)))
+        lines = self.console_since(start)
+        done = next(line for line in reversed(lines) if line.startswith(end))
         first = next((i + 1 for i, line in enumerate(lines) if line.endswith(begin)), 0)
         output = "".join(f"{line}\n" for line in lines[first:lines.index(done)])
         # the end mark starts on a new line of its own: drop that extra newline
@@ -523,12 +704,19 @@ class QemuMachine:
 
     # -- shutdown ---------------------------------------------------------------------
     def request_quit(self, timeout: float = 2.0) -> None:
-        """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``)."""
+        """Ask QEMU to quit over QMP without waiting for it to exit (see ``shutdown``).
+
+        Asked once: QEMU closes QMP after answering, so a second ``quit`` (``shutdown`` after
+        a lab asked every guest first) would only wait out *timeout* unanswered.
+        """
         proc = self._proc
-        if self._closed or proc is None or proc.poll() is not None or self._qmp is None:
+        if self._closed or self._quit_asked or proc is None or proc.poll() is not None or self._qmp is None:
             return
         from qemu.qmp import QMPError
 
+        # once: a second quit that QEMU exits without reading resets the connection
+        self._quit_asked = True
+        _ExpectedDisconnect.on(self.name).closing.add(id(self))  # QEMU hangs up after quit
         try:
             self._qmp.settimeout(timeout)
             self._qmp.cmd("quit")
@@ -543,6 +731,14 @@ class QemuMachine:
         """
         if self._closed:
             return
+        expected = _ExpectedDisconnect.on(self.name)
+        expected.closing.add(id(self))  # also when QEMU is gone already: nothing to quit
+        try:
+            self._shutdown(timeout)
+        finally:
+            expected.closing.discard(id(self))
+
+    def _shutdown(self, timeout: float) -> None:
         self.request_quit(timeout)
         self._closed = True
         proc = self._proc

@@ -13,9 +13,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .errors import LabError
+from .owner import Owner
+from .trust import trusted_directory
+from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 if TYPE_CHECKING:
     from .accel import AccelDecision
+    from .budget import Budget
     from .image import GuestImage
     from .lab import Lab, LabSettings
     from .ssh import SessionKey
@@ -33,8 +37,10 @@ def runtime_base() -> Path:
         base = Path("/run/netlab")
     else:
         base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "netlab"
-    base.mkdir(mode=0o755, parents=True, exist_ok=True)
-    return base
+    return trusted_directory(
+        base, "the runtime directory",
+        "remove it, or set XDG_RUNTIME_DIR to a directory that only you own and can write",
+    )
 
 
 @dataclass
@@ -49,18 +55,24 @@ class NetlabSession:
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
     packages: tuple[str, ...] = ()  # --netlab-packages: every lab's default is a package image
     progress: Callable[[str], None] | None = None  # shows image build steps on the terminal
+    max_guests: int | None = None  # --netlab-max-guests: guests booting at once, machine-wide
+    max_memory: int | None = None  # --netlab-max-memory: MiB of guests, machine-wide
+    report: Callable[[str], None] | None = None  # where "waiting for room" lines go
+    output_limit: int = DEFAULT_OUTPUT_LIMIT  # --netlab-output-limit
     _runtime: Path | None = None
     _key: SessionKey | None = None
     _image: GuestImage | None = None
     _accel: AccelDecision | None = None
     _templates: TemplateStore | None = None
+    _budget: Budget | None = None
     labs_made: int = field(default=0)
 
     @property
     def runtime_dir(self) -> Path:
         if self._runtime is None:
             # mkdtemp makes it 0700: the private key lives here
-            self._runtime = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-", dir=runtime_base()))
+            # named by its owner (see .cleanup)
+            self._runtime = Path(tempfile.mkdtemp(prefix=f"{Owner.me().tag}-", dir=runtime_base()))
         return self._runtime
 
     @property
@@ -107,6 +119,16 @@ class NetlabSession:
             image_text = str(info["path"]) + ("" if info["built"] else " (built at the first lab)")
         return f"accelerator {accel_text}, {self.boot} boot, guest image {image_text}"
 
+    @property
+    def budget(self) -> Budget:
+        """The machine-wide guest budget, with this session's limits."""
+        if self._budget is None:
+            from .budget import Budget, budget_dir
+
+            self._budget = Budget(budget_dir(runtime_base()), self.max_guests, self.max_memory,
+                                  report=self.report)
+        return self._budget
+
     def settings(self) -> LabSettings:
         from .image import cache_root
         from .lab import LabSettings
@@ -118,7 +140,8 @@ class NetlabSession:
         return LabSettings(
             accel=self.accel.accel, boot=self.boot, templates=self._templates,
             boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
-            pcap=self.pcap != "off", progress=self.progress,
+            pcap=self.pcap != "off", output_limit=self.output_limit, budget=self.budget,
+            progress=self.progress,
         )
 
     def new_lab(self, workdir: Path) -> Lab:

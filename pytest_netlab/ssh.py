@@ -8,7 +8,6 @@ import logging
 import secrets
 import select
 import shlex
-import shutil
 import socket
 import stat
 import threading
@@ -22,8 +21,50 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from .errors import CommandError, CommandTimeout, SSHError, TransferError
+from .untrusted import DEFAULT_OUTPUT_LIMIT, CappedOutput
 
 log = logging.getLogger(__name__)
+
+
+_CHUNK = 32768
+DEFAULT_GET_LIMIT = 1024**3  # bytes vm.get() copies at most unless given max_bytes=
+
+
+def _check_deadline(deadline: float, timeout: float) -> None:
+    if time.monotonic() > deadline:
+        raise TimeoutError(f"not done within {timeout:g} s")
+
+
+def _copy_capped(
+    source: paramiko.SFTPFile, local: Path, deadline: float, timeout: float, max_bytes: int
+) -> None:
+    """Copy *source* to a new *local* file, within *deadline* and *max_bytes*; on any
+    failure *local* is removed."""
+    copied = 0
+    channel = source.sftp.get_channel()
+    try:
+        with local.open("wb") as target:
+            while True:
+                if channel is not None:  # no read may wait past the deadline
+                    channel.settimeout(max(deadline - time.monotonic(), 0.05))
+                chunk = source.read(_CHUNK)
+                if not chunk:
+                    break
+                _check_deadline(deadline, timeout)
+                copied += len(chunk)
+                if copied > max_bytes:
+                    raise _TooLarge(max_bytes)
+                target.write(chunk)
+    except BaseException:
+        local.unlink(missing_ok=True)
+        raise
+
+
+class _TooLarge(Exception):
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(
+            f"more than max_bytes={max_bytes} bytes: give a larger max_bytes= to copy more"
+        )
 
 
 @dataclass(frozen=True)
@@ -116,9 +157,13 @@ class _PinnedHostKey(paramiko.MissingHostKeyPolicy):
 class SSHSession:
     """One SSH connection to a guest through its forwarded port on 127.0.0.1."""
 
-    def __init__(self, guest: str, port: int, key: SessionKey, host_key: str) -> None:
+    def __init__(
+        self, guest: str, port: int, key: SessionKey, host_key: str, *,
+        output_limit: int = DEFAULT_OUTPUT_LIMIT,
+    ) -> None:
         self.guest = guest
         self.port = port
+        self.output_limit = output_limit  # bytes kept of each stream of a command
         self._key = key
         self._host_key = host_key
         self._client: paramiko.SSHClient | None = None
@@ -163,7 +208,9 @@ class SSHSession:
         return bool(transport and transport.is_active())
 
     def run(self, command: str, *, timeout: float = 60.0, stdin: str | bytes | None = None) -> CommandResult:
-        """Run *command* with the guest's shell; return its status and output.
+        """Run *command* with the guest's shell; return its status and output. Of each
+        stream, at most ``output_limit`` bytes are kept (its first and last half, with a
+        ``[... N bytes truncated]`` line between them).
 
         Raises:
             SSHError: the connection is gone.
@@ -195,11 +242,13 @@ class SSHSession:
         self.history.append(record)
         deadline = started + timeout
         try:
+            out, err = CappedOutput(self.output_limit), CappedOutput(self.output_limit)
             if stdin is None:
-                status, stdout, stderr = self._run_in_shell(transport, command, deadline)
+                status, stdout, stderr = self._run_in_shell(transport, command, deadline, out, err)
             else:
                 status, stdout, stderr = _run_on_channel(
-                    transport, command, stdin.encode() if isinstance(stdin, str) else stdin, deadline
+                    transport, command, stdin.encode() if isinstance(stdin, str) else stdin, deadline,
+                    out=out, err=err,
                 )
         except _DrainTimeout as exc:
             record.duration = time.monotonic() - started
@@ -222,7 +271,8 @@ class SSHSession:
         return transport
 
     def _run_in_shell(
-        self, transport: paramiko.Transport, command: str, deadline: float
+        self, transport: paramiko.Transport, command: str, deadline: float,
+        out: CappedOutput, err: CappedOutput,
     ) -> tuple[int, bytes, bytes]:
         # one shell per command in flight: commands from several threads run side by side
         with self._lock:
@@ -230,7 +280,7 @@ class SSHSession:
         if shell is None:
             shell = _Shell(transport, deadline)
         try:
-            result = shell.run(command, deadline)
+            result = shell.run(command, deadline, out, err)
         except BaseException:
             shell.close()  # a timed-out or broken shell is not reused
             raise
@@ -282,37 +332,53 @@ class SSHSession:
             source = local.open("rb")
         except OSError as exc:
             raise TransferError(self.guest, operation, str(local), _reason(exc)) from exc
+        deadline = time.monotonic() + timeout
         with source, self._transfer(operation, remote, timeout) as sftp, sftp.open(remote, "wb") as target:
             if mode is not None:
                 target.chmod(mode)
             target.set_pipelined(True)  # don't wait for each write's answer
-            shutil.copyfileobj(source, target, 32768)
+            while chunk := source.read(_CHUNK):
+                _check_deadline(deadline, timeout)
+                target.write(chunk)
 
-    def get_file(self, remote: str, local: Path, *, timeout: float = 60.0) -> None:
+    def get_file(
+        self, remote: str, local: Path, *, timeout: float = 60.0, max_bytes: int = DEFAULT_GET_LIMIT
+    ) -> None:
         """Copy the guest's file *remote* to *local* (a file path, created or replaced)
-        over SFTP. *local* is opened only once *remote* is open for reading.
+        over SFTP, all of it within *timeout* seconds and at most *max_bytes* bytes
+        (whatever size the guest reports). *local* is opened only once *remote* is open
+        for reading; a copy that fails leaves no *local* file.
 
         Raises:
             TransferError: the guest cannot read *remote* (missing, a directory, no
-                permission), or *local* cannot be written (e.g. its directory does not
-                exist); the message names the path.
+                permission), it has more than *max_bytes* bytes, the copy took longer
+                than *timeout*, or *local* cannot be written (e.g. its directory does
+                not exist); the message names the path.
             SSHError: the connection is gone, or the guest has no SFTP server.
         """
         operation = f"get {remote} -> {local}"
         if not local.parent.is_dir():
             raise TransferError(self.guest, operation, str(local.parent), "no such local directory")
-        with self._transfer(operation, remote, timeout) as sftp, sftp.open(remote, "rb") as source:
-            attributes = source.stat()
-            if stat.S_ISDIR(attributes.st_mode or 0):
-                raise TransferError(self.guest, operation, remote, "is a directory")
-            source.prefetch(attributes.st_size)  # ask for every block up front, as paramiko's own get() does
+        deadline = time.monotonic() + timeout
+        with self._transfer(operation, remote, timeout) as sftp:
+            source = sftp.open(remote, "rb")
             try:
-                with local.open("wb") as target:
-                    shutil.copyfileobj(source, target, 32768)
+                attributes = source.stat()
+                if stat.S_ISDIR(attributes.st_mode or 0):
+                    raise TransferError(self.guest, operation, remote, "is a directory")
+                # ask for the blocks up front, as paramiko's own get() does, but never for
+                # more than may be copied: the size is the guest's word
+                source.prefetch(min(attributes.st_size or 0, max_bytes + 1))
+                _copy_capped(source, local, deadline, timeout, max_bytes)
             except OSError as exc:
+                self._drop_sftp()  # closing the file would wait for every block asked for
                 if exc.filename is None:  # not the local side's error
                     raise
                 raise TransferError(self.guest, operation, str(local), _reason(exc)) from exc
+            except BaseException:
+                self._drop_sftp()
+                raise
+            source.close()
 
     @contextlib.contextmanager
     def _transfer(self, operation: str, remote: str, timeout: float) -> Iterator[paramiko.SFTPClient]:
@@ -328,10 +394,14 @@ class SSHSession:
             except TransferError:
                 record.status = 1
                 raise
+            except _TooLarge as exc:
+                record.status = 1
+                self._drop_sftp()  # prefetched answers may still come
+                raise TransferError(self.guest, operation, remote, str(exc)) from exc
             except TimeoutError as exc:
                 record.status = 1
                 self._drop_sftp()
-                raise TransferError(self.guest, operation, remote, f"no answer within {timeout:g} s") from exc
+                raise TransferError(self.guest, operation, remote, f"not done within {timeout:g} s") from exc
             except OSError as exc:  # paramiko's answer to an SFTP status: errno and text
                 record.status = 1
                 raise TransferError(self.guest, operation, remote, _reason(exc)) from exc
@@ -364,17 +434,18 @@ class _DrainTimeout(Exception):
         self.stderr = stderr
 
 
-def _wait_readable(channel: paramiko.Channel, deadline: float, out: bytearray, err: bytearray) -> None:
+def _wait_readable(channel: paramiko.Channel, deadline: float, out: CappedOutput, err: CappedOutput) -> None:
     """Wait until *channel* may have data; past *deadline*, give up with the output so far."""
     remaining = deadline - time.monotonic()
     if remaining <= 0:
-        raise _DrainTimeout(bytes(out), bytes(err))
+        raise _DrainTimeout(out.value(), err.value())
     # the channel is select()-able for stdout and EOF; the short cap catches stderr
     select.select([channel], [], [], min(remaining, 0.005))
 
 
 def _run_on_channel(
-    transport: paramiko.Transport, command: str, stdin: bytes, deadline: float
+    transport: paramiko.Transport, command: str, stdin: bytes, deadline: float, *,
+    out: CappedOutput, err: CappedOutput,
 ) -> tuple[int, bytes, bytes]:
     """Run *command* on a channel of its own, feeding it *stdin*."""
     channel = transport.open_session(timeout=max(deadline - time.monotonic(), 0.1))
@@ -385,19 +456,52 @@ def _run_on_channel(
             channel.shutdown_write()
         except OSError:
             pass  # the command ended without reading all its input: its status says why
-        out = bytearray()
-        err = bytearray()
         while True:
             if channel.recv_ready():
-                out += channel.recv(65536)
+                out.append(channel.recv(65536))
             elif channel.recv_stderr_ready():
-                err += channel.recv_stderr(65536)
+                err.append(channel.recv_stderr(65536))
             elif channel.eof_received:
-                return channel.recv_exit_status(), bytes(out), bytes(err)
+                return channel.recv_exit_status(), out.value(), err.value()
             else:
                 _wait_readable(channel, deadline, out, err)
     finally:
         channel.close()
+
+
+class _EndMark:
+    """Finds the line that ends a command's output on one stream (``\\n<token> `` and
+    the status on stdout, ``\\n<token>\\n`` on stderr) as chunks arrive: each chunk is
+    searched with the few bytes before it, so a mark split between chunks is found and
+    the output itself may be capped."""
+
+    def __init__(self, mark: bytes, *, status: bool = False) -> None:
+        self.mark = mark
+        self.at = -1  # stream position where the mark starts
+        self.status: int | None = None
+        self._wants_status = status
+        self._window = b""
+
+    def scan(self, stream: CappedOutput, data: bytes) -> None:
+        """Add *data* to *stream* and look for the mark; once it was found, what comes
+        after (a background process's output) is dropped."""
+        if self.status is not None or (self.at >= 0 and not self._wants_status):
+            return
+        base = stream.total - len(self._window)  # stream position of window[0]
+        stream.append(data)
+        window = self._window + data
+        self._window = window[-(len(self.mark) + 24):]
+        found = window.find(self.mark)
+        if found < 0:
+            return
+        self.at = base + found
+        if self._wants_status:
+            newline = window.find(b"\n", found + len(self.mark))
+            if newline < 0:
+                self.at = -1  # the status line is not complete yet: look again
+                return
+            digits = window[found + len(self.mark):newline]
+            self.status = int(digits) if digits.isdigit() else -1
 
 
 class _Shell:
@@ -421,55 +525,44 @@ class _Shell:
             self.close()
             raise
 
-    def run(self, command: str, deadline: float) -> tuple[int, bytes, bytes]:
+    def run(
+        self, command: str, deadline: float, out: CappedOutput, err: CappedOutput
+    ) -> tuple[int, bytes, bytes]:
         channel = self.channel
-        self._discard_strays()
+        self._discard_strays(deadline)
         token = secrets.token_hex(12).encode()
-        out_mark = b"\n" + token + b" "
-        err_mark = b"\n" + token + b"\n"
         channel.sendall(
             b"__netlab_c=" + shlex.quote(command).encode() + b"\n"
             b"( eval \"$__netlab_c\" ) </dev/null; __netlab_s=$?\n"
             b"printf '\\n%s\\n' " + token + b" >&2; printf '\\n%s %d\\n' " + token + b" $__netlab_s\n"
         )
-        out = bytearray()
-        err = bytearray()
-        status: int | None = None
-        out_end = err_end = -1
-        while status is None or err_end < 0:
+        # the marks are looked for in what just came, not in the whole (capped) output
+        out_end = _EndMark(b"\n" + token + b" ", status=True)
+        err_end = _EndMark(b"\n" + token + b"\n")
+        while out_end.status is None or err_end.at < 0:
             if channel.recv_ready():
-                start = max(len(out) - len(out_mark) - 12, 0)
-                out += channel.recv(65536)
-                if status is None and (at := out.find(out_mark, start)) >= 0:
-                    line_end = out.find(b"\n", at + len(out_mark))
-                    if line_end >= 0:
-                        status = int(out[at + len(out_mark):line_end])
-                        out_end = at
+                out_end.scan(out, channel.recv(65536))
             elif channel.recv_stderr_ready():
-                start = max(len(err) - len(err_mark), 0)
-                err += channel.recv_stderr(65536)
-                if err_end < 0 and (at := err.find(err_mark, start)) >= 0:
-                    err_end = at
+                err_end.scan(err, channel.recv_stderr(65536))
             elif channel.eof_received or channel.closed:
                 # the shell itself ended (the command killed it, or the guest powered off)
                 self.alive = False
                 code = channel.recv_exit_status() if channel.exit_status_ready() else -1
                 return (
-                    status if status is not None else code,
-                    bytes(out[:out_end] if out_end >= 0 else out),
-                    bytes(err[:err_end] if err_end >= 0 else err),
+                    out_end.status if out_end.status is not None else code,
+                    out.value(out_end.at if out_end.at >= 0 else None),
+                    err.value(err_end.at if err_end.at >= 0 else None),
                 )
             else:
                 _wait_readable(channel, deadline, out, err)
-        if len(out) > out.find(b"\n", out_end + len(out_mark)) + 1 or len(err) > err_end + len(err_mark):
-            log.debug("output after a command's end (a background process?) dropped")
-        return status, bytes(out[:out_end]), bytes(err[:err_end])
+        return out_end.status, out.value(out_end.at), err.value(err_end.at)
 
-    def _discard_strays(self) -> None:
-        """Drop what background processes of earlier commands wrote since."""
-        while self.channel.recv_ready():
+    def _discard_strays(self, deadline: float) -> None:
+        """Drop what background processes of earlier commands wrote since (for as long
+        as the command may take: an endless writer must not hold the next command)."""
+        while self.channel.recv_ready() and time.monotonic() < deadline:
             log.debug("dropped output of a background process: %r", self.channel.recv(65536)[:200])
-        while self.channel.recv_stderr_ready():
+        while self.channel.recv_stderr_ready() and time.monotonic() < deadline:
             log.debug("dropped stderr of a background process: %r", self.channel.recv_stderr(65536)[:200])
 
     def close(self) -> None:

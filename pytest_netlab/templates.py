@@ -34,11 +34,14 @@ from filelock import FileLock, Timeout
 from .errors import LabError
 from .image import NIC_MODEL_MODULES, PRUNE_AFTER_DAYS, GuestImage
 from .netns import LabNamespace
-from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, MachineConfig, NicConfig, QemuMachine
+from .owner import Owner
+from .qemu import MGMT_GUEST_ADDR, MGMT_MAC, FsShare, MachineConfig, NicConfig, QemuMachine
+from .shares import share_tag
+from .trust import create_new_file
 
 log = logging.getLogger(__name__)
 
-TEMPLATE_FORMAT = 1
+TEMPLATE_FORMAT = 2  # 2: the management netdev has ipv6=off (a state of 1 has RA routes)
 TEMPLATE_MARK = "NETLAB-TEMPLATE"
 
 
@@ -58,6 +61,7 @@ class Layout:
     accel: str
     nics: tuple[NicLayout, ...]
     numa: bool = False
+    shares: int = 0  # virtio-9p devices; the template's point at an empty directory
 
     def template_macs(self) -> list[str]:
         return [f"52:54:00:fe:00:{i:02x}" for i in range(len(self.nics))]
@@ -152,13 +156,23 @@ class TemplateStore:
             "cmdline": image.cmdline,
             "disk": _file_id(image.disk) if image.disk is not None else None,
             "layout": [layout.memory, layout.cpus, layout.accel,
-                       [[n.model, n.queues, n.vectors] for n in layout.nics], layout.numa],
+                       [[n.model, n.queues, n.vectors] for n in layout.nics], layout.numa,
+                       layout.shares],
         }
         return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
     def machine_config(self, layout: Layout, image: GuestImage, name: str) -> MachineConfig:
-        """A config with the template's devices and kernel command line (NIC fds to fill)."""
+        """A config with the template's devices and kernel command line (NIC fds to fill).
+
+        Its shares are read-only views of an empty directory: a clone gives each device
+        its own host directory (a path is no part of the saved state) and mounts it after
+        the resume. The template never mounts them, and QEMU refuses to save a guest
+        only while a 9p share is mounted.
+        """
         macs = layout.template_macs()
+        empty = self.root / "empty-share"
+        if layout.shares:
+            empty.mkdir(parents=True, exist_ok=True)
         return MachineConfig(
             name=name, kernel=image.kernel, initrd=image.initrd,
             cmdline=guest_cmdline(
@@ -169,6 +183,7 @@ class TemplateStore:
             nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors)
                   for mac, n in zip(macs, layout.nics, strict=True)],
             numa=layout.numa, drives=image.drives(),
+            shares=[FsShare(empty, share_tag(i)) for i in range(layout.shares)],
         )
 
     def state(self, layout: Layout, image: GuestImage, boot_timeout: float) -> Path:
@@ -216,12 +231,17 @@ class TemplateStore:
         return removed
 
     def _make(self, layout: Layout, image: GuestImage, path: Path, boot_timeout: float) -> None:
-        workdir = self.root / f"build-{os.getpid()}"
+        owner = Owner.me().tag  # the names cleanup knows the owner by (see .cleanup)
+        workdir = self.root / f"build-{owner}"
         namespace = LabNamespace(f"netlab-{os.getpid()}-tpl{secrets.token_hex(3)}")
         config = self.machine_config(layout, image, "template")
         machine: QemuMachine | None = None
-        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial = path.with_suffix(f".{owner}.part")
+        made_workdir = False
         try:
+            workdir.mkdir(mode=0o700)  # new, not whatever is there: nothing is written through a link
+            made_workdir = True
+            create_new_file(partial)
             namespace.create()
             namespace.add_bridge("tplbr")
             for i, (nic, spec) in enumerate(zip(config.nics, layout.nics, strict=True)):
@@ -238,9 +258,9 @@ class TemplateStore:
                 machine.shutdown()
             namespace.close()
             partial.unlink(missing_ok=True)
-            for leftover in workdir.glob("*"):
-                leftover.unlink()
-            if workdir.exists():
+            if made_workdir:
+                for leftover in workdir.glob("*"):
+                    leftover.unlink()
                 workdir.rmdir()
 
     def clean(self) -> list[Path]:

@@ -12,6 +12,7 @@ from . import validation
 from .addressing import check_gateway
 from .errors import ConfigError
 from .image import NIC_MODEL_MODULES, GuestImage
+from .shares import Share
 
 MEMORY_RANGE = (96, 65536)  # MiB; the default guest needs about 80 MiB to boot
 CPU_RANGE = (1, 64)
@@ -23,7 +24,8 @@ class NicSpec:
     """One guest NIC: a TAP on *bridge*, seen in the guest as ``ethN`` in list order.
 
     ``bridge=None`` is a user-mode (slirp) NAT NIC instead: QEMU's own DHCP server,
-    gateway 10.0.2.2 (the host's loopback), no TAP and no bridge.
+    gateway 10.0.2.2, no TAP and no bridge; restricted unless *outside*, with
+    *host_ports* reachable at ``NAT_HOST`` (see ``Lab.nat``).
     """
 
     bridge: str | None
@@ -33,6 +35,8 @@ class NicSpec:
     queues: int = 1
     vectors: int | None = None
     addresses: tuple[str, ...] = ()  # given with bridge.nic(address=...), checked there
+    host_ports: tuple[int, ...] = ()  # NAT only: host loopback ports the guest may reach
+    outside: bool = False  # NAT only: not restricted (the guest reaches what the host does)
 
     @property
     def nat(self) -> bool:
@@ -40,6 +44,7 @@ class NicSpec:
 
     def validated(self) -> NicSpec:
         validation.nic_model(self.model)
+        self._validate_nat()
         if self.nat and (self.tap is not None or self.queues != 1 or self.vectors is not None
                          or self.addresses):
             raise ConfigError(
@@ -59,6 +64,16 @@ class NicSpec:
         if self.vectors is not None:
             validation.int_in_range(self.vectors, 1, 1024, what="MSI-X vector count")
         return self
+
+    def _validate_nat(self) -> None:
+        if not self.nat and (self.host_ports or self.outside):
+            raise ConfigError("host_ports= and outside= are for netlab.nat() NICs only")
+        if not isinstance(self.outside, bool):
+            raise ConfigError(f"outside={self.outside!r} is not accepted: give True or False")
+        for port in self.host_ports:
+            validation.int_in_range(port, 1, 65535, what="NAT host port")
+        if len(set(self.host_ports)) != len(self.host_ports):
+            raise ConfigError(f"host_ports={list(self.host_ports)} lists a port twice: list each once")
 
 
 @dataclass
@@ -81,6 +96,7 @@ class GuestSpec:
     aslr: bool = False  # address space layout randomisation in the guest (off: faster execs under TCG)
     gateway: str | None = None  # "auto", a router's name or an address: a default route (addressing)
     image: GuestImage | None = None  # None: the lab's default image
+    shares: tuple[Share, ...] = ()  # host directories in the guest, checked by shares.shares_of
 
     def validated(self) -> GuestSpec:
         validation.guest_name(self.name)
@@ -108,6 +124,11 @@ class GuestSpec:
                     f"{self.name}: its package image boots the {self.image.variant} kernel, which "
                     f"has no driver for NIC models {sorted({n.model for n in self.nics})}: "
                     "use virtio-net-pci NICs"
+                )
+            if self.shares:
+                raise ConfigError(
+                    f"{self.name}: shares need the generic kernel's 9p, and package images boot "
+                    f"the {self.image.variant} kernel: copy the files with vm.put(), or drop image="
                 )
         if self.initrd is not None and self.kernel is None:
             raise ConfigError(f"{self.name}: initrd={str(self.initrd)!r} needs kernel= as well")

@@ -68,33 +68,56 @@ def nic_model(model: object) -> str:
     return model
 
 
+def _no_scope(value: object, what: str, example: str) -> str:
+    """*value* as a string without an IPv6 scope id (``%eth0``): Python's ``ipaddress``
+    takes any text after ``%``, newlines too, and addresses end up in guest commands."""
+    if not isinstance(value, str) or "%" in value or not value.isprintable():
+        raise ConfigError(
+            f"{what} {value!r} is not accepted: give {example} (no scope id '%...', "
+            "no control characters)"
+        )
+    return value
+
+
 def ip_interface(value: object) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
     """Parse an address with prefix length, e.g. ``10.20.10.1/24``."""
-    if not isinstance(value, str) or "/" not in value:
-        raise ConfigError(
-            f"address {value!r} is not accepted: give an address with a prefix length, "
-            "e.g. 10.20.10.1/24 or fd00::1/64"
-        )
+    example = "an address with a prefix length, e.g. 10.20.10.1/24 or fd00::1/64"
+    text = _no_scope(value, "address", example)
     try:
-        return ipaddress.ip_interface(value)
+        if "/" not in text:
+            raise ValueError
+        return ipaddress.ip_interface(text)
     except ValueError:
-        raise ConfigError(
-            f"address {value!r} is not accepted: give an address with a prefix length, "
-            "e.g. 10.20.10.1/24 or fd00::1/64"
-        ) from None
+        raise ConfigError(f"address {value!r} is not accepted: give {example}") from None
 
 
 def ip_address(value: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     """Parse a plain IPv4 or IPv6 address, e.g. ``10.20.20.1``."""
+    example = "an IPv4 or IPv6 address, e.g. 10.20.20.1 or fd00::1"
+    text = _no_scope(value, "address", example)
     try:
-        if not isinstance(value, str):
-            raise ValueError
-        return ipaddress.ip_address(value)
+        return ipaddress.ip_address(text)
     except ValueError:
-        raise ConfigError(
-            f"address {value!r} is not accepted: give an IPv4 or IPv6 address, "
-            "e.g. 10.20.20.1 or fd00::1"
-        ) from None
+        raise ConfigError(f"address {value!r} is not accepted: give {example}") from None
+
+
+def ip_network(value: object, what: str = "network") -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """Parse a network without host bits, e.g. ``10.20.10.0/24``."""
+    example = "a network, e.g. 10.20.10.0/24 or fd00::/64"
+    text = _no_scope(value, what, example)
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        raise ConfigError(f"{what} {value!r} is not accepted: give {example}") from None
+
+
+def is_ip_address(value: object) -> bool:
+    """Whether *value* is accepted by :func:`ip_address`."""
+    try:
+        ip_address(value)
+    except ConfigError:
+        return False
+    return True
 
 
 def int_in_range(value: object, low: int, high: int, what: str, unit: str = "") -> int:

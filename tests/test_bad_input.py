@@ -102,6 +102,7 @@ def test_malformed_macs(netlab, mac, accepted):
 def test_invalid_addresses_given_to_helpers(netlab):
     br1 = netlab.bridge("br1")
     vm = netlab.vm("h1", nics=[br1])
+    links = netlab.namespace.links()
     with _refused(r"address '10\.0\.0\.1' is not accepted: give an address with a prefix length"):
         br1.add_address("10.0.0.1")
     with _refused(r"address '10\.0\.0\.300/24' is not accepted"):
@@ -116,7 +117,7 @@ def test_invalid_addresses_given_to_helpers(netlab):
     with _refused(r"sysctl key 'net.ipv4.ip_forward;reboot' is not accepted"):
         vm.set_sysctl("net.ipv4.ip_forward;reboot", 1)
     assert " inet " not in netlab.run("ip -o addr show dev br1").stdout
-    _assert_nothing_made(netlab, netlab.namespace.links())
+    _assert_nothing_made(netlab, links)
 
 
 def test_missing_qemu(netlab, monkeypatch):

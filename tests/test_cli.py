@@ -29,6 +29,12 @@ def test_up_prints_how_to_reach_each_guest_and_tears_down(tmp_path):
     assert out.rstrip().endswith(f"lab {name.group(1)} is down")
     assert not Path(f"/run/netns/{name.group(1)}").exists()
     assert (tmp_path / "h1" / "console.log").exists()
+    # the tools' files, by guest name: ssh -F, ansible -i (docs/access.md)
+    assert f"  by guest name: ssh -F {tmp_path}/ssh_config GUEST" in out
+    hosts = re.findall(r"^Host (\S+)$", (tmp_path / "ssh_config").read_text(), re.M)
+    assert hosts == ["h1", "rt2", "h2", "*"]
+    inventory = (tmp_path / "inventory.yml").read_text()
+    assert re.search(r'^    routers:\n      hosts:\n        "rt2":\n', inventory, re.M), inventory
 
 
 def test_image_clean_removes_images_and_their_saved_boots(tmp_path, monkeypatch, capsys):
@@ -95,3 +101,17 @@ def test_down_without_a_name_takes_the_only_detached_lab_and_all_takes_every_one
     assert "name the one to tear down, or give --all" in capsys.readouterr().err
     assert main(["down", "--all"]) == 0
     assert detached_labs(tmp_path) == []
+
+
+def test_up_takes_a_generated_topology(tmp_path):
+    topology = tmp_path / "star.toml"
+    topology.write_text('[generate]\nshape = "star"\nhosts = 2\n')
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest_netlab.cli", "up", str(topology), "--hold", "0", "--accel", "tcg",
+         "--workdir", str(tmp_path / "lab")],
+        capture_output=True, text=True, timeout=300, check=False, env=os.environ,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    for guest in ("hub", "h1", "h2"):
+        assert re.search(rf"^  {guest}: ssh ", proc.stdout, re.M), proc.stdout
+    assert '    n_hub{{"hub (router)<br/>forwarding"}}' in proc.stdout

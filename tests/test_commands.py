@@ -57,11 +57,20 @@ def test_a_timed_out_command_leaves_the_connection_usable(pair):
 
 def test_background_processes_neither_block_nor_leak_into_later_output(pair):
     vm, _ = pair
+    vm.ssh("rm -f /tmp/late-written")
     started = time.monotonic()
-    assert vm.ssh("(sleep 1; echo late) & echo early").stdout == "early\n"
+    assert vm.ssh("(sleep 1; echo late; touch /tmp/late-written) & echo early").stdout == "early\n"
     assert time.monotonic() - started < 1
-    time.sleep(1.5)
-    assert vm.ssh("echo next").stdout == "next\n"
+    # every later command's output, until and after "late" was written
+    outputs: list[str] = []
+
+    def late_written() -> bool:
+        outputs.append(vm.ssh("test -e /tmp/late-written && echo written", check=False).stdout)
+        return outputs[-1] == "written\n"
+
+    vm.wait_until(late_written, timeout=30, interval=0.1)
+    outputs.append(vm.ssh("echo next").stdout)
+    assert set(outputs[:-1]) <= {"", "written\n"} and outputs[-1] == "next\n", outputs
 
 
 def test_commands_from_several_threads_run_side_by_side(pair):

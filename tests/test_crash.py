@@ -8,12 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from pytest_netlab import BootTimeout, cleanup, cli
+from pytest_netlab import BootTimeout, cleanup
 from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.owner import Owner
+from pytest_netlab.session import runtime_base
 
 pytest_plugins = ["pytester"]
 
@@ -40,12 +43,43 @@ def _gone(pid: int, within: float) -> bool:
     return False
 
 
-def _start_and_kill(pytester: pytest.Pytester, build: str, pids: str) -> tuple[str, Path, list[int]]:
+@pytest.fixture
+def private_run() -> Iterator[Path]:
+    """A mount namespace with its own /run/netns and runtime base (tmpfs each).
+
+    Every pytest-netlab run on this machine (a neighbour's, or an inner run of this suite on
+    another worker) removes leftovers of dead runs it can see: the victims here and the
+    cleanups that must report their leftovers run in here, where no other run looks. Yields
+    the namespace's view of the file system (``/proc/<pid>/root``); processes are shared.
+    """
+    holder = subprocess.Popen(
+        ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+         f"mount -t tmpfs netlab-test {NETNS_RUN_DIR} && mount -t tmpfs netlab-test {runtime_base()}"
+         " && echo ready && exec sleep 600"],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"ready\n"
+        yield Path(f"/proc/{holder.pid}/root")
+    finally:
+        holder.kill()  # its mounts go with it: whatever a failed test left is freed
+        holder.wait()
+
+
+def _inside(view: Path, *command: str) -> list[str]:
+    """*command* in the private run's mount namespace (see ``private_run``)."""
+    # entering a mount namespace moves to its root: back to where this was run from
+    return ["nsenter", f"--target={view.parent.name}", "--mount", f"--wdns={os.getcwd()}", *command]
+
+
+def _start_and_kill(
+    pytester: pytest.Pytester, view: Path, build: str, pids: str
+) -> tuple[str, Path, list[int]]:
     """Run the victim test in a pytest process, wait for its lab, then ``kill -9`` it."""
     pytester.makepyfile(test_victim=_VICTIM.format(build=build, pids=pids))
     marker = pytester.path / "marker"
     victim = subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "netlab", "--netlab-accel=tcg", "-q", "-s"],
+        _inside(view, sys.executable, "-m", "pytest", "-p", "netlab", "--netlab-accel=tcg", "-q", "-s"),
         cwd=pytester.path, env={**os.environ, "NETLAB_MARKER": str(marker)},
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
@@ -56,10 +90,15 @@ def _start_and_kill(pytester: pytest.Pytester, build: str, pids: str) -> tuple[s
             assert time.monotonic() < deadline, "the victim never built its lab"
             time.sleep(0.1)
     finally:
-        victim.send_signal(signal.SIGKILL)
+        victim.send_signal(signal.SIGKILL)  # nsenter execs: this is the pytest process
         victim.communicate()
     namespace, runtime_dir, *children = marker.read_text().split()
     return namespace, Path(runtime_dir), [int(p) for p in children]
+
+
+def _seen(view: Path, path: Path) -> Path:
+    """*path* as the private run sees it."""
+    return view / path.relative_to("/")
 
 
 @pytest.fixture(scope="module")
@@ -77,47 +116,52 @@ def _assert_untouched(lab, netlab_config) -> None:
     assert netlab_config.key.private_path.exists()
 
 
-def test_kill_9_mid_test_then_netlab_cleanup_removes_the_rest(pytester, live_lab, netlab_config, capsys):
+def test_kill_9_mid_test_then_netlab_cleanup_removes_the_rest(private_run, pytester, live_lab, netlab_config):
     namespace, runtime_dir, (qemu_pid,) = _start_and_kill(
-        pytester, 'vm = netlab.vm("h1", nics=[br1]); netlab.start()', "str(vm.machine.pid)"
+        pytester, private_run, 'vm = netlab.vm("h1", nics=[br1]); netlab.start()', "str(vm.machine.pid)"
     )
     # PR_SET_PDEATHSIG: the QEMU died with its pytest process
     assert _gone(qemu_pid, within=10), _cmdline(qemu_pid)
-    # any pytest run starting now on this machine (a neighbour's, or an inner run of this
-    # suite on another worker) removes these leftovers too: the report is checked for those
-    # still there when `netlab cleanup` (called in-process, to keep that window small) starts
-    leftovers = {
-        f"removed namespace {namespace}": NETNS_RUN_DIR / namespace,
-        f"removed directory {runtime_dir}": runtime_dir,
-    }
-    present = {line for line, path in leftovers.items() if path.exists()}
+    leftovers = [_seen(private_run, NETNS_RUN_DIR / namespace), _seen(private_run, runtime_dir)]
+    assert all(path.exists() for path in leftovers)
 
-    assert cli.main(["cleanup"]) == 0
+    cleanup = subprocess.run(
+        _inside(private_run, sys.executable, "-m", "pytest_netlab.cli", "cleanup"),
+        capture_output=True, text=True, timeout=60, check=True,
+    )
 
-    reported = capsys.readouterr().out.splitlines()
-    assert present <= set(reported), reported
-    assert not any(path.exists() for path in leftovers.values())
+    reported = cleanup.stdout.splitlines()
+    assert {f"removed namespace {namespace}", f"removed directory {runtime_dir}"} <= set(reported), reported
+    assert not any(path.exists() for path in leftovers)
     _assert_untouched(live_lab, netlab_config)
 
 
-def test_kill_9_then_the_next_run_removes_the_rest(pytester, live_lab, netlab_config):
+def test_kill_9_then_the_next_run_removes_the_rest(private_run, pytester, live_lab, netlab_config):
     # the daemon's shell dies with its owner (PR_SET_PDEATHSIG); the sleep it forked does
     # not (the death signal is not inherited), but carries NETLAB_OWNER: cleanup kills it
     namespace, runtime_dir, (shell_pid, orphan_pid) = _start_and_kill(
-        pytester,
-        'daemon = netlab.spawn("sleep 600 & wait"); time.sleep(0.5)',
-        'str(daemon.pid), open(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read().split()[0]',
+        pytester, private_run,
+        'daemon = netlab.spawn("sleep 600 & wait")\n'
+        '    children = f"/proc/{daemon.pid}/task/{daemon.pid}/children"\n'
+        "    while not open(children).read(): time.sleep(0.05)  # until the sleep is forked",
+        "str(daemon.pid), open(children).read().split()[0]",
     )
     assert _gone(shell_pid, within=10)
-    # (unless a run starting meanwhile on this machine killed it already: see above)
-    assert "sleep" in _cmdline(orphan_pid) or not os.path.exists(f"/proc/{orphan_pid}")
+    # processes are not private: a run starting meanwhile on this machine may kill it first
+    assert "sleep" in _cmdline(orphan_pid) or _cmdline(orphan_pid) in ("", "(gone)")  # "": a zombie
 
     pytester.makepyfile(test_victim="def test_nothing():\n    pass\n")
-    nextrun = pytester.runpytest_subprocess("-p", "netlab", "--netlab-accel=tcg")
+    nextrun = pytester.run(*_inside(
+        private_run, sys.executable, "-m", "pytest", "-p", "netlab", "--netlab-accel=tcg",
+    ))
 
     nextrun.assert_outcomes(passed=1)
-    assert not (NETNS_RUN_DIR / namespace).exists()
-    assert not runtime_dir.exists()
+    nextrun.stdout.fnmatch_lines_random([
+        f"netlab: leftover of a dead run: removed namespace {namespace}",
+        f"netlab: leftover of a dead run: removed directory {runtime_dir}",
+    ])
+    assert not _seen(private_run, NETNS_RUN_DIR / namespace).exists()
+    assert not _seen(private_run, runtime_dir).exists()
     assert _gone(orphan_pid, within=5)
     _assert_untouched(live_lab, netlab_config)
 
@@ -130,23 +174,17 @@ def _cmdline(pid: int) -> str:
 
 
 def test_a_reused_pid_is_not_taken_for_the_owner(tmp_path):
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    mine = tmp_path / f"{os.getpid()}-mine"
-    reused = tmp_path / "1-reused"  # pid 1 lives, but started after this was written
-    live = tmp_path / "1-live"
-    gone = tmp_path / f"{dead.pid}-gone"
-    for directory in (mine, reused, live, gone):
+    me = Owner.me()
+    reused = Owner(me.pid, me.ticks - 1)  # this pid, but a process that started earlier
+    mine = tmp_path / f"{me.tag}-mine"
+    theirs = tmp_path / f"{reused.tag}-reused"
+    for directory in (mine, theirs):
         directory.mkdir()
-    before_boot = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME) - 3600
-    os.utime(reused, (before_boot, before_boot))
 
     report = cleanup.remove_leftovers(tmp_path, dry_run=True)
 
-    assert sorted(report.directories) == sorted([str(reused), str(gone)])
-    assert cleanup.owner_alive(os.getpid(), time.time())
-    assert not cleanup.owner_alive(os.getpid(), before_boot)
-    assert not cleanup.owner_alive(dead.pid)
+    assert report.directories == [str(theirs)]
+    assert me.alive() and not reused.alive()
 
 
 def test_boot_timeout_is_quick_clear_and_leaves_nothing(netlab):

@@ -72,18 +72,31 @@ def test_detached_lab_outlives_the_command_until_netlab_down(tmp_path):
             _netlab("down", lab)
 
 
-def test_down_of_an_unknown_lab_names_the_detached_ones():
-    down = _netlab("down", "netlab-0-1")
-    assert down.returncode == 1
-    assert re.fullmatch(r"netlab: no detached lab 'netlab-0-1': detached labs are .+\n", down.stderr)
+def test_down_of_an_unknown_lab_names_the_detached_ones(tmp_path, monkeypatch, capsys):
+    from pytest_netlab.cli import main
+
+    # a runtime directory of this test's own, with one detached lab (a live owner: this process)
+    monkeypatch.setattr("pytest_netlab.session.runtime_base", lambda: tmp_path)
+    lab = DetachedLab(f"netlab-{os.getpid()}-99", os.getpid(), "t.toml", str(tmp_path), "")
+    lab.save(tmp_path)
+
+    assert main(["down", "netlab-0-1"]) == 1
+
+    assert capsys.readouterr().err == (
+        f"netlab: no detached lab 'netlab-0-1': detached labs are {lab.name}\n"
+    )
+    assert find(tmp_path, lab.name) == lab  # named, not taken down
 
 
 def test_bad_input_is_refused_before_anything_runs(tmp_path):
-    both = _netlab("up", "x.toml", "--detach", "--hold", "1")
+    workdir = tmp_path / "lab"
+    both = _netlab("up", "x.toml", "--detach", "--hold", "1", "--workdir", str(workdir))
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
-    missing = _netlab("up", str(tmp_path / "missing.toml"), "--detach")
+    missing = _netlab("up", str(tmp_path / "missing.toml"), "--detach", "--workdir", str(workdir))
     assert missing.returncode == 1 and "missing.toml" in missing.stderr
-    assert not list(tmp_path.iterdir())
+    # no work directory (nor its log), no background `netlab up`, no detached state
+    assert not workdir.exists()
+    assert not [lab for lab in detached_labs(runtime_base()) if lab.workdir == str(workdir)]
     timeout = _netlab("down", "--all", "--timeout", "0")
     assert timeout.returncode == 1
     assert timeout.stderr == "netlab: netlab down --timeout 0 is not accepted: give seconds above 0\n"

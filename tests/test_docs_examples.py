@@ -93,7 +93,7 @@ def test_helpers_in_one_lab_h1_rt_h2(netlab, tmp_path):
     # --8<-- [end:set-link]
 
 
-def test_impairment_before_and_after_start(netlab):
+def test_impairment_before_and_after_start(netlab, monkeypatch):
     br1 = netlab.bridge("br1", subnet="10.20.10.0/24")
     h1 = netlab.vm("h1", nics=[br1])
     h2 = netlab.vm("h2", nics=[br1])
@@ -107,15 +107,21 @@ def test_impairment_before_and_after_start(netlab):
 
     shaped = h1.impair("eth0", rate_kbit=800, where="tap")  # only the traffic to h1
     assert shaped.where == "tap"
-    assert netlab.namespace.root_qdisc(h1.taps[0]) == "tbf"
+    assert "qdisc tbf" in netlab.run("tc qdisc show dev vport11").stdout  # h1's TAP
 
     h1.impair("eth0")  # all defaults: removed
     h2.impair(0)
     assert h1.ping("h2", count=3).rtt_min < 50
     # --8<-- [end:impair]
+    assert "qdisc tbf" not in netlab.run("tc qdisc show dev vport11").stdout
     if host_has_qdisc("netem"):
+        # here delay goes to the TAP: it delays what reaches h1, so h1's pings' replies
         assert h1.impair("eth0", delay_ms=50, where="tap").where == "tap"
-        return
+        assert "qdisc netem" in netlab.run("tc qdisc show dev vport11").stdout
+        assert h1.ping("h2", count=3).rtt_min >= 50
+        h1.impair("eth0")
+        # and the refusal below is what a host without sch_netem answers
+        monkeypatch.setattr("pytest_netlab.guest.host_has_qdisc", lambda kind: kind != "netem")
     # --8<-- [start:impair-refused]
     with pytest.raises(ConfigError) as refused:
         h1.impair("eth0", delay_ms=50, where="tap")  # on a host without sch_netem

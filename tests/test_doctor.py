@@ -17,6 +17,7 @@ def test_doctor_passes_here_and_says_tcg_is_used(capsys: pytest.CaptureFixture[s
     # on this project's machines /dev/kvm exists but guests hang under it
     assert "KVM: /dev/kvm present" in out and ("TCG used" in out or "KVM used" in out)
     assert "memory: " in out and "2 guests of 128 MiB" in out
+    assert "ok   guest budget: " in out and " guests booting at once, " in out
     assert out.rstrip().endswith("verdict: pytest-netlab can run here")
 
 

@@ -110,11 +110,67 @@ def test_a_failed_build_names_the_command_and_the_fix(
     assert leftovers == []
 
 
+NEEDS_DEPMOD = """#!/bin/bash
+# the recipe's first steps: depmod must be found, as build.sh's need() looks for it
+command -v depmod > /dev/null || { echo "build.sh: error: 'depmod' not found in PATH=$PATH" >&2; exit 1; }
+mkdir -p "$1" && cd "$1" && touch vmlinux vmlinuz initrd.img
+echo 'console=ttyS0' > cmdline && echo 6.1.0-test > kernel-version && echo 'modules=' > manifest.txt
+"""
+
+
+def test_the_build_finds_sbin_tools_when_path_lacks_sbin(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # a Debian user's default PATH: depmod (kmod) is installed, but in /usr/sbin
+    copy = tmp_path / "images"
+    shutil.copytree(image.recipe_dir(), copy)
+    (copy / "build.sh").write_text(NEEDS_DEPMOD)
+    monkeypatch.setattr(image, "recipe_dir", lambda: copy)
+    monkeypatch.setenv("NETLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
+    monkeypatch.delenv(image.VARIANT_ENV, raising=False)
+    assert (image.default_image().root / "vmlinux").is_file()
+
+
+def test_build_path_adds_the_sbin_dirs_it_lacks() -> None:
+    assert image.build_path("/usr/bin:/bin") == "/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
+    assert image.build_path("/usr/sbin:/usr/bin") == "/usr/sbin:/usr/bin:/usr/local/sbin:/sbin"
+
+
+def _run_recipe(tmp_path: Path, path: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["/bin/bash", str(image.recipe_dir() / "build.sh"), str(tmp_path / "out")],
+        env={"PATH": path, "HOME": str(tmp_path), **env}, capture_output=True, text=True, check=False,
+    )
+
+
+def test_the_recipe_looks_for_its_tools_in_sbin_too(tmp_path: Path) -> None:
+    # stops right after the tool checks, at the bad compressor (before any work)
+    result = _run_recipe(tmp_path, "/usr/bin:/bin", NETLAB_INITRD_COMPRESS="bogus")
+    assert result.returncode == 1
+    assert "not found" not in result.stderr
+    assert "NETLAB_INITRD_COMPRESS=bogus: use gzip, lz4, zstd or none" in result.stderr
+
+
+def test_the_recipe_says_where_it_looked_for_a_missing_tool(tmp_path: Path) -> None:
+    bin_dir = tmp_path / "bin"  # only what the recipe runs before its tool checks
+    bin_dir.mkdir()
+    (bin_dir / "dirname").symlink_to(shutil.which("dirname") or "/usr/bin/dirname")
+    result = _run_recipe(tmp_path, str(bin_dir))
+    assert result.returncode == 1
+    assert (
+        f"build.sh: error: 'dpkg-deb' not found in PATH={bin_dir}:/usr/local/sbin:/usr/sbin:/sbin: "
+        "apt-get install dpkg"
+    ) in result.stderr
+
+
 FAKE_BUILD = """#!/bin/bash
-# stands in for the recipe: slow enough for the two callers to overlap
+# stands in for the recipe: it goes on once the other caller says it waits for the lock
+# (at most 20 s: without a lock both build, and the count shows it)
 set -e
 echo started >> "$COUNT_FILE"
-sleep 1
+for _ in $(seq 200); do [ -e "$WAITING_FILE" ] && break; sleep 0.1; done
+if [ -e "$WAITING_FILE" ]; then echo overlapped >> "$COUNT_FILE"; else echo alone >> "$COUNT_FILE"; fi
 mkdir -p "$1"
 cd "$1"
 touch vmlinux vmlinuz initrd.img
@@ -128,9 +184,16 @@ echo 'build.sh: done'
 def _default_image_in_subprocess(cache: str, recipe: str, count_file: str) -> str:
     os.environ["NETLAB_CACHE_DIR"] = cache
     os.environ["COUNT_FILE"] = count_file
+    waiting = Path(count_file).with_name("waiting")
+    os.environ["WAITING_FILE"] = str(waiting)
     os.environ.pop(image.VARIANT_ENV, None)
     image.recipe_dir = lambda: Path(recipe)
-    return str(image.default_image().root)
+
+    def progress(message: str) -> None:
+        if message.startswith("waiting for another process"):
+            waiting.write_text(f"{os.getpid()}: {message}\n")
+
+    return str(image.default_image(progress=progress).root)
 
 
 def test_concurrent_callers_build_once(tmp_path: Path) -> None:
@@ -142,7 +205,8 @@ def test_concurrent_callers_build_once(tmp_path: Path) -> None:
     with multiprocessing.get_context("spawn").Pool(2) as pool:
         roots = pool.starmap(_default_image_in_subprocess, [args, args])
     assert roots[0] == roots[1]
-    assert count_file.read_text().split() == ["started"]
+    # one build, during which the other caller was waiting for the lock
+    assert count_file.read_text().split() == ["started", "overlapped"]
     built = Path(roots[0])
     assert built.parent == tmp_path / "cache" / "images" and (built / "netlab-image.json").is_file()
     assert [p.name for p in built.parent.iterdir() if p.is_dir()] == [built.name]  # no temp dirs left

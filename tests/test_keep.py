@@ -3,6 +3,7 @@ printed commands, until the person goes on; then it is torn down as usual."""
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import re
@@ -117,6 +118,11 @@ def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(
             capture_output=True, text=True, timeout=30, check=False,
         )
         assert (shell.returncode, shell.stdout.strip()) == (0, "h1"), shell.stderr
+        # by name: netlab list knows the lab as kept, netlab exec uses its ssh_config
+        listed = _netlab("list", "--json")
+        assert [found["kind"] for found in json.loads(listed.stdout) if found["name"] == lab] == ["kept"]
+        by_name = _netlab("exec", lab, "h1", "hostname")
+        assert (by_name.returncode, by_name.stdout) == (0, "h1\n"), by_name.stderr
         namespace = re.search(r"\(or: (ip netns exec \S+) bash\)", text)
         assert namespace, text
         bridge = subprocess.run(
@@ -135,7 +141,13 @@ def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(
     # printed despite capture, with the same text as the file, then the usual failure
     assert text in output, output
     assert "failed on purpose" in output
+    assert not kept.with_suffix(".json").exists()
     _gone(lab, port)
+
+
+def _netlab(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pytest_netlab.cli", *args],
+                          capture_output=True, text=True, timeout=60, check=False)
 
 
 def test_enter_on_the_terminal_ends_the_pause(pytester: pytest.Pytester) -> None:
@@ -163,15 +175,20 @@ def test_enter_on_the_terminal_ends_the_pause(pytester: pytest.Pytester) -> None
 
 
 def test_pause_without_terminal_goes_on_after_the_timeout(pytester: pytest.Pytester) -> None:
-    started = time.monotonic()
     proc, out = _inner(pytester, PASSING, "--netlab-pause", "--netlab-keep-timeout", "2")
+    kept = _wait_for_kept(kept_dir(runtime_base()), proc, out)
+    held_from = time.monotonic()  # the hold starts once the file is written
+    while kept.exists() and time.monotonic() - held_from < 60:
+        time.sleep(0.05)
+    held = time.monotonic() - held_from
     assert proc.wait(timeout=120) == 0, out.read_text()
     output = out.read_text()
     lab = f"netlab-{proc.pid}-1"
+    assert kept.name == f"{lab}.txt"
     assert f"test_fine passed; its labs are kept up:\nlab {lab};" in output, output
     assert "or after 2 s" in output and "press Enter" not in output
-    assert time.monotonic() - started > 2
-    assert not (kept_dir(runtime_base()) / f"{lab}.txt").exists()
+    # the file is seen up to one poll (0.1 s) late; gone at the timeout, not before nor much later
+    assert 1.85 < held < 10, held
     port = int(re.search(r"^  h1: ssh .* -p (\d+) ", output, re.M).group(1))  # type: ignore[union-attr]
     _gone(lab, port)
 

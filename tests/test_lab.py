@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -9,7 +10,7 @@ import time
 
 import pytest
 
-from pytest_netlab import CommandError, CommandTimeout, GuestGoneError
+from pytest_netlab import CommandError, CommandTimeout, GuestGoneError, WaitTimeout
 from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.templates import Layout
 
@@ -50,10 +51,50 @@ def test_guest_sees_lab_nics_in_order_with_distinct_macs(netlab):
     assert h1.ssh("ip route show default").stdout.strip() == ""
     assert sorted(lonely.ssh("ls /sys/class/net").stdout.split()) == ["lo", "mgmt0"]
     assert h1.ssh("hostname").stdout.strip() == "h1"
-    # the TAPs are in the lab namespace, on their bridges, named as in the documents
-    bridge_links = netlab.run("bridge -o link").stdout
-    assert "vport11" in bridge_links and "master br1" in bridge_links
+    # the TAPs are in the lab namespace, each on its own NIC's bridge, named as in the documents
     assert h1.taps == ["vport11", "vport21", "vport12"]
+    assert _masters(netlab) == {"vport11": "br1", "vport21": "br2", "vport12": "br1"}
+
+
+def _masters(netlab) -> dict[str, str]:
+    """Port -> bridge, as the lab namespace has them."""
+    links = json.loads(netlab.run("ip -j link show").stdout)
+    return {link["ifname"]: link["master"] for link in links if "master" in link}
+
+
+def test_two_bridges_are_two_segments(netlab):
+    br1, br2 = netlab.bridge("br1"), netlab.bridge("br2")
+    h1, h2 = netlab.vm("h1", nics=[br1]), netlab.vm("h2", nics=[br1])
+    other = netlab.vm("other", nics=[br2])
+    netlab.start()
+    # one subnet on both bridges: only the bridge can keep them apart
+    for number, vm in enumerate((h1, h2, other), start=1):
+        vm.ssh(f"ip addr add 10.50.0.{number}/24 dev eth0 && ip link set eth0 up")
+
+    assert h1.ping("10.50.0.2", timeout=5)  # same bridge
+    assert not h1.ping("10.50.0.3", count=2, timeout=1)  # the other bridge
+    assert not other.ping("10.50.0.1", count=2, timeout=1)
+
+
+# an IPv6 default route or a global address (QEMU's user-mode network advertises fec0::/64)
+IPV6_BEYOND_LINK_LOCAL = (
+    "ip -6 route show default | grep . || ip -6 addr show dev mgmt0 scope global | grep ."
+)
+
+
+def test_the_management_nic_gets_no_ipv6_route_or_address(netlab):
+    resumed, cold = netlab.vm("h1"), netlab.vm("h2", append="quiet")  # append: a cold boot
+    netlab.start()
+
+    # router advertisements answer the router solicitations the guests send when mgmt0
+    # comes up, then every few seconds: nothing may arrive in a wait longer than that
+    for vm in (resumed, cold):
+        with pytest.raises(WaitTimeout):
+            vm.wait_until(IPV6_BEYOND_LINK_LOCAL, timeout=8.0 if vm is resumed else 0.5)
+        # the guest did ask for a router: its IPv6 is on, nobody answered
+        solicits = vm.ssh("grep Icmp6OutRouterSolicits /proc/net/snmp6").stdout.split()[1]
+        assert int(solicits) >= 1
+        assert vm.ssh("ip -6 -o addr show dev mgmt0").stdout.count("inet6") == 1  # fe80::, link-local
 
 
 def test_ssh_result_and_failures_carry_command_status_and_streams(netlab):

@@ -173,7 +173,7 @@ def test_the_packages_option_gives_every_guest_the_package_image(pytester: pytes
     result.assert_outcomes(passed=1)
 
 
-def test_a_topology_gives_nodes_the_image_of_their_packages(netlab):
+def test_a_topology_gives_nodes_the_image_of_their_packages(netlab, tmp_path: Path):
     topology = Topology.from_dict({
         "lab": {"packages": EXAMPLE_PACKAGES.split(",")},
         "bridges": {"br1": {}},
@@ -188,6 +188,8 @@ def test_a_topology_gives_nodes_the_image_of_their_packages(netlab):
         netlab.vm("h2", nics=[netlab.bridges["br1"].nic(model="e1000")], image=image)
     with pytest.raises(ConfigError, match="image= or kernel="):
         netlab.vm("h3", image=image, kernel=image.kernel)
+    with pytest.raises(ConfigError, match="shares need the generic kernel's 9p"):
+        netlab.vm("h4", image=image, shares={str(tmp_path): "/mnt/x"})
 
 
 def test_a_daemon_outlives_its_ssh_command_and_its_log_is_in_the_evidence(netlab, tmp_path: Path):

@@ -17,7 +17,7 @@ pytest_plugins = ["pytester"]
 # Both tests hold their lab up until the other one's is up too (a barrier of files named
 # after the labs), ping inside it, and wait again before teardown: the labs overlap.
 _SUITE = """
-import os, time
+import json, os, time
 from pathlib import Path
 
 BARRIER = Path(os.environ["NETLAB_BARRIER"])
@@ -36,6 +36,9 @@ def _same_lab_as_the_documents(netlab):
     h1 = netlab.vm("h1", nics=[br1])
     netlab.start()
     assert h1.taps == ["vport11"]
+    assert [link["ifname"] for link in json.loads(netlab.run("ip -j link show master br1").stdout)] == [
+        "vport11"
+    ]
     h1.ssh("ip addr add 10.20.10.1/24 dev eth0 && ip link set eth0 up")
     _meet("up", netlab)
     assert h1.ping("10.20.10.254", count=3, interval=0.2, timeout=5)

@@ -194,9 +194,24 @@ def test_command_timeout_from_the_command_line_overrides_the_ini(pytester: pytes
 
 
 def test_a_zero_command_timeout_is_refused_as_the_options_page_shows(pytester: pytest.Pytester):
-    block = re.search(r"```\n\$ (pytest .*)\n(ERROR: .*)\n```", (DOCS / "options.md").read_text())
-    assert block, "docs/options.md shows no refused command"
-    command, error = block.groups()
-    result = pytester.runpytest(*command.split()[1:])
-    assert error in result.stderr.lines
-    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    blocks = re.findall(r"```\n\$ (pytest .*)\n(ERROR: .*)\n```", (DOCS / "options.md").read_text())
+    assert len(blocks) >= 2, "docs/options.md shows no refused command"  # a timeout, a budget size
+    for command, error in blocks:
+        result = pytester.runpytest(*command.split()[1:])
+        assert error in result.stderr.lines
+        assert result.ret == pytest.ExitCode.USAGE_ERROR
+
+
+def test_budget_limits_from_options_and_ini_and_waiting_lines_reach_the_terminal(pytester: pytest.Pytester):
+    pytester.makeini("[pytest]\nnetlab_max_memory = 2G\nnetlab_max_guests = 5\n")
+    pytester.makepyfile(
+        """
+        def test_limits(netlab_config):
+            budget = netlab_config.budget
+            assert (budget.max_guests, budget.max_memory) == (3, 2048)
+            budget.report("netlab: lab-x waiting for 2 guests' room (test line)")
+        """
+    )
+    result = pytester.runpytest("-p", "netlab", "--netlab-max-guests=3")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*netlab: lab-x waiting for 2 guests' room (test line)*"])

@@ -132,8 +132,20 @@ def test_nat_nic_with_a_bad_model():
         NicSpec(None, model="ne2k_pci").validated()
 
 
-def test_numa_is_part_of_the_template_layout():
-    from pytest_netlab.templates import Layout, NicLayout
+def test_numa_is_part_of_the_template_layout(tmp_path):
+    from pytest_netlab.image import GuestImage
+    from pytest_netlab.templates import Layout, NicLayout, TemplateStore
 
     plain = Layout(128, 1, "tcg", (NicLayout("virtio-net-pci"),))
-    assert plain != Layout(128, 1, "tcg", (NicLayout("virtio-net-pci"),), numa=True)
+    numa = Layout(128, 1, "tcg", (NicLayout("virtio-net-pci"),), numa=True)
+    assert plain != numa
+    # the saved state's file is named by the digest: NUMA and plain guests must not share one
+    for name in ("vmlinux", "initrd.img"):
+        (tmp_path / name).write_bytes(b"x")
+    image = GuestImage(tmp_path / "vmlinux", tmp_path / "initrd.img", "quiet", tmp_path, "test", "0",
+                       "6.1", frozenset(), tmp_path / "vmlinux")
+    store = TemplateStore(tmp_path / "templates", "7.2.0")
+    assert store._digest(plain, image) != store._digest(numa, image)
+    assert store._digest(numa, image) == store._digest(
+        Layout(128, 1, "tcg", (NicLayout("virtio-net-pci"),), numa=True), image
+    )
