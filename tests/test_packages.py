@@ -124,6 +124,10 @@ def test_topology_packages_for_the_lab_and_per_node():
     assert topology.node_packages(topology.nodes["r1"]) == ("frr", "iperf3")
     with pytest.raises(ConfigError, match=r"node 'h1'.*'Bad'"):
         Topology.from_dict({"nodes": {"h1": {"packages": ["Bad"]}}})
+    generated = Topology.from_dict(
+        {"lab": {"packages": ["frr"]}, "generate": {"shape": "line", "routers": 2}}
+    )
+    assert generated.packages == ("frr",) and generated.nodes
     with pytest.raises(ConfigError, match=r"\[lab\]: unknown key 'image'"):
         Topology.from_dict({"lab": {"image": "x"}})
 
