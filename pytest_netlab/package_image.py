@@ -177,9 +177,10 @@ def package_image(
     if not _is_complete(path):
         _build_locked(names, base, image_id, path, progress)
     index.parent.mkdir(parents=True, exist_ok=True)
-    tmp = index.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(path.name + "\n")
-    tmp.rename(index)
+    fd, tmp = tempfile.mkstemp(prefix=f"{index.name}.", suffix=".tmp", dir=index.parent)
+    with os.fdopen(fd, "w") as handle:  # a name of its own: other processes and threads write too
+        handle.write(path.name + "\n")
+    os.replace(tmp, index)
     return _load(path, base)
 
 
