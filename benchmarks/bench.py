@@ -222,6 +222,34 @@ def xdist(bench: Bench) -> None:
 
 
 # -- report ---------------------------------------------------------------------------
+def package_images(bench: Bench, packages: str, runs: int, rebuild: bool) -> None:
+    """A package image: its first build (with ``rebuild``: the cached one is removed
+    first; apt's downloads stay cached), the cached lookup, and one guest on it from
+    ``start()`` to SSH-ready, to set beside the default image's ``snapshot/1 guest``."""
+    import shutil
+
+    from pytest_netlab.package_image import package_image
+
+    label = f"package image {packages}"
+    base = bench.session.image
+    if rebuild:
+        cached = package_image(packages, base=base)
+        shutil.rmtree(cached.root)
+    started = time.monotonic()
+    image = package_image(packages, base=base)
+    bench.add(f"{label}/first build (or the cached one)", time.monotonic() - started)
+    for _ in range(runs):
+        with timed(bench, f"{label}/cached lookup"):
+            package_image(packages, base=base)
+
+    def declare(lab: Lab) -> list[VM]:
+        return [lab.vm("h1", nics=[lab.bridge("br1")], image=image)]
+
+    phases(Bench(bench.session, False), "snapshot", declare, "warm-up")  # makes its template
+    for _ in range(runs):
+        phases(bench, "snapshot", declare, f"1 guest, {label}")
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values),
             "runs": len(values), "samples": values}
@@ -269,6 +297,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="pairs of -n 0 and -n 2 example suite runs (default 3)")
     parser.add_argument("--skip-handmade", action="store_true", help="skip the hand-made scripts")
     parser.add_argument("--skip-cold", action="store_true", help="skip cold boots")
+    parser.add_argument("--packages", default="frr,iperf3",
+                        help="the package image measured (default frr,iperf3; '' skips it)")
+    parser.add_argument("--package-rebuild", action="store_true",
+                        help="remove the cached package image first, to time a first build")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each sample as it comes")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
@@ -291,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
             phases(bench, "snapshot", declare_three, "3 guests")
             scenario_three(bench, "snapshot", extras=True)
             scenario_two(bench, "snapshot")
+        if args.packages:
+            package_images(bench, args.packages, args.runs, args.package_rebuild)
         for _ in range(0 if args.skip_cold else cold_runs):
             phases(bench, "cold", declare_one, "1 guest")
             phases(bench, "cold", declare_three, "3 guests")
@@ -326,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
             "two machines, plugin snapshot / by hand (total with teardown)":
                 ratio(s, "scenario/two machines, plugin snapshot/total",
                       "scenario/two machines, by hand (cold)/total"),
+            "1 guest SSH up, package image / default image (snapshot)":
+                ratio(s, f"snapshot/1 guest, package image {args.packages}/SSH up",
+                      "snapshot/1 guest/SSH up"),
             "1 guest SSH up, snapshot / cold":
                 ratio(s, "snapshot/1 guest/SSH up", "cold/1 guest/SSH up"),
             "3 guests SSH up, snapshot / cold":

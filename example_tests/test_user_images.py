@@ -27,7 +27,7 @@ def _unpack_initrd(initrd, tree):
 
 def test_boot_from_an_ext4_root_with_a_qcow2_disk(netlab, tmp_path):
     tree = tmp_path / "rootfs"
-    _unpack_initrd(netlab.image.initrd, tree)
+    _unpack_initrd(netlab.default_image.initrd, tree)
     (tree / "etc" / "motd").write_text("made by the test\n")
     rootfs = tmp_path / "rootfs.ext4"
     subprocess.run(["mkfs.ext4", "-q", "-F", "-L", "netlab-root", "-d", tree, rootfs, "64M"], check=True)
@@ -41,7 +41,7 @@ def test_boot_from_an_ext4_root_with_a_qcow2_disk(netlab, tmp_path):
     subprocess.run(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", raw, disk1], check=True)
     before = {path: _digest(path) for path in (rootfs, disk1)}
 
-    vm = netlab.vm("h1", kernel=netlab.image.kernel, initrd=netlab.image.initrd,
+    vm = netlab.vm("h1", kernel=netlab.default_image.kernel, initrd=netlab.default_image.initrd,
                    rootfs=rootfs, disks=[disk1])
     netlab.start()
 

@@ -39,6 +39,12 @@ STATE_COMMANDS: tuple[tuple[str, str], ...] = (
                "net.ipv4.conf.all.rp_filter"),
     ("qdisc", "tc qdisc"),
 )
+# in guests only (the lab namespace runs STATE_COMMANDS on the host's file system): the
+# output of daemons started with vm.daemon() (pytest_netlab.guest.DAEMON_LOG_DIR)
+GUEST_COMMANDS: tuple[tuple[str, str], ...] = (
+    ("daemons", "for f in /var/log/netlab/*.log; do [ -f \"$f\" ] || continue; "
+                "echo \"== $f (last 50 lines)\"; tail -n 50 \"$f\"; done"),
+)
 GUEST_TIMEOUT = 10.0
 NAMESPACE_TIMEOUT = 5.0
 CONSOLE_TAIL = 30
@@ -62,19 +68,20 @@ class Evidence:
     problems: list[str] = field(default_factory=list)
 
 
-def _state_script() -> str:
+def _state_script(commands: tuple[tuple[str, str], ...] = STATE_COMMANDS) -> str:
     # one SSH round trip for all of it: under TCG each exec costs 50-80 ms
-    parts = [f"echo '{_MARK}{name}'; {{ {cmd}; }} 2>&1" for name, cmd in STATE_COMMANDS]
+    parts = [f"echo '{_MARK}{name}'; {{ {cmd}; }} 2>&1" for name, cmd in commands]
     return "; ".join(parts)
 
 
-_SECTIONS = frozenset(name for name, _ in STATE_COMMANDS)
+_SECTIONS = frozenset(name for name, _ in STATE_COMMANDS + GUEST_COMMANDS)
 
 
 def split_sections(output: str) -> dict[str, str]:
     """Split the output of the state script into its named parts. Only the names of
-    :data:`STATE_COMMANDS` start a part (they become file names): a mark line with any
-    other name, as a guest's own program may print, is kept as text of the part it is in."""
+    :data:`STATE_COMMANDS` and :data:`GUEST_COMMANDS` start a part (they become file names):
+    a mark line with any other name, as a guest's own program may print, is kept as text of
+    the part it is in."""
     found: dict[str, list[str]] = {}
     current: list[str] | None = None
     for line in output.splitlines():
@@ -149,7 +156,8 @@ def _guest(vm: VM, directory: Path, evidence: Evidence) -> str:
         notes.append(f"guest's QEMU is not running (exit status {machine.exitcode()}): no state captured")
     else:
         try:
-            result = vm.ssh(_state_script(), check=False, timeout=GUEST_TIMEOUT)
+            script = _state_script(STATE_COMMANDS + GUEST_COMMANDS)
+            result = vm.ssh(script, check=False, timeout=GUEST_TIMEOUT)
             vm.forget_last_commands(1)
             state = result.stdout + result.stderr
             for name, text in split_sections(state).items():
@@ -177,6 +185,8 @@ def _guest(vm: VM, directory: Path, evidence: Evidence) -> str:
         f"--- console (last {CONSOLE_TAIL} lines) ---",
         console,
     ]
+    if parts.get("daemons", "").strip():
+        lines += ["--- daemon logs (vm.daemon) ---", parts["daemons"].rstrip()]
     return "\n".join(lines)
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from collections.abc import Sequence
 
 from .errors import NetlabError
@@ -28,9 +29,16 @@ def _cmd_cleanup(args: argparse.Namespace) -> int:
 def _cmd_image(args: argparse.Namespace) -> int:
     from . import image
 
-    if args.action == "build":
+    if args.action == "build" and args.packages:
+        from .package_image import package_image
+
+        built = package_image(args.packages, progress=lambda msg: print(msg, flush=True))
+        print(f"disk {built.disk}\npackages {' '.join(built.packages)}")
+    elif args.action == "build":
         built = image.default_image(rebuild=args.rebuild, progress=lambda msg: print(msg, flush=True))
         print(f"kernel {built.kernel}\ninitrd {built.initrd}")
+    elif args.action == "list":
+        _list_images()
     elif args.action == "info":
         print(json.dumps(image.image_info(), indent=2, default=str))
     else:
@@ -42,6 +50,20 @@ def _cmd_image(args: argparse.Namespace) -> int:
         removed = image.clean_images() + templates.clean()
         print("\n".join(f"removed {p}" for p in removed) or "no cached images")
     return 0
+
+
+def _list_images() -> None:
+    from .image import image_info
+    from .package_image import list_images
+
+    info = image_info()
+    print(f"default  {info['path']}{'' if info['built'] else ' (not built)'}")
+    for entry in list_images():
+        used = time.strftime("%Y-%m-%d %H:%M", time.localtime(float(str(entry["last_used"]))))
+        size = int(str(entry["size_bytes"])) / 2**20
+        packages = entry["packages"]
+        assert isinstance(packages, list)
+        print(f"packages {' '.join(packages)}: {size:.0f} MiB, last used {used}, {entry['path']}")
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:
@@ -337,9 +359,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     cleanup = sub.add_parser("cleanup", help="remove namespaces, QEMU processes and files left by dead runs")
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would be removed")
     cleanup.set_defaults(func=_cmd_cleanup)
-    img = sub.add_parser("image", help="build, describe or remove the cached guest image")
-    img.add_argument("action", choices=("build", "info", "clean"))
+    img = sub.add_parser("image", help="build, list, describe or remove the cached guest images")
+    img.add_argument("action", choices=("build", "list", "info", "clean"))
     img.add_argument("--rebuild", action="store_true", help="build even if a cached image exists")
+    img.add_argument(
+        "--packages", default="", metavar="PKG,PKG",
+        help="build: the package image with these Debian packages (see docs/package-images.md)",
+    )
     img.set_defaults(func=_cmd_image)
     doctor = sub.add_parser(
         "doctor", help="check that this machine can run network labs, and say how to fix what fails"

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+#: where :meth:`VM.daemon` writes each daemon's output in the guest (kept as evidence)
+DAEMON_LOG_DIR = "/var/log/netlab"
+
 
 def _local_path(local: object) -> Path:
     if not isinstance(local, (str, os.PathLike)) or not str(local):
@@ -323,6 +326,55 @@ class VM:
             )
         return retry_until(attempt, timeout=timeout, interval=interval, what=what)
 
+    # -- daemons ----------------------------------------------------------------------
+    def daemon(self, command: str, *, name: str) -> int:
+        """Start *command* (a shell command line that stays in the foreground, e.g.
+        ``"iperf3 -s"`` or ``"bird -f -c /etc/bird/bird.conf"``) in the guest, in a
+        session of its own (``setsid``) so that it outlives the SSH command; its output
+        goes to ``/var/log/netlab/NAME.log`` in the guest, which the evidence of a failed
+        test includes. Returns its process id, which is also its process group's: the
+        group stops with the guest at teardown, or earlier with :meth:`stop_daemon`.
+
+        Raises:
+            ConfigError: *name* is not a plain file name, or one running already.
+            CommandError: the guest could not start it.
+        """
+        _check_daemon_name(name)
+        logfile, pidfile = f"{DAEMON_LOG_DIR}/{name}.log", f"/run/netlab/{name}.pid"
+        result = self.ssh(
+            f"mkdir -p {DAEMON_LOG_DIR} /run/netlab; "
+            f"if [ -f {pidfile} ] && kill -0 $(cat {pidfile}) 2>/dev/null; then exit 17; fi; "
+            f"setsid sh -c {shlex.quote(command)} </dev/null >{logfile} 2>&1 & "
+            f"echo $! > {pidfile}; echo $!",
+            check=False,
+        )
+        if result.status == 17:
+            raise ConfigError(f"{self.name}: a daemon named {name!r} runs already: give each its own name")
+        result.check()
+        pid = int(result.stdout.split()[-1])
+        self.log.info("daemon %s started (pid %d): %s", name, pid, command)
+        return pid
+
+    def stop_daemon(self, name: str, *, timeout: float = 10.0) -> None:
+        """Stop the daemon *name* started by :meth:`daemon`, with every process of its
+        group (SIGTERM, then SIGKILL after *timeout* seconds); return once all are gone.
+
+        Raises:
+            ConfigError: no daemon of that name was started.
+        """
+        _check_daemon_name(name)
+        pidfile = f"/run/netlab/{name}.pid"
+        result = self.ssh(f"cat {pidfile}", check=False)
+        if not result.ok:
+            raise ConfigError(f"{self.name}: no daemon named {name!r} was started with vm.daemon()")
+        pid = int(result.stdout.strip())
+        self.ssh(
+            f"kill -TERM -{pid} 2>/dev/null; i=0; while kill -0 -{pid} 2>/dev/null; do "
+            f"i=$((i+1)); [ $i -gt {int(timeout * 20)} ] && kill -KILL -{pid}; sleep 0.05; done; "
+            f"rm -f {pidfile}",
+            timeout=timeout + 10,
+        )
+
     # -- files ------------------------------------------------------------------------
     def put(self, local: str | Path, remote: str, *, mode: int | None = None, timeout: float = 60.0) -> None:
         """Copy the local file *local* to path *remote* in the guest (over SFTP, on the
@@ -544,6 +596,15 @@ class Router(VM):
         )
         if keys:
             self.ssh("sysctl -qw " + " ".join(f"{k}={value}" for k in keys))
+
+
+def _check_daemon_name(name: object) -> None:
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "._-" for c in name) \
+            or name.startswith("."):
+        raise ConfigError(
+            f"daemon name {name!r} is not accepted: give letters, digits, '.', '_' or '-' "
+            "(it names the log file /var/log/netlab/NAME.log)"
+        )
 
 
 def _host_or_address(value: object) -> str:

@@ -36,6 +36,9 @@ the host reaches the guest's TCP port 22 through a forward on 127.0.0.1). The se
 ``root=DEV [init=PATH] [ro]``
     the root file system is on a disk: mount it and run *PATH* (default ``/init``) on it,
     which speaks this protocol again.
+``netlab.overlay=1`` (with ``root=DEV ro``)
+    a package image: DEV is a read-only root disk (squashfs); mount it under a writable
+    tmpfs overlay and switch to it (:data:`OVERLAY_ROOT`, :mod:`pytest_netlab.package_image`).
 
 **Console marks**, each a whole line on ``ttyS0`` (:mod:`pytest_netlab.qemu` reads them):
 
@@ -92,6 +95,8 @@ MGMT_MAC = "02:6e:6c:00:00:01"
 MGMT_IFNAME = "mgmt0"
 #: the root file system on the first virtio disk (a user's rootfs=), see ``root=`` above
 DISK_ROOT = "root=/dev/vda rw"
+#: a package image's read-only root disk under a tmpfs overlay, see ``netlab.overlay=1`` above
+OVERLAY_ROOT = "root=/dev/vda ro netlab.overlay=1"
 #: modules the guest's init loads at every boot, whatever it is asked
 INIT_MODULES = ("virtio_pci", "virtio_net")
 

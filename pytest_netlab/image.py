@@ -54,6 +54,8 @@ VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
 #: user's PATH often lacks them
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
+#: recipe files of package images only (pytest_netlab.package_image): not in the default image's hash
+PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "harness.txt"})
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
 _LOCK_TIMEOUT = 3600.0
@@ -74,6 +76,17 @@ class GuestImage:
     hash: str
     kernel_version: str
     modules: frozenset[str]
+    #: a package image (see :mod:`pytest_netlab.package_image`): its read-only root disk
+    disk: Path | None = None
+    #: the Debian packages a package image was asked for; empty for the default image
+    packages: tuple[str, ...] = ()
+
+    def drives(self) -> list[str]:
+        """QEMU ``-drive`` values the image needs: a package image's read-only root disk
+        (the first virtio disk, ``/dev/vda``), attached the same in templates and clones."""
+        if self.disk is None:
+            return []
+        return [f"file={str(self.disk).replace(',', ',,')},if=virtio,format=raw,readonly=on"]
 
     def has_modules(self, names: Iterable[str]) -> bool:
         """True if this image's kernel has every module in ``names`` (built in or as a file)."""
@@ -84,6 +97,12 @@ class GuestImage:
         wanted = [n for n in names if n]
         if self.has_modules(wanted):
             return self
+        if self.disk is not None:
+            missing = sorted(_norm(n) for n in wanted if _norm(n) not in self.modules)
+            raise ImageError(
+                f"package images boot the {self.variant} kernel {self.kernel_version}, which has no "
+                f"module {', '.join(missing)}: give their guests virtio-net-pci NICs"
+            )
         return default_image(modules=wanted)
 
 
@@ -170,7 +189,8 @@ def recipe_hash(variant: str = DEFAULT_VARIANT) -> str:
     digest = hashlib.sha256()
     digest.update(f"variant={variant} kernel={VARIANTS[variant]}\n".encode())
     files = (p for p in recipe.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
-    for path in sorted(f for f in files if f.suffix != ".md"):  # docs do not change the image
+    # docs do not change the image, nor does the package image recipe
+    for path in sorted(f for f in files if f.suffix != ".md" and f.name not in PACKAGE_RECIPE_FILES):
         digest.update(path.relative_to(recipe).as_posix().encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     digest.update(_package_versions(recipe).encode())

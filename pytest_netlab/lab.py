@@ -16,7 +16,7 @@ import shlex
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -76,6 +76,7 @@ class LabSettings:
     boot_timeout: float = 120.0
     command_timeout: float = 60.0
     pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
+    progress: Callable[[str], None] | None = None  # where a package image build reports its steps
     budget: Budget | None = None  # the machine-wide guest budget (None: no limit)
     # bytes kept of each stream of a command's output and of each console log
     output_limit: int = DEFAULT_OUTPUT_LIMIT
@@ -96,7 +97,7 @@ class Lab:
         self.number = next(_lab_numbers)
         self.name = name or namespace_name(os.getpid(), self.number)
         self.workdir = workdir
-        self.image = image
+        self.default_image = image  # guests without image= boot this one
         self.key = key
         self.settings = settings or LabSettings()
         self.namespace = LabNamespace(self.name)
@@ -262,7 +263,7 @@ class Lab:
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
         forwards: Sequence[int] = (), numa: bool = False, aslr: bool = False,
-        gateway: str | None = None,
+        gateway: str | None = None, image: GuestImage | None = None,
         shares: Mapping[str | os.PathLike[str], str] | Sequence[Share] = (),
     ) -> VM:
         """Declare guest *name*; it boots at the next ``start()``.
@@ -288,6 +289,8 @@ class Lab:
         subnets): ``"auto"`` (via the first router on the guest's first addressed
         bridge; nothing for a router), a router's name, or an address.
 
+        *image*: what the guest runs, e.g. ``netlab.image(packages=["frr"])`` (see
+        :meth:`image`); default: the lab's default image.
         *shares*: host directories mounted in the guest at start (virtio-9p; the guest
         runs the ``generic`` image, whose kernel has 9p): ``{"/abs/host/dir":
         "/mnt/dir"}`` read-only, or a list of :meth:`share` (``rw=True`` for writable).
@@ -324,7 +327,7 @@ class Lab:
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
             append=append, disks=[Path(d) for d in disks], network=network,
-            forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway,
+            forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway, image=image,
             shares=shares_of(shares, name),
         ).validated()
         given = [validation.ip_interface(a).ip for nic in specs for a in nic.addresses]
@@ -416,6 +419,20 @@ class Lab:
         )
         return {vm.name: self.plan.guest_script(vm.name) for vm in pending if vm.spec.network}
 
+    def image(self, packages: str | Sequence[str]) -> GuestImage:
+        """The image of the default guest plus the Debian *packages* (a list, or one
+        comma-separated string), for ``vm(..., image=)``: built once (a minute or two),
+        then cached and shared by every test process. See docs/package-images.md.
+
+        Raises:
+            ConfigError: a bad package name, or packages apt cannot install (with
+                apt's message), before anything is built.
+            ImageError: the build failed.
+        """
+        from .package_image import package_image
+
+        return package_image(packages, base=self.default_image, progress=self.settings.progress)
+
     def router(self, name: str, nics: Sequence[Bridge | NicSpec] = (), **options: Any) -> Router:
         """Declare a guest that routes (see :meth:`Router.enable_forwarding`)."""
         vm = self.vm(name, nics, role="router", **options)
@@ -483,15 +500,16 @@ class Lab:
             ) from exc
 
     def _image_for(self, vm: VM) -> GuestImage:
-        """The default image, or its variant whose kernel drives the VM's NIC models
-        and, for shares, has 9p."""
+        """The guest's image (``image=``, else the lab's default), or its variant whose
+        kernel drives the VM's NIC models and, for shares, has 9p."""
         modules = nic_modules([n.model for n in vm.spec.nics])
-        return self.image.for_modules([*modules, *(SHARE_MODULES if vm.spec.shares else ())])
+        image = vm.spec.image or self.default_image
+        return image.for_modules([*modules, *(SHARE_MODULES if vm.spec.shares else ())])
 
     def _cold_config(self, vm: VM) -> MachineConfig:
         spec = vm.spec
         models = [n.model for n in spec.nics]
-        image = self._image_for(vm) if spec.kernel is None else self.image
+        image = self._image_for(vm) if spec.kernel is None else self.default_image
         cmdline = guest_cmdline(
             image, spec.name, vm.macs, models, management=spec.network, aslr=spec.aslr,
             cpus=spec.cpus,
@@ -501,8 +519,10 @@ class Lab:
         params = [cmdline, *key_params(self.key.keytype, self.key.blob)]
         if spec.rootfs is not None:
             params.append(DISK_ROOT)
+        # a package image's root disk first (/dev/vda), then the user's disks
+        drives = image.drives() if spec.kernel is None else []
         disks = ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
-        drives = [drive_option(disk) for disk in disks]
+        drives += [drive_option(disk) for disk in disks]
         if spec.append:
             params.append(spec.append)
         return MachineConfig(

@@ -82,6 +82,7 @@ class NodeSpec:
     memory: int = GUEST_MEMORY_DEFAULT
     cpus: int = 1
     gateway: str | None = None  # "auto", a router's name or an address (address plan)
+    packages: tuple[str, ...] | None = None  # Debian packages (a package image); None: the lab's
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,7 @@ class Topology:
 
     bridges: dict[str, BridgeSpec] = field(default_factory=dict)
     nodes: dict[str, NodeSpec] = field(default_factory=dict)
+    packages: tuple[str, ...] = ()  # [lab] packages: of every node that names none itself
 
     # -- loading ----------------------------------------------------------------------
     @classmethod
@@ -107,10 +109,13 @@ class Topology:
             ConfigError: an unknown key, a link to an undeclared bridge, a bad name,
                 address, route or role; the message names the node and the value.
         """
-        _keys(data, {"bridges", "nodes", "generate"}, "topology")
+        _keys(data, {"bridges", "nodes", "generate", "lab"}, "topology")
+        lab = _table(data.get("lab", {}), "[lab]")  # read before [generate] makes the rest
         if "generate" in data:
             data = _generated(data)
         topology = cls()
+        _keys(lab, {"packages"}, "[lab]")
+        topology.packages = _packages(lab.get("packages"), "[lab]") or ()
         for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
             bridge = _table(raw_bridge or {}, f"bridge {name!r}")
             _keys(bridge, {"address", "subnet"}, f"bridge {name!r}")
@@ -153,7 +158,7 @@ class Topology:
 
     def _node(self, name: str, raw: Mapping[str, Any]) -> NodeSpec:
         where = f"node {name!r}"
-        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus", "gateway"}, where)
+        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus", "gateway", "packages"}, where)
         validation.guest_name(name)
         role = raw.get("role", "host")
         if role not in ROLES:
@@ -199,6 +204,7 @@ class Topology:
             ),
             validation.int_in_range(raw.get("cpus", 1), *GUEST_CPU_RANGE, "cpus"),
             check_gateway(raw.get("gateway"), name),
+            _packages(raw.get("packages"), where),
         )
 
     # -- building ---------------------------------------------------------------------
@@ -219,6 +225,10 @@ class Topology:
             if spec.address:
                 bridges[spec.name].add_address(spec.address)
         planned = {name for name, spec in self.bridges.items() if spec.subnet}
+        images = {
+            packages: lab.image(packages) for packages in {self.node_packages(n) for n in self.nodes.values()}
+            if packages
+        }
         vms = {
             node.name: lab.vm(
                 node.name,
@@ -227,6 +237,7 @@ class Topology:
                     address=link.address if link.bridge in planned else None,
                 ) for link in node.links],
                 role=node.role, memory=node.memory, cpus=node.cpus, gateway=node.gateway,
+                image=images.get(self.node_packages(node)),
             )
             for node in self.nodes.values()
         }
@@ -238,6 +249,11 @@ class Topology:
                 for future in [pool.submit(vms[name].ssh, script) for name, script in scripts.items()]:
                     future.result()
         return vms
+
+    def node_packages(self, node: NodeSpec) -> tuple[str, ...]:
+        """The Debian packages of *node*'s image: its own list (empty: the default
+        image), else the lab's."""
+        return self.packages if node.packages is None else node.packages
 
     @staticmethod
     def guest_script(node: NodeSpec, planned: Collection[str] = ()) -> str:
@@ -274,6 +290,20 @@ class Topology:
                 label = guest_ifname(index) + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
+
+
+def _packages(value: object, where: str) -> tuple[str, ...] | None:
+    """A ``packages`` list of the topology: None if absent, () if empty."""
+    if value is None:
+        return None
+    if _list(value, f"{where} packages") == []:
+        return ()
+    from .package_image import parse_packages
+
+    try:
+        return parse_packages(_list(value, f"{where} packages"))
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _generated(data: Mapping[str, Any]) -> dict[str, Any]:

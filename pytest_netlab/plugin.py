@@ -7,6 +7,7 @@ The work is done in plain modules that know nothing of pytest (:mod:`.lab`,
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import shutil
@@ -101,6 +102,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         f"(default: ini netlab_keep_timeout, else {DEFAULT_KEEP_TIMEOUT:g})",
     )
     group.addoption(
+        "--netlab-packages", default=None, metavar="PKG,PKG",
+        help="Debian packages every guest without image= gets: a package image of the default "
+        "harness plus these, built once and cached (default: ini netlab_packages, else none: "
+        "the default image)",
+    )
+    parser.addini(
+        "netlab_packages", "Debian packages of every guest's image, comma separated (default none)",
+        default="",
+    )
+    group.addoption(
         "--netlab-max-guests", default=None, metavar="N",
         help="guests booting at once on this machine, over every pytest process and netlab up; "
         "a lab waits for room (default: ini netlab_max_guests, else 4 per CPU)",
@@ -171,6 +182,7 @@ def pytest_configure(config: pytest.Config) -> None:
             raise pytest.UsageError(
                 f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
             ) from None
+    packages = _packages(config)
     try:
         output_limit = parse_output_limit(
             config.getoption("--netlab-output-limit") or config.getini("netlab_output_limit"),
@@ -191,12 +203,38 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[_SESSION_KEY] = NetlabSession(
         accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
         command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
-        output_limit=output_limit,
+        output_limit=output_limit, packages=packages,
         artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
         max_guests=max_guests, max_memory=max_memory, report=lambda line: _report_line(config, line),
+        progress=functools.partial(_show_progress, config),
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
     _terminate_like_ctrl_c(config)
+
+
+def _show_progress(config: pytest.Config, message: str) -> None:
+    """A step of a long build (a package image), on the terminal even while output is
+    captured; xdist workers have no terminal: the log has it."""
+    reporter = config.pluginmanager.getplugin("terminalreporter")
+    if reporter is None:
+        return
+    capman = config.pluginmanager.getplugin("capturemanager")
+    with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
+        reporter.write_line(f"netlab: {message}")
+
+
+def _packages(config: pytest.Config) -> tuple[str, ...]:
+    raw = config.getoption("--netlab-packages")
+    if raw is None:
+        raw = config.getini("netlab_packages")
+    if not str(raw).replace(",", " ").strip():
+        return ()
+    from .package_image import parse_packages
+
+    try:
+        return parse_packages(str(raw))
+    except NetlabError as exc:
+        raise pytest.UsageError(f"netlab packages {raw!r}: {exc}") from None
 
 
 def _sigterm_handler(pid: int) -> Callable[[int, object], None]:

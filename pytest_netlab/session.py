@@ -54,6 +54,8 @@ class NetlabSession:
     command_timeout: float = 60.0
     pcap: PcapMode = "off"
     artifacts: Path | None = None  # --netlab-artifacts: a directory per test under it
+    packages: tuple[str, ...] = ()  # --netlab-packages: every lab's default is a package image
+    progress: Callable[[str], None] | None = None  # shows image build steps on the terminal
     max_guests: int | None = None  # --netlab-max-guests: guests booting at once, machine-wide
     max_memory: int | None = None  # --netlab-max-memory: MiB of guests, machine-wide
     report: Callable[[str], None] | None = None  # where "waiting for room" lines go
@@ -86,7 +88,11 @@ class NetlabSession:
         if self._image is None:
             from .image import default_image
 
-            self._image = default_image()
+            self._image = default_image(progress=self.progress)
+            if self.packages:
+                from .package_image import package_image
+
+                self._image = package_image(self.packages, base=self._image, progress=self.progress)
         return self._image
 
     @property
@@ -135,6 +141,7 @@ class NetlabSession:
             accel=self.accel.accel, boot=self.boot, templates=self._templates,
             boot_timeout=self.boot_timeout, command_timeout=self.command_timeout,
             pcap=self.pcap != "off", output_limit=self.output_limit, budget=self.budget,
+            progress=self.progress,
         )
 
     def new_lab(self, workdir: Path) -> Lab:

@@ -78,6 +78,7 @@ class TemplateStore:
             "kernel": _file_id(image.kernel),
             "initrd": _file_id(image.initrd),
             "cmdline": image.cmdline,
+            "disk": _file_id(image.disk) if image.disk is not None else None,
             "layout": [layout.memory, layout.cpus, layout.accel,
                        [[n.model, n.queues, n.vectors] for n in layout.nics], layout.numa,
                        layout.shares],
@@ -105,7 +106,7 @@ class TemplateStore:
             memory_mib=layout.memory, cpus=layout.cpus, accel=layout.accel,
             nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors)
                   for mac, n in zip(macs, layout.nics, strict=True)],
-            numa=layout.numa,
+            numa=layout.numa, drives=image.drives(),
             shares=[FsShare(empty, share_tag(i)) for i in range(layout.shares)],
         )
 

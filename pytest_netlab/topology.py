@@ -12,6 +12,7 @@ from . import validation
 from .addressing import check_gateway
 from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
 from .errors import ConfigError
+from .image import GuestImage
 from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .shares import Share
 
@@ -95,6 +96,7 @@ class GuestSpec:
     numa: bool = False  # memory from a memory backend, given to one NUMA node
     aslr: bool = False  # address space layout randomisation in the guest (off: faster execs under TCG)
     gateway: str | None = None  # "auto", a router's name or an address: a default route (addressing)
+    image: GuestImage | None = None  # None: the lab's default image
     shares: tuple[Share, ...] = ()  # host directories in the guest, checked by shares.shares_of
 
     def validated(self) -> GuestSpec:
@@ -115,6 +117,26 @@ class GuestSpec:
         for nic in self.nics:
             nic.validated()
         self.gateway = check_gateway(self.gateway, self.name)
+        if self.image is not None and not isinstance(self.image, GuestImage):
+            raise ConfigError(
+                f"image={self.image!r} of {self.name!r} is not accepted: give an image from "
+                "netlab.image(packages=[...])"
+            )
+        if self.image is not None and self.kernel is not None:
+            raise ConfigError(f"{self.name}: give image= or kernel=, not both")
+        if self.image is not None and self.image.disk is not None:
+            drivers = [m for n in self.nics if n.model in NIC_MODELS for m in NIC_MODELS[n.model].modules]
+            if not self.image.has_modules(drivers):
+                raise ConfigError(
+                    f"{self.name}: its package image boots the {self.image.variant} kernel, which "
+                    f"has no driver for NIC models {sorted({n.model for n in self.nics})}: "
+                    "use virtio-net-pci NICs"
+                )
+            if self.shares:
+                raise ConfigError(
+                    f"{self.name}: shares need the generic kernel's 9p, and package images boot "
+                    f"the {self.image.variant} kernel: copy the files with vm.put(), or drop image="
+                )
         if self.initrd is not None and self.kernel is None:
             raise ConfigError(f"{self.name}: initrd={str(self.initrd)!r} needs kernel= as well")
         if self.rootfs is not None and self.kernel is None:

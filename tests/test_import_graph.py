@@ -106,6 +106,7 @@ LAYERS = {
 UPWARD = {
     ("errors", "untrusted"),  # an error's evidence (guest output) is escaped when shown
     ("topology", "shares"),  # a guest's spec holds the checked Share values
+    ("topology", "image"),  # a guest's spec holds the GuestImage it boots (checked by type)
 }
 
 

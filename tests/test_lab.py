@@ -183,7 +183,7 @@ def test_a_damaged_saved_state_is_made_again(netlab):
     # a layout of its own (224 MiB), so that no other test resumes from the damaged file
     layout = Layout(224, 1, netlab.settings.accel, (), numa=False)
     store = netlab.settings.templates
-    state = store.root / f"{store._digest(layout, netlab.image)}.state"
+    state = store.root / f"{store._digest(layout, netlab.default_image)}.state"
     state.parent.mkdir(parents=True, exist_ok=True)
     state.write_bytes(b"QEVM" + bytes(4096))  # the magic, then nothing QEMU can use
     vm = netlab.vm("h1", memory=224)
