@@ -99,6 +99,21 @@ class FsShare:
                 "-device", f"virtio-9p-pci,fsdev=share{index},mount_tag={self.tag}"]
 
 
+@dataclass(frozen=True)
+class MemoryFile:
+    """Guest RAM in a file: *shared* (a template's, written through to the file) or
+    private (a clone's copy-on-write mapping of a template's file, which QEMU opens
+    read-write but never writes: ``MAP_PRIVATE``)."""
+
+    path: Path
+    shared: bool
+
+    def argv(self, size_mib: int) -> list[str]:
+        path = str(self.path).replace(",", ",,")
+        return ["-object", f"memory-backend-file,id=ram0,mem-path={path},size={size_mib}M,"
+                f"share={'on' if self.shared else 'off'}"]
+
+
 @dataclass
 class MachineConfig:
     """Everything needed to start one guest."""
@@ -117,6 +132,8 @@ class MachineConfig:
     incoming: Path | None = None  # a saved state to resume instead of booting
     numa: bool = False  # guest RAM from a memory backend, as one NUMA node
     shares: list[FsShare] = field(default_factory=list)  # host directories (virtio-9p)
+    # RAM in a file, migrated without its pages (x-ignore-shared); not with numa
+    memory_file: MemoryFile | None = None
 
 
 class QemuMachine:
@@ -154,9 +171,10 @@ class QemuMachine:
     def build_argv(self, qmp_fd: int, console_fd: int) -> list[str]:
         c = self.config
         accel = "tcg,thread=multi" if c.accel == "tcg" and c.cpus > 1 else c.accel
+        machine = "pc,usb=off,vmport=off" + (",memory-backend=ram0" if c.memory_file else "")
         argv = [
             find_qemu(), "-name", f"{c.name},debug-threads=on",
-            "-machine", "pc,usb=off,vmport=off", "-accel", accel,
+            "-machine", machine, "-accel", accel,
             "-cpu", "max" if c.accel == "tcg" else "host",
             "-smp", str(c.cpus), "-m", str(c.memory_mib),
         ]
@@ -165,6 +183,8 @@ class QemuMachine:
                 "-object", f"memory-backend-ram,id=mem0,size={c.memory_mib}M",
                 "-numa", "node,nodeid=0,memdev=mem0",
             ]
+        if c.memory_file is not None:
+            argv += c.memory_file.argv(c.memory_mib)
         argv += [
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(c.kernel), "-append", c.cmdline,
@@ -257,13 +277,17 @@ class QemuMachine:
         except (QMPError, OSError) as exc:
             raise self._died_error(f"QMP handshake failed ({exc})") from exc
         if self.config.incoming is not None:
-            self._migration_events()
+            self._migration_capabilities()
             self.qmp("migrate-incoming", uri=f"exec:cat {shlex.quote(str(self.config.incoming))}")
 
-    def _migration_events(self) -> None:
+    def _migration_capabilities(self) -> None:
         """Have QEMU send MIGRATION events, so that saving and loading a state are
-        waited for without polling."""
-        self.qmp("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+        waited for without polling; with RAM in a file, leave the RAM out of the state
+        (``x-ignore-shared``: a clone maps the template's file instead)."""
+        capabilities = [{"capability": "events", "state": True}]
+        if self.config.memory_file is not None:
+            capabilities.append({"capability": "x-ignore-shared", "state": True})
+        self.qmp("migrate-set-capabilities", capabilities=capabilities)
 
     def _read_console(self) -> None:
         assert self._console_sock is not None
@@ -408,7 +432,7 @@ class QemuMachine:
     def save_state(self, path: Path, timeout: float = 60.0) -> None:
         """Pause the guest and write its whole state to *path* (for ``incoming``)."""
         self.qmp("stop")
-        self._migration_events()
+        self._migration_capabilities()
         self.qmp("migrate", uri=f"exec:cat > {shlex.quote(str(path))}")
         status = self._wait_migration(timeout)
         if status != "completed":
