@@ -26,6 +26,7 @@ and templates keep their RAM in the state file, as NUMA guests' templates always
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import secrets
 import shutil
 import struct
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -318,11 +319,18 @@ class TemplateStore:
             for i, (nic, spec) in enumerate(zip(config.nics, layout.nics, strict=True)):
                 nic.fds = namespace.add_tap(f"tpl{i}", "tplbr", spec.queues)
             machine = QemuMachine(config, workdir)
-            _refused_if_file(partial, "saving", lambda: _boot_and_save(machine, partial.state, boot_timeout))
+            try:
+                machine.launch()
+                machine.wait_console(TEMPLATE_MARK, boot_timeout)
+                machine.save_state(partial.state)
+            except QemuError as exc:
+                refusal = _refusal("saving a template", exc, machine)
+                if refusal is None:
+                    raise
+                raise refusal from exc
             machine.shutdown()
             if partial.memory is not None and template.memory is not None:
-                _refused_if_file(partial, "resuming a clone",
-                                 lambda: self._resume_once(layout, image, partial, namespace))
+                self._resume_once(layout, image, partial, namespace)
                 partial.memory.chmod(0o444)  # clones map it private: nobody writes it
                 partial.memory.rename(template.memory)
             partial.state.rename(template.state)
@@ -342,7 +350,12 @@ class TemplateStore:
     def _resume_once(self, layout: Layout, image: GuestImage, template: Template,
                      namespace: LabNamespace) -> None:
         """Resume one clone from the new *template*: the evidence that QEMU maps its RAM
-        file copy-on-write and loads a state saved without the RAM."""
+        file copy-on-write and loads a state saved without the RAM.
+
+        Raises:
+            _MemoryFileRefused: it did not.
+            LabError: its TAPs could not be made.
+        """
         config = self.machine_config(layout, image, "trial")
         config.incoming = template.state
         config.memory_file = template.clone_memory()
@@ -352,6 +365,11 @@ class TemplateStore:
         try:
             clone.launch()
             clone.finish_incoming()
+        except QemuError as exc:
+            refusal = _refusal("resuming a clone", exc, clone)
+            if refusal is None:
+                raise
+            raise refusal from exc
         finally:
             clone.shutdown()
             shutil.rmtree(clone.workdir, ignore_errors=True)
@@ -365,20 +383,15 @@ class TemplateStore:
         return removed
 
 
-def _boot_and_save(machine: QemuMachine, state: Path, boot_timeout: float) -> None:
-    machine.launch()
-    machine.wait_console(TEMPLATE_MARK, boot_timeout)
-    machine.save_state(state)
-
-
-def _refused_if_file(template: Template, what: str, step: Callable[[], None]) -> None:
-    """Run *step*; with a RAM file, QEMU failing in it (not a slow boot) is a refusal."""
-    try:
-        step()
-    except QemuError as exc:
-        if template.memory is None or isinstance(exc, BootTimeout):
-            raise
-        raise _MemoryFileRefused(f"{what}: {str(exc).splitlines()[0]}") from exc
+def _refusal(what: str, exc: QemuError, machine: QemuMachine) -> _MemoryFileRefused | None:
+    """With a RAM file, QEMU failing (not a slow boot) is its refusal: what it said."""
+    if machine.config.memory_file is None or isinstance(exc, BootTimeout):
+        return None
+    with contextlib.suppress(OSError):
+        said = machine.qemu_log.read_text(errors="replace").strip().splitlines()
+        if said:
+            return _MemoryFileRefused(f"{what}: {said[-1]}")
+    return _MemoryFileRefused(f"{what}: {str(exc).splitlines()[0]}")
 
 
 def _touch(template: Template) -> bool:
