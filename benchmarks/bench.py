@@ -5,11 +5,14 @@ Run as root from a checkout (see README.md, "Benchmark")::
     sudo .venv/bin/python benchmarks/bench.py --runs 5 --json bench.json
 
 It prints a table and writes JSON: the accelerator, per-phase medians and spread (min-max)
-of 1 and 3 guests resumed from a snapshot and cold-booted, the documents' two- and
-three-machine scenarios end to end next to the same labs made by hand with the documents'
-commands (``handmade_*.sh``), the ``ssh()`` round trip, the overhead of ``ping()``, memory
-per guest, and the ``-n 2`` / ``-n 0`` ratio of the example suite. The host is shared and
-noisy: the load average and the QEMU processes of others are recorded with the numbers.
+of 1 and 3 guests resumed from a snapshot (their RAM mapped copy-on-write from the
+template's RAM file, and, to compare, loaded from a whole state file) and cold-booted, the
+documents' two- and three-machine scenarios end to end next to the same labs made by hand
+with the documents' commands (``handmade_*.sh``), the ``ssh()`` round trip, the overhead of
+``ping()``, memory per guest (QEMU's RSS, and its PSS and USS from
+``/proc/PID/smaps_rollup``: what sharing the template's RAM saves shows only there), and
+the ``-n 2`` / ``-n 0`` ratio of the example suite. The host is shared and noisy: the load
+average and the QEMU processes of others are recorded with the numbers.
 
 Timing targets live here, not in the test suite: this script reports, it does not assert.
 """
@@ -36,6 +39,11 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 from pytest_netlab.guest import VM, Router  # noqa: E402
 from pytest_netlab.lab import Lab  # noqa: E402
 from pytest_netlab.session import NetlabSession  # noqa: E402
+from pytest_netlab.templates import TemplateStore  # noqa: E402
+
+# how a snapshot guest gets its RAM: the template's file copy-on-write (the default), or
+# loaded from a whole state file (the fallback where QEMU refuses the file, as before)
+STATE_FILE = "snapshot-statefile"
 
 Samples = dict[str, list[float]]
 
@@ -55,9 +63,14 @@ class Bench:
             print(f"  {name}: {value:.3f}", file=sys.stderr)
 
     def new_lab(self, boot: str) -> Lab:
+        """A lab that boots *boot*: ``cold``, ``snapshot`` or :data:`STATE_FILE`."""
         self.lab_count += 1
         lab = self.session.new_lab(self.session.runtime_dir / f"lab{self.lab_count}")
-        lab.settings = replace(lab.settings, boot=boot)
+        lab.settings = replace(lab.settings, boot="cold" if boot == "cold" else "snapshot")
+        if boot == STATE_FILE and lab.settings.templates is not None:
+            store = lab.settings.templates
+            lab.settings = replace(lab.settings, templates=TemplateStore(
+                store.root, store.qemu_version, memory_files=False))
         return lab
 
 
@@ -74,6 +87,17 @@ def rss_mib(pid: int | None) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def pss_uss_mib(pid: int | None) -> tuple[float, float]:
+    """A process's proportional and unique set sizes in MiB, as smem counts them: PSS
+    shares each page among the processes that map it; USS is the private pages only
+    (the memory the process frees when it exits)."""
+    kib = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        kib[name.rstrip(":")] = int(value)
+    return kib["Pss"] / 1024, (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024
 
 
 # -- labs -----------------------------------------------------------------------------
@@ -112,6 +136,9 @@ def phases(bench: Bench, boot: str, declare: Callable[[Lab], list[VM]], label: s
         for vm in vms:
             assert vm.machine is not None
             bench.add(f"memory/{boot}/QEMU RSS per guest (MiB)", rss_mib(vm.machine.pid))
+            pss, uss = pss_uss_mib(vm.machine.pid)
+            bench.add(f"memory/{boot}/QEMU PSS per guest, {label} (MiB)", pss)
+            bench.add(f"memory/{boot}/QEMU USS per guest, {label} (MiB)", uss)
             bench.add("memory/guest RAM configured (MiB)", vm.spec.memory)
     finally:
         closing = time.monotonic()
@@ -286,9 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # untimed: templates for these layouts are made once per machine, and caches warm
         phases(Bench(session, False), "snapshot", declare_three, "warm-up")
+        phases(Bench(session, False), STATE_FILE, declare_three, "warm-up")
         for _ in range(args.runs):
-            phases(bench, "snapshot", declare_one, "1 guest")
-            phases(bench, "snapshot", declare_three, "3 guests")
+            # the two ways of resuming side by side, so that both see the same load
+            for boot in ("snapshot", STATE_FILE):
+                phases(bench, boot, declare_one, "1 guest")
+                phases(bench, boot, declare_three, "3 guests")
             scenario_three(bench, "snapshot", extras=True)
             scenario_two(bench, "snapshot")
         for _ in range(0 if args.skip_cold else cold_runs):
@@ -326,6 +356,11 @@ def main(argv: list[str] | None = None) -> int:
             "two machines, plugin snapshot / by hand (total with teardown)":
                 ratio(s, "scenario/two machines, plugin snapshot/total",
                       "scenario/two machines, by hand (cold)/total"),
+            "1 guest SSH up, RAM copy-on-write / from a state file":
+                ratio(s, "snapshot/1 guest/SSH up", f"{STATE_FILE}/1 guest/SSH up"),
+            "1 guest USS, RAM copy-on-write / from a state file":
+                ratio(s, "memory/snapshot/QEMU USS per guest, 1 guest (MiB)",
+                      f"memory/{STATE_FILE}/QEMU USS per guest, 1 guest (MiB)"),
             "1 guest SSH up, snapshot / cold":
                 ratio(s, "snapshot/1 guest/SSH up", "cold/1 guest/SSH up"),
             "3 guests SSH up, snapshot / cold":

@@ -174,15 +174,19 @@ class _MemoryFileRefused(LabError):
 class TemplateStore:
     """Saved template guests in ``root``, one per :class:`Layout` (see the module)."""
 
-    def __init__(self, root: Path, qemu_version: str) -> None:
+    def __init__(self, root: Path, qemu_version: str, *, memory_files: bool = True) -> None:
         self.root = root
         self.qemu_version = qemu_version
+        self.memory_files = memory_files  # False: RAM in the state files (to compare)
 
     def memory_method(self, layout: Layout) -> MemoryMethod:
         """``file`` (RAM in a file clones map copy-on-write), or ``state`` for NUMA
-        guests (their RAM is a memory backend of its own) and once this QEMU refused a
-        RAM file (see :meth:`memory_file_refusal`)."""
-        return "state" if layout.numa or self.memory_file_refusal() is not None else "file"
+        guests (their RAM is a memory backend of its own), once this QEMU refused a
+        RAM file (see :meth:`memory_file_refusal`) or when the store was made without
+        ``memory_files``."""
+        if not self.memory_files or layout.numa or self.memory_file_refusal() is not None:
+            return "state"
+        return "file"
 
     def memory_file_refusal(self) -> str | None:
         """Why this QEMU refused a template's RAM file, as recorded; ``None`` if it did not."""
