@@ -334,8 +334,10 @@ class TemplateStore:
                 raise refusal from exc
             machine.shutdown()
             if partial.memory is not None and template.memory is not None:
+                # clones map it private: nobody writes it (QEMU opens it read-write all
+                # the same, which root may: the trial clone proves it for this user)
+                partial.memory.chmod(0o444)
                 self._resume_once(layout, image, partial, namespace)
-                partial.memory.chmod(0o444)  # clones map it private: nobody writes it
                 partial.memory.rename(template.memory)
             partial.state.rename(template.state)
         except _MemoryFileRefused:
