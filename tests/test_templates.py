@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,3 +107,17 @@ class _FakeImage:
         self.kernel.write_bytes(b"")
         self.cmdline = "console=ttyS0"
 
+
+
+def test_prune_and_clean_remove_a_template_with_its_ram_file(tmp_path):
+    store = TemplateStore(tmp_path, "QEMU 7.2")
+    for name in ("old", "new"):
+        (tmp_path / f"{name}.state").write_bytes(b"QEVM")
+        (tmp_path / f"{name}.ram").write_bytes(bytes(4096))
+    os.utime(tmp_path / "old.state", (0, 0))  # no guest resumed from it since 1970
+    assert store.prune() == [tmp_path / "old.state"]
+    left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
+    assert left == ["new.ram", "new.state"]
+    (tmp_path / REFUSAL_FILE).write_text("{}")
+    assert len(store.clean()) == 3
+    assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
