@@ -89,6 +89,12 @@ def rss_mib(pid: int | None) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time a process used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def unique_mib(pid: int | None) -> tuple[float, float, float]:
     """A process's PSS, USS and anonymous memory in MiB, from /proc/PID/smaps_rollup.
 
@@ -132,6 +138,9 @@ def phases(bench: Bench, boot: str, declare: Callable[[Lab], list[VM]], label: s
         lab.start()
         ssh_up = time.monotonic()
         machines = [vm.machine for vm in vms if vm.machine is not None]
+        # CPU time is what a busy host does not stretch: QEMU's work until SSH answered
+        bench.add(f"{prefix}/QEMU CPU time to SSH up, per guest",
+                  statistics.mean(cpu_seconds(m.pid) for m in machines))
         bench.add(f"{prefix}/spawn", max(m.launched_at for m in machines) - started)
         bench.add(f"{prefix}/console READY", max(m.ready_at for m in machines) - started)
         bench.add(f"{prefix}/SSH up", ssh_up - started)
@@ -327,8 +336,10 @@ def main(argv: list[str] | None = None) -> int:
                 phases(bench, boot, declare_three, "3 guests")
             # a pair measured back to back: its ratio does not mix a quiet moment with a busy one
             for label in ("1 guest", "3 guests"):
-                up = [bench.samples[f"{boot}/{label}/SSH up"][-1] for boot in ("snapshot", STATE_FILE)]
-                bench.add(f"resume/{label} SSH up, copy-on-write / state file, one pair", up[0] / up[1])
+                for what in ("SSH up", "QEMU CPU time to SSH up, per guest"):
+                    pair = [bench.samples[f"{boot}/{label}/{what}"][-1] for boot in ("snapshot", STATE_FILE)]
+                    bench.add(f"resume/{label} {what}, copy-on-write / state file, one pair",
+                              pair[0] / pair[1])
             scenario_three(bench, "snapshot", extras=True)
             scenario_two(bench, "snapshot")
         for _ in range(0 if args.skip_cold else cold_runs):
