@@ -5,12 +5,15 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
+import stat
 from dataclasses import replace
 from pathlib import Path
 
+from pytest_netlab.privileges import QemuIdentity, let_qemu_write, qemu_identity
 from pytest_netlab.qemu import MemoryFile, qemu_version
-from pytest_netlab.templates import REFUSAL_FILE, Layout, TemplateStore
+from pytest_netlab.templates import REFUSAL_FILE, Layout, Template, TemplateStore
 
 
 def _sha256(path: Path) -> str:
@@ -113,10 +116,70 @@ def test_prune_and_clean_remove_a_template_with_its_ram_file(tmp_path):
     for name in ("old", "new"):
         (tmp_path / f"{name}.state").write_bytes(b"QEVM")
         (tmp_path / f"{name}.ram").write_bytes(bytes(4096))
+        (tmp_path / f"{name}.stamp").write_text("{}")
     os.utime(tmp_path / "old.state", (0, 0))  # no guest resumed from it since 1970
     assert store.prune() == [tmp_path / "old.state"]
     left = sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock"))
-    assert left == ["new.ram", "new.state"]
+    assert left == ["new.ram", "new.stamp", "new.state"]
     (tmp_path / REFUSAL_FILE).write_text("{}")
-    assert len(store.clean()) == 3
+    assert len(store.clean()) == 4
     assert not [p for p in tmp_path.iterdir() if not p.name.endswith(".lock")]
+
+
+def _after_a_clock_tick(file: Path) -> None:
+    """Wait until the clock file times are taken from (a coarse one) has passed the
+    change time of *file*: a write in the same tick would leave the times as they are."""
+    probe = file.with_name("clock-probe")
+    probe.touch()
+    while probe.stat().st_ctime_ns <= file.stat().st_ctime_ns:
+        os.utime(probe)  # the times of the file system's clock, now
+    probe.unlink()
+
+
+def test_a_template_ram_file_is_roots_and_qemus_to_write_and_any_write_is_seen(tmp_path):
+    state, ram = tmp_path / "t.state", tmp_path / "t.ram"
+    state.write_bytes(b"QEVM")
+    ram.write_bytes(bytes(1 << 16))
+    identity = qemu_identity()
+    let_qemu_write(ram, identity)
+    template = Template(state, ram)
+    template.seal("test")
+    info = ram.stat()
+    assert (info.st_uid, stat.S_IMODE(info.st_mode)) == (0, 0o660) and info.st_gid == identity.gid
+    assert template.problem(identity) is None
+
+    # a write through a shared mapping: the kernel sets the times at the first write
+    _after_a_clock_tick(ram)
+    with open(ram, "r+b") as f, mmap.mmap(f.fileno(), 0) as mapped:
+        mapped[4096] = 1
+    assert "changed after it was made" in (template.problem(identity) or "")
+
+    template.seal("test")  # a write() too
+    _after_a_clock_tick(ram)
+    with open(ram, "r+b") as f:
+        f.write(b"\0")
+    assert "changed after it was made" in (template.problem(identity) or "")
+
+    template.seal("test")  # another QEMU user: it may not open the file
+    stranger = QemuIdentity(identity.uid + 1, identity.gid + 1, None, "a test")
+    assert "may not read and write" in (template.problem(stranger) or "")
+    ram.with_suffix(".stamp").unlink()
+    assert "no RAM file or stamp" in (template.problem(identity) or "")
+
+
+def test_a_template_whose_ram_file_was_written_is_made_again_in_a_new_file(netlab, tmp_path, caplog):
+    store = TemplateStore(tmp_path / "templates", qemu_version())
+    layout = Layout(128, 1, netlab.settings.accel, ())
+    first = store.template(layout, netlab.image, netlab.settings.boot_timeout)
+    assert first.memory is not None
+    inode = first.memory.stat().st_ino
+    _after_a_clock_tick(first.memory)
+    with open(first.memory, "r+b") as f:  # as a QEMU of QEMU's user could
+        f.write(b"\xcc")
+
+    with caplog.at_level(logging.WARNING, logger="pytest_netlab.templates"):
+        again = store.template(layout, netlab.image, netlab.settings.boot_timeout)
+
+    assert again == first and again.problem(qemu_identity()) is None
+    assert again.memory is not None and again.memory.stat().st_ino != inode
+    assert "changed after it was made" in caplog.text
