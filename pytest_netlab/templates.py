@@ -18,9 +18,13 @@ A template's RAM lives in a file of its own (``<digest>.ram``, QEMU's
 pages a clone never writes are one copy in the page cache for all clones, and a resume
 reads a few hundred kilobytes instead of the whole RAM. QEMU opens the file read-write
 but maps it private, so no clone ever writes to it (QEMU 7.2's ``readonly=on`` would
-make the guest's RAM read-only too). Where QEMU refuses that (the first template made
-with a RAM file does not save or does not load), the refusal is recorded in the store
-and templates keep their RAM in the state file, as NUMA guests' templates always do.
+make the guest's RAM read-only too). QEMU's user may therefore write it (it is root's,
+QEMU's group, mode 0660): the file's inode, size and times are recorded when the
+template is made (``<digest>.stamp``), and a template whose file differs is made again
+before any clone maps it (docs/security.md, "QEMU's privileges"). Where QEMU refuses a
+RAM file (the first template made with one does not save or does not load), the refusal
+is recorded in the store and templates keep their RAM in the state file, as NUMA guests'
+templates always do.
 """
 
 from __future__ import annotations
