@@ -301,6 +301,7 @@ class TemplateStore:
                 return template
             if template.state.exists():
                 log.warning("template guest %s is made again: %s", template.state, problem)
+                template.state.unlink()  # guests started from now on wait for the new one
             started = time.monotonic()
             try:
                 self._make(layout, image, template, boot_timeout)
