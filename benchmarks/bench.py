@@ -5,11 +5,14 @@ Run as root from a checkout (see README.md, "Benchmark")::
     sudo .venv/bin/python benchmarks/bench.py --runs 5 --json bench.json
 
 It prints a table and writes JSON: the accelerator, per-phase medians and spread (min-max)
-of 1 and 3 guests resumed from a snapshot and cold-booted, the documents' two- and
-three-machine scenarios end to end next to the same labs made by hand with the documents'
-commands (``handmade_*.sh``), the ``ssh()`` round trip, the overhead of ``ping()``, memory
-per guest, and the ``-n 2`` / ``-n 0`` ratio of the example suite. The host is shared and
-noisy: the load average and the QEMU processes of others are recorded with the numbers.
+of 1 and 3 guests resumed from a snapshot (their RAM mapped copy-on-write from the
+template's RAM file, and, to compare, loaded from a whole state file) and cold-booted, the
+documents' two- and three-machine scenarios end to end next to the same labs made by hand
+with the documents' commands (``handmade_*.sh``), the ``ssh()`` round trip, the overhead of
+``ping()``, memory per guest (QEMU's RSS, and its PSS and USS from
+``/proc/PID/smaps_rollup``: what sharing the template's RAM saves shows only there), and
+the ``-n 2`` / ``-n 0`` ratio of the example suite. The host is shared and noisy: the load
+average and the QEMU processes of others are recorded with the numbers.
 
 Timing targets live here, not in the test suite: this script reports, it does not assert.
 """
@@ -36,6 +39,11 @@ sys.path.insert(0, str(HERE.parent))  # run from a checkout without installing
 from pytest_netlab.guest import VM, Router  # noqa: E402
 from pytest_netlab.lab import Lab  # noqa: E402
 from pytest_netlab.session import NetlabSession  # noqa: E402
+from pytest_netlab.templates import TemplateStore  # noqa: E402
+
+# how a snapshot guest gets its RAM: the template's file copy-on-write (the default), or
+# loaded from a whole state file (the fallback where QEMU refuses the file, as before)
+STATE_FILE = "snapshot-statefile"
 
 Samples = dict[str, list[float]]
 
@@ -55,9 +63,14 @@ class Bench:
             print(f"  {name}: {value:.3f}", file=sys.stderr)
 
     def new_lab(self, boot: str) -> Lab:
+        """A lab that boots *boot*: ``cold``, ``snapshot`` or :data:`STATE_FILE`."""
         self.lab_count += 1
         lab = self.session.new_lab(self.session.runtime_dir / f"lab{self.lab_count}")
-        lab.settings = replace(lab.settings, boot=boot)
+        lab.settings = replace(lab.settings, boot="cold" if boot == "cold" else "snapshot")
+        if boot == STATE_FILE and lab.settings.templates is not None:
+            store = lab.settings.templates
+            lab.settings = replace(lab.settings, templates=TemplateStore(
+                store.root, store.qemu_version, memory_files=False))
         return lab
 
 
@@ -74,6 +87,28 @@ def rss_mib(pid: int | None) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User and system CPU time a process used so far (/proc/PID/stat)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def unique_mib(pid: int | None) -> tuple[float, float, float]:
+    """A process's PSS, USS and anonymous memory in MiB, from /proc/PID/smaps_rollup.
+
+    PSS shares each page among the processes that map it. USS (smem's: the pages no other
+    process maps) counts the template's page-cache pages a clone alone has touched, which
+    stay when it exits; its anonymous memory (its copies of the pages it wrote, QEMU's
+    heap and TCG's translated code) is what exits with it.
+    """
+    kib = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        name, value, *_ = line.split()
+        kib[name.rstrip(":")] = int(value)
+    return (kib["Pss"] / 1024, (kib["Private_Clean"] + kib["Private_Dirty"]) / 1024,
+            kib["Anonymous"] / 1024)
 
 
 # -- labs -----------------------------------------------------------------------------
@@ -103,6 +138,9 @@ def phases(bench: Bench, boot: str, declare: Callable[[Lab], list[VM]], label: s
         lab.start()
         ssh_up = time.monotonic()
         machines = [vm.machine for vm in vms if vm.machine is not None]
+        # CPU time is what a busy host does not stretch: QEMU's work until SSH answered
+        bench.add(f"{prefix}/QEMU CPU time to SSH up, per guest",
+                  statistics.mean(cpu_seconds(m.pid) for m in machines))
         bench.add(f"{prefix}/spawn", max(m.launched_at for m in machines) - started)
         bench.add(f"{prefix}/console READY", max(m.ready_at for m in machines) - started)
         bench.add(f"{prefix}/SSH up", ssh_up - started)
@@ -112,6 +150,10 @@ def phases(bench: Bench, boot: str, declare: Callable[[Lab], list[VM]], label: s
         for vm in vms:
             assert vm.machine is not None
             bench.add(f"memory/{boot}/QEMU RSS per guest (MiB)", rss_mib(vm.machine.pid))
+            pss, uss, anonymous = unique_mib(vm.machine.pid)
+            bench.add(f"memory/{boot}/QEMU PSS per guest, {label} (MiB)", pss)
+            bench.add(f"memory/{boot}/QEMU USS per guest, {label} (MiB)", uss)
+            bench.add(f"memory/{boot}/QEMU anonymous per guest, {label} (MiB)", anonymous)
             bench.add("memory/guest RAM configured (MiB)", vm.spec.memory)
     finally:
         closing = time.monotonic()
@@ -279,7 +321,7 @@ def print_table(report: dict[str, Any]) -> None:
           f"others seen: {report['load']['other_qemu_processes']}")
     print(f"{'measure':<72} {'median':>8} {'min':>8} {'max':>8} {'n':>3}")
     for name, s in report["results"].items():
-        unit = "" if "MiB" in name or "speed-up" in name else " s"
+        unit = "" if "MiB" in name or "speed-up" in name or " / " in name else " s"
         print(f"{name:<72} {s['median']:>8.3f} {s['min']:>8.3f} {s['max']:>8.3f} {s['runs']:>3}{unit}")
     for name, value in report["ratios"].items():
         if value is not None:
@@ -318,9 +360,18 @@ def main(argv: list[str] | None = None) -> int:
     try:
         # untimed: templates for these layouts are made once per machine, and caches warm
         phases(Bench(session, False), "snapshot", declare_three, "warm-up")
+        phases(Bench(session, False), STATE_FILE, declare_three, "warm-up")
         for _ in range(args.runs):
-            phases(bench, "snapshot", declare_one, "1 guest")
-            phases(bench, "snapshot", declare_three, "3 guests")
+            # the two ways of resuming side by side, so that both see the same load
+            for boot in ("snapshot", STATE_FILE):
+                phases(bench, boot, declare_one, "1 guest")
+                phases(bench, boot, declare_three, "3 guests")
+            # a pair measured back to back: its ratio does not mix a quiet moment with a busy one
+            for label in ("1 guest", "3 guests"):
+                for what in ("SSH up", "QEMU CPU time to SSH up, per guest"):
+                    pair = [bench.samples[f"{boot}/{label}/{what}"][-1] for boot in ("snapshot", STATE_FILE)]
+                    bench.add(f"resume/{label} {what}, copy-on-write / state file, one pair",
+                              pair[0] / pair[1])
             scenario_three(bench, "snapshot", extras=True)
             scenario_two(bench, "snapshot")
         if args.packages:
@@ -363,6 +414,11 @@ def main(argv: list[str] | None = None) -> int:
             "1 guest SSH up, package image / default image (snapshot)":
                 ratio(s, f"snapshot/1 guest, package image {args.packages}/SSH up",
                       "snapshot/1 guest/SSH up"),
+            "1 guest SSH up, RAM copy-on-write / from a state file":
+                ratio(s, "snapshot/1 guest/SSH up", f"{STATE_FILE}/1 guest/SSH up"),
+            "3 guests' USS, RAM copy-on-write / from a state file":
+                ratio(s, "memory/snapshot/QEMU USS per guest, 3 guests (MiB)",
+                      f"memory/{STATE_FILE}/QEMU USS per guest, 3 guests (MiB)"),
             "1 guest SSH up, snapshot / cold":
                 ratio(s, "snapshot/1 guest/SSH up", "cold/1 guest/SSH up"),
             "3 guests SSH up, snapshot / cold":

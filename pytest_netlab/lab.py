@@ -457,8 +457,10 @@ class Lab:
                 numa=spec.numa, shares=len(spec.shares),
             )
             image = self._image_for(vm)
+            template = store.template(layout, image, self.settings.boot_timeout)
             config = store.machine_config(layout, image, spec.name)
-            config.incoming = store.state(layout, image, self.settings.boot_timeout)
+            config.incoming = template.state
+            config.memory_file = template.clone_memory()  # its RAM: the template's, copy-on-write
         else:
             config = self._cold_config(vm)
         config.shares = [FsShare(s.host, share_tag(i), readonly=not s.rw) for i, s in enumerate(spec.shares)]

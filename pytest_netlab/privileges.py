@@ -199,6 +199,22 @@ def check_readable(identity: QemuIdentity, path: Path, what: str, write: bool = 
     )
 
 
+def let_qemu_write(path: Path, identity: QemuIdentity) -> None:
+    """Let *identity* read and write the file *path*, which stays root's: its group
+    becomes QEMU's group and its mode 0660 (mode 0600 when QEMU runs as the running
+    user, who owns it already). For a file QEMU must open read-write (a template's RAM
+    file): the file's change time then tells whether anyone wrote it."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if identity.uid != os.geteuid():
+            os.fchown(fd, -1, identity.gid)
+            os.fchmod(fd, 0o660)
+        else:
+            os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+
+
 def give_to_qemu(path: Path) -> None:
     """Make directory *path* QEMU's own (``chown``), so that a read-write share of it
     can be written by QEMU; nothing to do when the tests run as an ordinary user (QEMU

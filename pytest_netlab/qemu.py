@@ -214,6 +214,23 @@ class FsShare:
                 "-device", f"virtio-9p-pci,fsdev=share{index},mount_tag={self.tag}"]
 
 
+@dataclass(frozen=True)
+class MemoryFile:
+    """Guest RAM in a file: *shared* (a template's, written through to the file) or
+    private (a clone's copy-on-write mapping of a template's file, which QEMU opens
+    read-write but never writes: ``MAP_PRIVATE``). QEMU's user must be allowed to read
+    and write it (see :mod:`pytest_netlab.templates`)."""
+
+    path: Path
+    shared: bool
+
+    def argv(self, size_mib: int, path: str | None = None) -> list[str]:
+        """Its options; QEMU opens the file as *path* if given (an inherited fd)."""
+        mem_path = option_value(path or self.path)
+        return ["-object", f"memory-backend-file,id=ram0,mem-path={mem_path},size={size_mib}M,"
+                f"share={'on' if self.shared else 'off'}"]
+
+
 @dataclass
 class MachineConfig:
     """Everything needed to start one guest."""
@@ -231,6 +248,8 @@ class MachineConfig:
     incoming: Path | None = None  # a saved state to resume instead of booting
     numa: bool = False  # guest RAM from a memory backend, as one NUMA node
     shares: list[FsShare] = field(default_factory=list)  # host directories (virtio-9p)
+    # RAM in a file, migrated without its pages (x-ignore-shared); not with numa
+    memory_file: MemoryFile | None = None
 
 
 class QemuMachine:
@@ -283,9 +302,10 @@ class QemuMachine:
             return file_arg(files[file]) if file in files else str(file)
 
         accel = "tcg,thread=multi" if c.accel == "tcg" and c.cpus > 1 else c.accel
+        machine = "pc,usb=off,vmport=off" + (",memory-backend=ram0" if c.memory_file else "")
         argv = [
             find_qemu(), "-name", f"{c.name},debug-threads=on",
-            "-machine", "pc,usb=off,vmport=off", "-accel", accel,
+            "-machine", machine, "-accel", accel,
             "-cpu", "max" if c.accel == "tcg" else "host",
             "-smp", str(c.cpus), "-m", str(c.memory_mib),
         ]
@@ -294,6 +314,8 @@ class QemuMachine:
                 "-object", f"memory-backend-ram,id=mem0,size={c.memory_mib}M",
                 "-numa", "node,nodeid=0,memdev=mem0",
             ]
+        if c.memory_file is not None:
+            argv += c.memory_file.argv(c.memory_mib, path(c.memory_file.path))
         argv += [
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-sandbox", sandbox_option(spawn=any(nic.nat and nic.host_ports for nic in c.nics)),
@@ -404,13 +426,13 @@ class QemuMachine:
             raise self._died_error(f"QMP handshake failed ({exc})") from exc
         self._check_privileges()
         if self.config.incoming is not None:
-            self._migration_events()
+            self._migration_capabilities()
             # QEMU inherited the state file: its number is the descriptor to read from
             self.qmp("migrate-incoming", uri=f"fd:{self.files[self.config.incoming]}")
 
     def _open_files(self, identity: QemuIdentity) -> dict[Path, int]:
         """Open what QEMU reads from the host (QEMU inherits the descriptors): kernel,
-        initrd, disks and shared directories, which QEMU reopens through
+        initrd, disks, shared directories and the RAM file, which QEMU reopens through
         ``/dev/fd`` (so their permission bits must let *identity* in), and the saved
         state, which QEMU reads from the descriptor itself.
 
@@ -426,6 +448,8 @@ class QemuMachine:
             if disk is not None:
                 wanted.append((disk[0], "disk", False))
         wanted += [(fs.path, "shared directory", not fs.readonly) for fs in c.shares]
+        if c.memory_file is not None:  # QEMU opens it read-write, even to map it private
+            wanted.append((c.memory_file.path, "RAM file", True))
         files: dict[Path, int] = {}
         try:
             for file, what, write in wanted:
@@ -475,10 +499,14 @@ class QemuMachine:
             self.shutdown()
             raise QemuError(f"{self.name}: QEMU (pid {self._proc.pid}) {'; '.join(problems)}: refused")
 
-    def _migration_events(self) -> None:
+    def _migration_capabilities(self) -> None:
         """Have QEMU send MIGRATION events, so that saving and loading a state are
-        waited for without polling."""
-        self.qmp("migrate-set-capabilities", capabilities=[{"capability": "events", "state": True}])
+        waited for without polling; with RAM in a file, leave the RAM out of the state
+        (``x-ignore-shared``: a clone maps the template's file instead)."""
+        capabilities = [{"capability": "events", "state": True}]
+        if self.config.memory_file is not None:
+            capabilities.append({"capability": "x-ignore-shared", "state": True})
+        self.qmp("migrate-set-capabilities", capabilities=capabilities)
 
     def _read_console(self) -> None:
         assert self._console_sock is not None
@@ -691,7 +719,7 @@ class QemuMachine:
         need not reach *path*, and its sandbox forbids starting a program to write it.
         """
         self.qmp("stop")
-        self._migration_events()
+        self._migration_capabilities()
         fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             assert self._qmp is not None

@@ -84,8 +84,12 @@ def test_a_template_is_saved_and_resumed_where_qemus_user_cannot_look(netlab, tm
     netlab.start()  # no state yet: one cold boot saves it (to a fd), then h1 resumes from it
 
     states = list(store_dir.glob("*.state"))
-    assert len(states) == 1 and states[0].stat().st_size > 1_000_000
+    assert len(states) == 1 and states[0].stat().st_size > 100_000
     assert vm.machine.config.incoming == states[0]
+    # its RAM in a file of the same store, which QEMU's user maps as /dev/fd/N
+    memory = vm.machine.config.memory_file
+    assert memory is not None and memory.path.parent == store_dir
+    assert memory.path.stat().st_size == vm.machine.config.memory_mib << 20
     _assert_unprivileged(vm.machine.pid)
     assert vm.ssh("hostname").stdout == "h1\n"
 
