@@ -34,4 +34,4 @@ python3 -m venv .venv
 # backend too, so the editable install below fetches nothing unhashed
 .venv/bin/pip install -q --require-hashes -r requirements-ci.txt
 .venv/bin/pip install -q --no-deps --no-build-isolation -e .
-.venv/bin/netlab image build
+.venv/bin/pytest-netlab image build

@@ -1,4 +1,4 @@
-"""How a person reaches a running lab: the text ``netlab up`` prints and a kept test's
+"""How a person reaches a running lab: the text ``pytest-netlab up`` prints and a kept test's
 lab shows (a shell in each guest, the lab namespace, the console logs), and the files in
 the lab's directory that the usual tools read: ``ssh_config`` (OpenSSH: ``ssh -F``,
 ``scp -F``, ``rsync -e 'ssh -F ...'`` by guest name) and ``inventory.yml`` (Ansible).

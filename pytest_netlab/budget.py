@@ -1,6 +1,6 @@
 """A machine-wide budget of guests: the memory of running guests and the number of guests
 booting at once, shared by every process that makes labs (xdist workers, separate pytest
-runs, ``netlab up``).
+runs, ``pytest-netlab up``).
 
 A lab takes its part before it launches guests (:meth:`Claim.admit`), gives back the
 booting slots once they answer SSH (:meth:`Claim.booted`) and the memory when it closes

@@ -1,6 +1,7 @@
-"""The ``netlab`` command: cleanup, image management, a health check (``doctor``), labs
-from topology files (``up``, ``down``), and the ways into running labs (``list``, ``ssh``,
-``exec``, ``capture``) and pictures of topologies (``graph``)."""
+"""The ``pytest-netlab`` command (also ``python -m pytest_netlab``): cleanup, image
+management, a health check (``doctor``), labs from topology files (``up``, ``down``), the
+ways into running labs (``list``, ``ssh``, ``exec``, ``capture``) and pictures of
+topologies (``graph``)."""
 
 from __future__ import annotations
 
@@ -113,7 +114,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         text = access.describe(lab, state="up")
         print(text + topology.mermaid(), end="", flush=True)
         signal.signal(signal.SIGTERM, stop)
-        # found by netlab list, ssh, exec and capture (and netlab down)
+        # found by pytest-netlab list, ssh, exec and capture (and pytest-netlab down)
         state = DetachedLab(
             lab.name, owner, str(Path(args.topology).resolve()), str(workdir), text,
             detached=args.ready_fd is not None,
@@ -146,7 +147,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _report_ready(fd: int, status: str, text: str) -> None:
-    """The background ``netlab up`` tells the foreground one how bring-up went."""
+    """The background ``pytest-netlab up`` tells the foreground one how bring-up went."""
     import os
 
     with os.fdopen(fd, "w") as pipe:
@@ -154,7 +155,7 @@ def _report_ready(fd: int, status: str, text: str) -> None:
 
 
 def _detach(args: argparse.Namespace) -> int:
-    """Start ``netlab up`` again in the background, in a session of its own (no
+    """Start ``pytest-netlab up`` again in the background, in a session of its own (no
     terminal, not killed with this shell), and return once its lab is up."""
     import os
     import subprocess
@@ -185,7 +186,7 @@ def _detach(args: argparse.Namespace) -> int:
     name = text.split()[1]
     print(text, end="")
     print(f"the lab runs in the background (pid {proc.pid}, log {log_path}); "
-          f"tear it down with: netlab down {name}", flush=True)
+          f"tear it down with: pytest-netlab down {name}", flush=True)
     return 0
 
 
@@ -195,7 +196,9 @@ def _cmd_down(args: argparse.Namespace) -> int:
     from .session import runtime_base
 
     if not args.timeout > 0:
-        raise ConfigError(f"netlab down --timeout {args.timeout:g} is not accepted: give seconds above 0")
+        raise ConfigError(
+            f"pytest-netlab down --timeout {args.timeout:g} is not accepted: give seconds above 0"
+        )
     base = runtime_base()
     if args.all:
         labs = detached_labs(base)
@@ -206,7 +209,7 @@ def _cmd_down(args: argparse.Namespace) -> int:
     else:
         labs = detached_labs(base)
         if not labs:
-            raise ConfigError("no detached labs to tear down (netlab up --detach makes them)")
+            raise ConfigError("no detached labs to tear down (pytest-netlab up --detach makes them)")
         if len(labs) != 1:
             raise ConfigError(
                 f"{len(labs)} detached labs ({', '.join(lab.name for lab in labs)}): "
@@ -260,7 +263,8 @@ def _cmd_exec(args: argparse.Namespace) -> int:
 
     if not args.cmd:
         raise ConfigError(
-            "netlab exec needs a command to run in the guest, e.g. netlab exec LAB h1 ip -br addr"
+            "pytest-netlab exec needs a command to run in the guest, "
+            "e.g. pytest-netlab exec LAB h1 ip -br addr"
         )
     # no terminal, never a prompt; the exit status is the command's (255: ssh failed)
     return subprocess.run(_ssh_argv(args, "-T", "-o", "BatchMode=yes"), check=False).returncode
@@ -276,7 +280,7 @@ def _cmd_capture(args: argparse.Namespace) -> int:
 
     if sys.stdout.isatty():
         raise ConfigError(
-            "netlab capture writes pcap to its output: pipe it (| wireshark -k -i -, | tcpdump -r -) "
+            "pytest-netlab capture writes pcap to its output: pipe it (| wireshark -k -i -, | tcpdump -r -) "
             "or redirect it (> FILE.pcap)"
         )
     lab = find_running(runtime_base(), args.lab)
@@ -322,7 +326,7 @@ def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     from .graph import GRAPH_FORMATS
 
     listing = sub.add_parser(
-        "list", help="the labs running on this machine: of netlab up (detached or not), kept by a "
+        "list", help="the labs running on this machine: of pytest-netlab up (detached or not), kept by a "
         "test, or in a running test, with their owners"
     )
     listing.add_argument("--json", action="store_true", help="as JSON, one object per lab")
@@ -334,15 +338,15 @@ def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
          "the exit status is CMD's (255 when ssh itself failed)"),
     ):
         verb_parser = sub.add_parser(verb, help=text)
-        verb_parser.add_argument("lab", help="the lab's name (netlab list)")
+        verb_parser.add_argument("lab", help="the lab's name (pytest-netlab list)")
         verb_parser.add_argument("node", help="the guest's name")
         verb_parser.add_argument("cmd", nargs=argparse.REMAINDER, help="the command and its arguments")
         verb_parser.set_defaults(func=func)
     capture = sub.add_parser(
         "capture", help="write what crosses a bridge of a running lab to stdout as pcap "
-        "(netlab capture LAB BRIDGE | wireshark -k -i -)"
+        "(pytest-netlab capture LAB BRIDGE | wireshark -k -i -)"
     )
-    capture.add_argument("lab", help="the lab's name (netlab list)")
+    capture.add_argument("lab", help="the lab's name (pytest-netlab list)")
     capture.add_argument("bridge", help="the bridge's name, as in the topology")
     capture.add_argument("filter", nargs=argparse.REMAINDER, help="a tcpdump filter expression (optional)")
     capture.set_defaults(func=_cmd_capture)
@@ -354,7 +358,7 @@ def _add_access_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="netlab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="pytest-netlab", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     cleanup = sub.add_parser("cleanup", help="remove namespaces, QEMU processes and files left by dead runs")
     cleanup.add_argument("--dry-run", action="store_true", help="only say what would be removed")
@@ -384,12 +388,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                           help="tear down after SECONDS instead of waiting for Enter or a signal")
     how_long.add_argument("--detach", action="store_true",
                           help="leave the lab running in the background and return; "
-                          "tear it down with netlab down")
+                          "tear it down with pytest-netlab down")
     up.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # --detach's background half
     up.set_defaults(func=_cmd_up)
-    down = sub.add_parser("down", help="tear down a lab left running by netlab up --detach")
+    down = sub.add_parser("down", help="tear down a lab left running by pytest-netlab up --detach")
     which = down.add_mutually_exclusive_group()
-    which.add_argument("name", nargs="?", help="the lab's name, as netlab up printed it "
+    which.add_argument("name", nargs="?", help="the lab's name, as pytest-netlab up printed it "
                        "(default: the only detached lab)")
     which.add_argument("--all", action="store_true", help="every detached lab")
     down.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",

@@ -1,9 +1,9 @@
-"""Labs left running by ``netlab up --detach``, and ``netlab down``.
+"""Labs left running by ``pytest-netlab up --detach``, and ``pytest-netlab down``.
 
-A detached lab is owned by a background ``netlab up`` process (its namespace, QEMU
+A detached lab is owned by a background ``pytest-netlab up`` process (its namespace, QEMU
 processes and runtime directory carry that process's pid, so :mod:`.cleanup` leaves
 them alone while it lives). Its state file, ``<runtime base>/labs/<lab>.json``, says
-which process that is; ``netlab down`` sends it SIGTERM and waits until it is gone.
+which process that is; ``pytest-netlab down`` sends it SIGTERM and waits until it is gone.
 """
 
 from __future__ import annotations
@@ -29,11 +29,11 @@ class DetachedLab:
     """The state file of one detached lab."""
 
     name: str
-    pid: int  # the background ``netlab up`` that owns the lab
+    pid: int  # the background ``pytest-netlab up`` that owns the lab
     topology: str
     workdir: str
     access: str  # the text of how to reach it (pytest_netlab.access.describe)
-    detached: bool = True  # False: a `netlab up` in the foreground (netlab list, ssh, exec)
+    detached: bool = True  # False: a `pytest-netlab up` in the foreground (pytest-netlab list, ssh, exec)
 
     @staticmethod
     def path_of(runtime_base: Path, name: str) -> Path:
@@ -44,7 +44,7 @@ class DetachedLab:
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         temporary = path.with_suffix(".tmp")
         temporary.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        temporary.replace(path)  # `netlab down` never reads half a file
+        temporary.replace(path)  # `pytest-netlab down` never reads half a file
         return path
 
     def owner_alive(self, runtime_base: Path) -> bool:

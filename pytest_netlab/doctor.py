@@ -1,4 +1,4 @@
-"""``netlab doctor``: can pytest-netlab run on this machine? Each check gives a one-line
+"""``pytest-netlab doctor``: can pytest-netlab run on this machine? Each check gives a one-line
 verdict and, when it fails, the fix. A check marked ``required`` failing means the plugin
 cannot run (the command then exits non-zero); the others limit what it can do."""
 
@@ -143,7 +143,7 @@ def _image() -> Check:
     if not info["built"]:
         return Check(
             "guest image", False, f"not built yet (would go to {info['path']}); the first test builds it",
-            "netlab image build", required=False,
+            "pytest-netlab image build", required=False,
         )
     variants = info["variants"]
     assert isinstance(variants, dict)

@@ -1,4 +1,4 @@
-"""Pictures of a topology as text: ``netlab graph`` prints Mermaid (for Markdown pages)
+"""Pictures of a topology as text: ``pytest-netlab graph`` prints Mermaid (for Markdown pages)
 or Graphviz DOT (``| dot -Tsvg``), the same shapes in both: routers as hexagons, hosts
 as boxes, bridges as circles, links labelled with the guest's interface and address."""
 

@@ -59,7 +59,7 @@ PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "harness.txt"})
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
 _LOCK_TIMEOUT = 3600.0
-#: cached images of older recipes are removed once they are this old (netlab image clean: now)
+#: cached images of older recipes are removed once they are this old (pytest-netlab image clean: now)
 PRUNE_AFTER_DAYS = 7
 
 
@@ -403,7 +403,7 @@ def _sizes(path: Path) -> dict[str, int]:
 
 
 def image_info() -> dict[str, object]:
-    """What ``netlab image info`` shows: where the images are, their hashes, sizes, built or not."""
+    """What ``pytest-netlab image info`` shows: where the images are, their hashes, sizes, built or not."""
     variants: dict[str, object] = {}
     for variant, package in VARIANTS.items():
         digest = recipe_hash(variant)

@@ -2,7 +2,7 @@
 
 The text of how to reach it is written to a file under ``<runtime base>/kept/`` (so it
 can be found from another shell), beside a record of the lab's directory (``<lab>.json``,
-which ``netlab list``, ``ssh`` and ``exec`` read); the hold ends when Enter is pressed on the
+which ``pytest-netlab list``, ``ssh`` and ``exec`` read); the hold ends when Enter is pressed on the
 controlling terminal, when one of those files is deleted, or when the timeout runs out.
 """
 

@@ -113,7 +113,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
     group.addoption(
         "--netlab-max-guests", default=None, metavar="N",
-        help="guests booting at once on this machine, over every pytest process and netlab up; "
+        help="guests booting at once on this machine, over every pytest process and pytest-netlab up; "
         "a lab waits for room (default: ini netlab_max_guests, else 4 per CPU)",
     )
     group.addoption(

@@ -1,6 +1,6 @@
-"""The labs running on this machine, as ``netlab list``, ``ssh``, ``exec`` and ``capture``
+"""The labs running on this machine, as ``pytest-netlab list``, ``ssh``, ``exec`` and ``capture``
 find them: every lab namespace whose owner lives, told apart by the files about it in the
-runtime base (``labs/<lab>.json``: ``netlab up``, detached or not; ``kept/<lab>.json``: a
+runtime base (``labs/<lab>.json``: ``pytest-netlab up``, detached or not; ``kept/<lab>.json``: a
 test's lab held open), which also give its directory (with its ``ssh_config``).
 """
 
@@ -26,7 +26,7 @@ class RunningLab:
     """One live lab: its namespace, what kind of run owns it, and who."""
 
     name: str
-    kind: str  # "detached" or "up" (netlab up), "kept" (a test's, held open), "test"
+    kind: str  # "detached" or "up" (pytest-netlab up), "kept" (a test's, held open), "test"
     owner: int  # the pid of the process that owns it
     user: str
     command: str  # the owner's command line
@@ -44,7 +44,7 @@ class RunningLab:
         """
         if self.workdir is None or not (path := Path(self.workdir) / SSH_CONFIG).exists():
             raise ConfigError(
-                f"lab {self.name} ({self.kind}) has no {SSH_CONFIG}: labs of netlab up and labs "
+                f"lab {self.name} ({self.kind}) has no {SSH_CONFIG}: labs of pytest-netlab up and labs "
                 "kept with --netlab-keep-on-fail or --netlab-pause have one"
             )
         return path
@@ -107,7 +107,7 @@ def running_labs(runtime_base: Path) -> list[RunningLab]:
             continue
         owner = namespace_owner(runtime_base, name)
         if owner is None or not owner.alive():
-            continue  # not ours, or a dead run's leftover: netlab cleanup removes it
+            continue  # not ours, or a dead run's leftover: pytest-netlab cleanup removes it
         pid = owner.pid
         workdir: str | None = None
         if name in started:
@@ -136,7 +136,7 @@ def find_running(runtime_base: Path, name: str) -> RunningLab:
 
 
 def table(labs: list[RunningLab]) -> str:
-    """``netlab list``'s text: a line per lab."""
+    """``pytest-netlab list``'s text: a line per lab."""
     if not labs:
         return "no labs are running\n"
     rows = [("LAB", "KIND", "OWNER", "DIRECTORY")] + [

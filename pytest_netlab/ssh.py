@@ -304,7 +304,7 @@ class SSHSession:
             except (OSError, EOFError, paramiko.SSHException) as exc:
                 raise SSHError(
                     f"{self.guest}: no SFTP session ({exc or type(exc).__name__}): the guest image "
-                    "needs /usr/lib/sftp-server; rebuild it with `netlab image build --rebuild`"
+                    "needs /usr/lib/sftp-server; rebuild it with `pytest-netlab image build --rebuild`"
                 ) from exc
         sftp_channel = self._sftp.get_channel()
         if sftp_channel is not None:

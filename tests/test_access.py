@@ -2,7 +2,7 @@
 the lab's ``ssh_config``, Ansible with its ``inventory.yml``, testinfra through
 ``vm.testinfra``, and the CLI verbs ``list``, ``ssh``, ``exec``, ``capture`` and ``graph``.
 
-One lab of ``tests/scripts/access.toml``, brought up with ``netlab up --detach`` as a
+One lab of ``tests/scripts/access.toml``, brought up with ``pytest-netlab up --detach`` as a
 person would, serves the module; ``tests/scripts/access.sh`` (what docs/access.md shows)
 runs against it with the real programs.
 """
@@ -76,10 +76,10 @@ def test_a_person_reaches_the_lab_with_ssh_scp_ansible_and_the_cli(up_lab, tmp_p
     assert re.search(r"^r1 \| CHANGED \| rc=0 >>\neth0\s+UP\s+10\.41\.0\.1/24", out, re.M)  # routers
     assert not re.search(r"^h1 \| CHANGED .*\neth0", out, re.M)  # h1 is not in routers
     assert re.search(rf"^{up_lab.name}\s+detached\s+\S+ pid \d+: .*\s{up_lab.workdir}$", out, re.M)
-    assert "1 packets transmitted, 1 received" in out  # netlab exec ... ping
-    assert "\nr1\n" in out  # netlab ssh LAB r1 hostname
+    assert "1 packets transmitted, 1 received" in out  # pytest-netlab exec ... ping
+    assert "\nr1\n" in out  # pytest-netlab ssh LAB r1 hostname
     replies = re.findall(r"IP 10\.41\.0\.1 > 10\.41\.0\.2: ICMP echo reply", out)
-    assert len(replies) == 2, out  # netlab capture ... | a pcap file
+    assert len(replies) == 2, out  # pytest-netlab capture ... | a pcap file
 
 
 def test_inventory_groups_guests_by_role(up_lab):
@@ -172,10 +172,11 @@ def test_capture_refuses_a_terminal_and_exec_a_missing_command():
         os.close(master)
         os.close(slave)
     assert to_terminal.returncode == 1
-    assert to_terminal.stderr.startswith("netlab: netlab capture writes pcap to its output: pipe it")
+    assert to_terminal.stderr.startswith("netlab: pytest-netlab capture writes pcap to its output: pipe it")
     no_command = _netlab("exec", "netlab-0-1", "h1")
     assert (no_command.returncode, no_command.stderr) == (
-        1, "netlab: netlab exec needs a command to run in the guest, e.g. netlab exec LAB h1 ip -br addr\n"
+        1, "netlab: pytest-netlab exec needs a command to run in the guest, "
+        "e.g. pytest-netlab exec LAB h1 ip -br addr\n"
     )
 
 
@@ -201,7 +202,7 @@ def test_a_lab_of_netlab_up_in_the_foreground_is_listed_and_reached_by_name(tmp_
         lines = []
         while not (found := re.match(r"lab (netlab-\d+-\d+) is up", lines[-1] if lines else "")):
             line = up.stdout.readline()
-            assert line, "".join(lines)  # netlab up ended without bringing the lab up
+            assert line, "".join(lines)  # pytest-netlab up ended without bringing the lab up
             lines.append(line)
         name = found.group(1)
         listed = json.loads(_netlab("list", "--json").stdout)

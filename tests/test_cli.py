@@ -1,4 +1,4 @@
-"""``netlab up``: a lab from a topology file, the way to reach each guest, then down."""
+"""``pytest-netlab up``: a lab from a topology file, the way to reach each guest, then down."""
 
 from __future__ import annotations
 
@@ -115,3 +115,26 @@ def test_up_takes_a_generated_topology(tmp_path):
     for guest in ("hub", "h1", "h2"):
         assert re.search(rf"^  {guest}: ssh ", proc.stdout, re.M), proc.stdout
     assert '    n_hub{{"hub (router)<br/>forwarding"}}' in proc.stdout
+
+
+def test_the_command_is_pytest_netlab_and_python_m_runs_it():
+    # "netlab" is ipspace netlab's command (netlab up/down): ours must not shadow it
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"pytest-netlab": "pytest_netlab.cli:main"}
+    shown = subprocess.run([sys.executable, "-m", "pytest_netlab", "--help"],
+                           capture_output=True, text=True, check=True).stdout
+    assert shown.startswith("usage: pytest-netlab ")
+
+
+def test_no_doc_or_message_tells_users_to_type_netlab_verbs():
+    root = Path(__file__).parents[1]
+    verbs = "up|down|image|doctor|cleanup|list|ssh|exec|capture|graph"
+    typed = re.compile(rf"(?<![\w.\-/])(?<!-p )netlab ({verbs})\b")
+    found = [
+        f"{path.relative_to(root)}: {match.group(0)}"
+        for path in [root / "README.md", *root.glob("docs/**/*.md"), *root.glob("pytest_netlab/*.py")]
+        for match in typed.finditer(path.read_text())
+    ]
+    assert found == []

@@ -1,4 +1,4 @@
-"""``netlab up --detach`` leaves a lab running after the command returns; ``netlab down``
+"""``pytest-netlab up --detach`` leaves a lab running after the command returns; ``pytest-netlab down``
 tears it down."""
 
 from __future__ import annotations
@@ -48,11 +48,11 @@ def test_detached_lab_outlives_the_command_until_netlab_down(tmp_path):
     assert up.returncode == 0 and name, up.stdout + up.stderr
     lab, owner = name.group(1), int(name.group(2))
     try:
-        assert f"tear it down with: netlab down {lab}" in up.stdout
+        assert f"tear it down with: pytest-netlab down {lab}" in up.stdout
         state = DetachedLab.path_of(runtime_base(), lab)
         assert find(runtime_base(), lab).pid == owner and state.exists()
         assert _running(owner) and (NETNS_RUN_DIR / lab).exists()
-        # the printed command reaches the guest after `netlab up` has returned
+        # the printed command reaches the guest after `pytest-netlab up` has returned
         ssh = re.search(r"^  h1: (ssh .*)$", up.stdout, re.M).group(1)  # type: ignore[union-attr]
         shell = subprocess.run([*shlex.split(ssh), "-o", "BatchMode=yes", "ip -br addr show eth0"],
                                capture_output=True, text=True, timeout=30, check=False)
@@ -94,12 +94,12 @@ def test_bad_input_is_refused_before_anything_runs(tmp_path):
     assert both.returncode == 2 and "not allowed with argument" in both.stderr
     missing = _netlab("up", str(tmp_path / "missing.toml"), "--detach", "--workdir", str(workdir))
     assert missing.returncode == 1 and "missing.toml" in missing.stderr
-    # no work directory (nor its log), no background `netlab up`, no detached state
+    # no work directory (nor its log), no background `pytest-netlab up`, no detached state
     assert not workdir.exists()
     assert not [lab for lab in detached_labs(runtime_base()) if lab.workdir == str(workdir)]
     timeout = _netlab("down", "--all", "--timeout", "0")
     assert timeout.returncode == 1
-    assert timeout.stderr == "netlab: netlab down --timeout 0 is not accepted: give seconds above 0\n"
+    assert timeout.stderr == "netlab: pytest-netlab down --timeout 0 is not accepted: give seconds above 0\n"
 
 
 def test_down_of_a_lab_whose_owner_died_removes_its_state(tmp_path):

@@ -1,4 +1,4 @@
-"""``netlab doctor`` on this machine: one line per check, exit status from the required ones."""
+"""``pytest-netlab doctor`` on this machine: one line per check, exit status from the required ones."""
 
 from __future__ import annotations
 

@@ -118,7 +118,7 @@ def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(
             capture_output=True, text=True, timeout=30, check=False,
         )
         assert (shell.returncode, shell.stdout.strip()) == (0, "h1"), shell.stderr
-        # by name: netlab list knows the lab as kept, netlab exec uses its ssh_config
+        # by name: pytest-netlab list knows the lab as kept, pytest-netlab exec uses its ssh_config
         listed = _netlab("list", "--json")
         assert [found["kind"] for found in json.loads(listed.stdout) if found["name"] == lab] == ["kept"]
         by_name = _netlab("exec", lab, "h1", "hostname")
