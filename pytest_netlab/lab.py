@@ -577,7 +577,9 @@ class Lab:
         qemu_identity()  # so is a root run without an unprivileged user to run it as
         setups = self._plan_addresses(pending)  # so is an address plan that cannot work
         self._ensure_namespace()
+        admitted = time.monotonic()
         self.claim.admit([vm.spec.memory for vm in pending])  # may wait for room (see budget)
+        self.timings["admission"] = time.monotonic() - admitted
         boot_timeout = timeout or self.settings.boot_timeout
         started = time.monotonic()
         machines = []

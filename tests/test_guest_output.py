@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab import CommandError, CommandTimeout, TransferError, pcap
-from pytest_netlab.artifacts import STATE_COMMANDS, collect
+from pytest_netlab.artifacts import GUEST_COMMANDS, STATE_COMMANDS, collect
 from pytest_netlab.lab import Lab
 from pytest_netlab.qemu import CONSOLE_LINE_MAX, CONSOLE_LINES_KEPT
 from pytest_netlab.ssh import SSHSession
@@ -65,7 +65,7 @@ def test_section_lines_of_a_guest_never_become_host_paths(lab, tmp_path):
         h1.ssh("rm -f /usr/local/sbin/ip")
     assert not list(tmp_path.rglob("netlab-escaped*"))
     assert not Path("/tmp/netlab-guestout-absolute.txt").exists()
-    allowed = {f"{name}.txt" for name, _ in STATE_COMMANDS} | {"commands.txt", "console.log"}
+    allowed = {f"{name}.txt" for name, _ in STATE_COMMANDS + GUEST_COMMANDS} | {"commands.txt", "console.log"}
     assert {p.name for p in (evidence_dir / "h1").iterdir()} <= allowed
     assert "owned" in (evidence_dir / "h1" / "addr.txt").read_text()  # the guest's text stays text
     assert victim.read_text() == "untouched\n"

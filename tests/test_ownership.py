@@ -125,6 +125,11 @@ def test_a_process_s_command_line_is_read_from_proc_once_for_cleanup_and_netlab_
 
     proc = subprocess.Popen(["sleep", "60"])
     try:
+        # Popen returns once exec has begun; the kernel sets the new argument list a moment
+        # later (its cmdline reads empty until then): wait for it
+        deadline = time.monotonic() + 10
+        while command_line(proc.pid) == "" and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert command_line(proc.pid) == "sleep 60"
     finally:
         proc.kill()

@@ -96,7 +96,7 @@ def test_a_template_is_saved_and_resumed_where_qemus_user_cannot_look(netlab, tm
 
 def test_a_file_qemus_user_may_not_read_is_refused_in_one_line(netlab, tmp_path):
     kernel = tmp_path / "bzImage"
-    kernel.write_bytes(netlab.image.kernel.read_bytes()[:4096])
+    kernel.write_bytes(netlab.default_image.kernel.read_bytes()[:4096])
     kernel.chmod(0o600)
     netlab.vm("h1", kernel=kernel, initrd=netlab.image.initrd)
     if qemu_identity().uid == os.geteuid():

@@ -170,7 +170,7 @@ def test_a_template_ram_file_is_roots_and_qemus_to_write_and_any_write_is_seen(t
 def test_a_template_whose_ram_file_was_written_is_made_again_in_a_new_file(netlab, tmp_path, caplog):
     store = TemplateStore(tmp_path / "templates", qemu_version())
     layout = Layout(128, 1, netlab.settings.accel, ())
-    first = store.template(layout, netlab.image, netlab.settings.boot_timeout)
+    first = store.template(layout, netlab.default_image, netlab.settings.boot_timeout)
     assert first.memory is not None
     inode = first.memory.stat().st_ino
     _after_a_clock_tick(first.memory)
@@ -178,7 +178,7 @@ def test_a_template_whose_ram_file_was_written_is_made_again_in_a_new_file(netla
         f.write(b"\xcc")
 
     with caplog.at_level(logging.WARNING, logger="pytest_netlab.templates"):
-        again = store.template(layout, netlab.image, netlab.settings.boot_timeout)
+        again = store.template(layout, netlab.default_image, netlab.settings.boot_timeout)
 
     assert again == first and again.problem(qemu_identity()) is None
     assert again.memory is not None and again.memory.stat().st_ino != inode
