@@ -227,6 +227,7 @@ def _manifest(path: Path) -> dict[str, str]:
 
 
 def _load(path: Path, variant: str, digest: str) -> GuestImage:
+    mark_used(path)
     manifest = _manifest(path)
     modules = {_norm(m) for m in manifest.get("modules", "").split()}
     builtin = path / "modules.builtin"
@@ -242,6 +243,27 @@ def _load(path: Path, variant: str, digest: str) -> GuestImage:
         kernel_version=(path / "kernel-version").read_text().strip(),
         modules=frozenset(modules),
     )
+
+
+USED_MARKER = "last-used"  # touched at each use of a cached image; pruning goes by it
+
+
+def mark_used(path: Path) -> None:
+    """Record that the cached image in *path* is used now (pruning goes by last use, not by
+    build time: a long-lived checkout's image must not vanish under a running test)."""
+    marker = path / USED_MARKER
+    marker.touch()
+    os.utime(marker)
+
+
+def last_used(path: Path) -> float:
+    """When the cached image in *path* was last used (its build time if never marked)."""
+    for candidate in (path / USED_MARKER, path):
+        try:
+            return candidate.stat().st_mtime
+        except FileNotFoundError:
+            continue
+    return 0.0
 
 
 def default_image(
@@ -380,12 +402,12 @@ def _failure(command: list[str], status: int, tail: list[str]) -> str:
 
 
 def _prune(variant: str, keep: Path) -> None:
-    """Remove other cached images of ``variant`` (older recipes) built more than a week ago
-    that nobody is building. Recent ones stay: another checkout (a branch, a second run)
+    """Remove other cached images of ``variant`` (older recipes) not used for a week that
+    nobody is building. Recent ones stay: another checkout (a branch, a second run)
     may be using them right now."""
     too_old = time.time() - PRUNE_AFTER_DAYS * 86400
     for path in _images_dir().glob(f"{variant}-*"):
-        if path == keep or not path.is_dir() or path.stat().st_mtime > too_old:
+        if path == keep or not path.is_dir() or last_used(path) > too_old:
             continue
         digest = path.name[len(variant) + 1 :]
         with unless_locked(_lock(variant, digest)) as held:

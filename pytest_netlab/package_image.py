@@ -39,7 +39,7 @@ from filelock import FileLock, Timeout
 
 from .errors import ConfigError, ImageError
 from .guest_protocol import OVERLAY_ROOT
-from .image import PRUNE_AFTER_DAYS, GuestImage, cache_root, default_image, recipe_dir
+from .image import PRUNE_AFTER_DAYS, GuestImage, cache_root, default_image, last_used, mark_used, recipe_dir
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ Progress = Callable[[str], None]
 PREFIX = "pkg-"
 _FORMAT = 1
 _INFO = "netlab-image.json"
-_MARKER = "last-used"
 _DISK = "rootfs.sqfs"
 _LOCK_TIMEOUT = 3600.0
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
@@ -210,7 +209,7 @@ def _build_locked(
 
 def _load(path: Path, base: GuestImage) -> GuestImage:
     info = json.loads((path / _INFO).read_text())
-    _touch(path)
+    mark_used(path)
     modules = set(base.modules)
     modules_file = path / "modules.txt"
     if modules_file.is_file():
@@ -224,12 +223,6 @@ def _load(path: Path, base: GuestImage) -> GuestImage:
         disk=path / _DISK,
         packages=tuple(info["packages"]),
     )
-
-
-def _touch(path: Path) -> None:
-    marker = path / _MARKER
-    marker.touch()
-    os.utime(marker)
 
 
 def _say(progress: Progress | None, message: str) -> None:
@@ -298,15 +291,6 @@ def _prune_once() -> None:
     prune()
 
 
-def _last_used(path: Path) -> float:
-    for candidate in (path / _MARKER, path):
-        try:
-            return candidate.stat().st_mtime
-        except FileNotFoundError:
-            continue
-    return 0.0
-
-
 def list_images() -> list[dict[str, object]]:
     """Every cached package image: its packages, size, last use and path."""
     found = []
@@ -316,7 +300,7 @@ def list_images() -> list[dict[str, object]]:
         info = json.loads((path / _INFO).read_text())
         found.append({
             "path": str(path), "packages": info.get("packages", []),
-            "size_bytes": (path / _DISK).stat().st_size, "last_used": _last_used(path),
+            "size_bytes": (path / _DISK).stat().st_size, "last_used": last_used(path),
             "built_at": info.get("built_at"),
         })
     return found
@@ -328,7 +312,7 @@ def prune(older_than_days: float = PRUNE_AFTER_DAYS) -> list[Path]:
     too_old = time.time() - older_than_days * 86400
     removed = []
     for path in sorted(_images_dir().glob(f"{PREFIX}*")) if _images_dir().is_dir() else []:
-        if not path.is_dir() or _last_used(path) > too_old:
+        if not path.is_dir() or last_used(path) > too_old:
             continue
         if _remove_unlocked(path, path.name.removeprefix(PREFIX)):
             removed.append(path)

@@ -500,3 +500,20 @@ def test_e1000_and_rtl8139_guest_gets_its_drivers(workdir: Path) -> None:
         drivers = guest.run("for i in 0 1; do basename $(readlink /sys/class/net/eth$i/device/driver); done")
         assert drivers.split() == ["e1000", "8139cp"]
         guest.run("ip link set eth0 up && ethtool -i eth0 | grep -qx 'driver: e1000'")
+
+
+def test_guest_images_are_pruned_by_last_use_not_by_build_time(tmp_path: Path, monkeypatch) -> None:
+    from pytest_netlab import image
+
+    monkeypatch.setenv("NETLAB_CACHE_DIR", str(tmp_path))
+    images = tmp_path / "images"
+    month_ago = time.time() - 30 * 86400
+    in_use, unused, keep = (images / f"cloud-{name}" for name in ("inuse", "unused", "current"))
+    for path in (in_use, unused, keep):
+        path.mkdir(parents=True)
+        os.utime(path, (month_ago, month_ago))  # all built a month ago
+    image.mark_used(in_use)  # a long-lived checkout's image, used now
+    image.mark_used(unused)
+    os.utime(unused / image.USED_MARKER, (month_ago, month_ago))  # last used a month ago
+    image._prune("cloud", keep=keep)
+    assert sorted(p.name for p in images.iterdir() if p.is_dir()) == ["cloud-current", "cloud-inuse"]
