@@ -108,6 +108,7 @@ class _FakeImage:
         self.kernel = self.initrd = root / "vmlinuz"
         self.kernel.write_bytes(b"")
         self.cmdline = "console=ttyS0"
+        self.disk = None  # the default image: no package disk
 
 
 
