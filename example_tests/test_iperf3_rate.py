@@ -18,7 +18,9 @@ def throughput_kbit(client, server: str, *, reverse: bool = False) -> float:
     client) in kbit/s, as iperf3's receiver counted it: 3 s, the first second left out
     (slow start)."""
     argv = f"iperf3 -c {server} -t 3 -O 1 -J" + (" -R" if reverse else "")
-    report = json.loads(client.ssh(argv, timeout=60).stdout)
+    # again if it fails: the server may still be closing the last test ("busy")
+    client.wait_until(f"{argv} > /tmp/iperf3.json", timeout=60)
+    report = json.loads(client.ssh("cat /tmp/iperf3.json").stdout)
     return report["end"]["sum_received"]["bits_per_second"] / 1000
 # --8<-- [end:measure]
 

@@ -6,6 +6,10 @@ docs/scenarios/wireguard.md."""
 
 from __future__ import annotations
 
+import base64
+import secrets
+from pathlib import Path
+
 import dpkt
 from guest_packages import PACKAGES
 
@@ -22,10 +26,15 @@ def wireguard(vm, peer, peer_key: str) -> None:
            f" && ip addr add {TUNNEL[vm.name]}/24 dev wg0 && ip link set wg0 up")
 
 
-def public_key(vm) -> str:
-    """A new key pair in *vm* (the private key never leaves it); its public key."""
-    return vm.ssh("umask 077 && mkdir -p /etc/wireguard && wg genkey > /etc/wireguard/private.key"
-                  " && wg pubkey < /etc/wireguard/private.key").stdout.strip()
+def public_key(vm, tmp_path) -> str:
+    """A new private key for *vm* (32 random bytes, made on the host: guests resumed
+    from one saved state start with the same random state, so `wg genkey` run at once
+    in two of them can give both the same key); its public key, as `wg` derives it."""
+    key = tmp_path / f"{vm.name}.key"
+    key.write_text(base64.b64encode(secrets.token_bytes(32)).decode() + "\n")
+    vm.ssh("mkdir -p /etc/wireguard")
+    vm.put(key, "/etc/wireguard/private.key", mode=0o600)  # never readable by others
+    return vm.ssh("wg pubkey < /etc/wireguard/private.key").stdout.strip()
 # --8<-- [end:tunnel]
 
 
@@ -35,7 +44,7 @@ def ports(packet) -> tuple[int, int]:
     return udp.sport, udp.dport
 
 
-def test_a_tunnel_between_two_sites_hides_what_it_carries(netlab) -> None:
+def test_a_tunnel_between_two_sites_hides_what_it_carries(netlab, tmp_path: Path) -> None:
     # --8<-- [start:lab]
     image = netlab.image(packages=PACKAGES)
     wan_a = netlab.bridge("wan_a", subnet="172.16.1.0/24")
@@ -45,7 +54,8 @@ def test_a_tunnel_between_two_sites_hides_what_it_carries(netlab) -> None:
     b = netlab.vm("b", nics=[wan_b], gateway="auto", image=image)
     netlab.start()
     rt.enable_forwarding()
-    keys = {vm: public_key(vm) for vm in (a, b)}
+    keys = {vm: public_key(vm, tmp_path) for vm in (a, b)}
+    assert keys[a] != keys[b]
     wireguard(a, b, keys[b])
     wireguard(b, a, keys[a])
     # --8<-- [end:lab]
