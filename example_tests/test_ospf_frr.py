@@ -46,7 +46,7 @@ def full_neighbours(router) -> set[str]:
     """The router IDs of the neighbours whose adjacency is Full."""
     shown = json.loads(router.ssh("vtysh -c 'show ip ospf neighbor json'").stdout)
     return {rid for rid, adjacencies in shown.get("neighbors", {}).items()
-            if any(a["converged"] == "Full" for a in adjacencies)}
+            if any(a.get("converged") == "Full" for a in adjacencies)}
 
 
 def path_is(vm, destination: str, expected: list[str]) -> bool:
