@@ -52,7 +52,8 @@ def test_the_firewall_lets_web_through_and_stops_ssh(netlab, tmp_path: Path) -> 
     fw.enable_forwarding()
     h2.daemon("nc -lk 8080", name="web")  # a TCP server on 8080; h2's SSH server is on 22
     h2.wait_until("ss -Hltn 'sport = :8080' | grep -q LISTEN")
-    assert connects(h1, "h2", 8080) and connects(h1, "h2", 22)  # open without the firewall
+    # open without the firewall (again if slow: the first packets wait for ARP on two links)
+    h1.wait_until(lambda: connects(h1, "h2", 8080) and connects(h1, "h2", 22), timeout=60)
     # --8<-- [end:lab]
 
     # --8<-- [start:firewall]
@@ -61,7 +62,7 @@ def test_the_firewall_lets_web_through_and_stops_ssh(netlab, tmp_path: Path) -> 
     fw.ssh("nft -f /etc/nftables.conf")
     assert counters(fw) == {"web": 0, "ssh": 0}
 
-    assert connects(h1, "h2", 8080)
+    h1.wait_until(lambda: connects(h1, "h2", 8080), timeout=60)
     assert not connects(h1, "h2", 22)  # dropped: no answer, nc gives up
     seen = counters(fw)
     assert seen["web"] >= 1  # the SYN (the rest of the connection is "established")
