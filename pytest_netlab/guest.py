@@ -522,8 +522,11 @@ class VM:
     def impair(
         self, nic: Bridge | int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
         loss_percent: float = 0, rate_kbit: int | None = None, where: Where = "auto",
+        corrupt_percent: float = 0, duplicate_percent: float = 0, reorder_percent: float = 0,
     ) -> Impairment:
-        """Delay, jitter, drop or rate-limit the traffic of a lab NIC. Call it before
+        """Delay, jitter, drop, corrupt, duplicate, reorder or rate-limit the traffic of
+        a lab NIC (*reorder_percent* of the packets go at once, the rest are delayed, so
+        it needs a delay). Call it before
         ``start()`` to have it from the first packet, or any time after to change it;
         all defaults remove it.
 
@@ -531,7 +534,7 @@ class VM:
         suffers: ``"tap"``, on the NIC's TAP in the lab namespace, shapes the traffic
         going **to** the guest; ``"guest"``, a netem qdisc on ``ethN`` in the guest,
         the traffic coming **from** the guest; ``"auto"`` takes the TAP when the host
-        kernel has the qdisc needed (netem for delay, jitter and loss, tbf for a rate
+        kernel has the qdisc needed (netem for all but a rate, tbf for a rate
         alone), else the guest. The returned :class:`Impairment` says where it went.
 
         Raises:
@@ -541,7 +544,10 @@ class VM:
             CommandError: ``tc`` in the guest refused it.
         """
         index = self.nic_index(nic)
-        wanted = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit, where).validated()
+        wanted = Impairment(
+            delay_ms, jitter_ms, loss_percent, rate_kbit, where,
+            corrupt_percent, duplicate_percent, reorder_percent,
+        ).validated()
         impairment = wanted.placed(host_has_qdisc)
         previous = self.impairments.get(index)
         self.impairments[index] = impairment
