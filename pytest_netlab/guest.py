@@ -586,6 +586,16 @@ class VM:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} of {self.lab.name}>"
 
+    def _apply_nic_settings(self) -> None:
+        """Set what ``bridge.nic(mtu=, up=)`` asked for, once the guest answers: the
+        MTU of ``ethN`` (its TAP got it when made) and the cables pulled at start."""
+        mtus = [f"ip link set {guest_ifname(i)} mtu {n.mtu}" for i, n in enumerate(self.spec.nics) if n.mtu]
+        if mtus:
+            self.ssh(" && ".join(mtus))
+        for index, nic in enumerate(self.spec.nics):
+            if not nic.up:
+                self.set_link(index, False)
+
 
 class Router(VM):
     """A guest that routes between its NICs once forwarding is on (off at boot)."""

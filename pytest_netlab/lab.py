@@ -467,7 +467,7 @@ class Lab:
         tap_nics = [(nic, s) for nic, s in zip(config.nics, spec.nics, strict=True) if s.bridge is not None]
         for (nic, spec_nic), tap in zip(tap_nics, vm.taps, strict=True):
             assert spec_nic.bridge is not None
-            nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues)
+            nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues, spec_nic.mtu)
         return config
 
     def _resume(self, vm: VM) -> None:
@@ -632,6 +632,7 @@ class Lab:
                         f"{vm.name}: setting the planned addresses failed (the guest needs "
                         f"iproute2's ip and sed): {exc}"
                     ) from exc
+            vm._apply_nic_settings()  # MTUs and pulled cables (bridge.nic(mtu=, up=))
             # impairments asked for before start() apply before the test's first command
             for index, impairment in vm.impairments.items():
                 if not impairment.none:
