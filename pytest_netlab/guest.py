@@ -595,6 +595,8 @@ class VM:
         for index, nic in enumerate(self.spec.nics):
             if not nic.up:
                 self.set_link(index, False)
+                # the guest learns of it a moment later: the test's first command sees it
+                self.wait_until(f"! grep -qs 1 /sys/class/net/{guest_ifname(index)}/carrier", timeout=30)
 
 
 class Router(VM):
