@@ -26,6 +26,7 @@ from .qemu import QemuMachine
 from .retry import retry_until
 from .ssh import DEFAULT_GET_LIMIT, CommandResult, SSHSession
 from .topology import GuestSpec
+from .traffic import IperfResult, parse_iperf
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -598,6 +599,45 @@ class VM:
                 # the guest learns of it a moment later: the test's first command sees it
                 self.wait_until(f"! grep -qs 1 /sys/class/net/{guest_ifname(index)}/carrier", timeout=30)
 
+    def iperf(
+        self, to: VM | str, *, seconds: float = 3, udp: bool = False, bitrate: str | None = None,
+        reverse: bool = False, port: int = 5201, timeout: float | None = None,
+    ) -> IperfResult:
+        """Measure throughput from this guest to *to* (a guest, or an address) with
+        iperf3: its server runs on *to* (a guest) for this call only, as a daemon, and
+        is stopped after; the client's JSON report is parsed. *bitrate* (iperf3's
+        ``-b``, e.g. ``"10M"``) is for UDP mostly; *reverse* sends from *to* instead.
+
+        Raises:
+            ConfigError: iperf3 is missing in a guest (use a package image with it),
+                or a bad value.
+            LabError: iperf3 failed; the message has its error.
+        """
+        validation.int_in_range(port, 1, 65535, what="iperf3 port")
+        _number_in(seconds, 0.1, 3600, "seconds")
+        guests = [self, to] if isinstance(to, VM) else [self]
+        for guest in guests:
+            if not guest.ssh("command -v iperf3", check=False).ok:
+                raise ConfigError(
+                    f"{guest.name}: iperf3 is not installed in the guest: run it on a package "
+                    "image with it, e.g. netlab.image(packages=['iperf3'])"
+                )
+        address = to.address() if isinstance(to, VM) else _host_or_address(to)
+        argv = ["iperf3", "-c", address, "-p", str(port), "-t", f"{seconds:g}", "-J"]
+        argv += (["-u"] if udp else []) + (["-b", bitrate] if bitrate else []) + (["-R"] if reverse else [])
+        name = f"iperf3-{port}"
+        if isinstance(to, VM):
+            to.daemon(f"iperf3 -s -p {port}", name=name)
+        try:
+            if isinstance(to, VM):
+                to.wait_until(f"ss -Hln 'sport = :{port}' | grep -q .")  # listening: no race
+            result = self.ssh(shlex.join(argv), check=False, timeout=timeout or seconds + 30)
+        finally:
+            if isinstance(to, VM):
+                to.stop_daemon(name)
+        return parse_iperf(result.stdout)
+
+
 
 class Router(VM):
     """A guest that routes between its NICs once forwarding is on (off at boot)."""
@@ -633,3 +673,9 @@ def _host_or_address(value: object) -> str:
     raise ConfigError(
         f"ping destination {value!r} is not accepted: give an IPv4/IPv6 address or a host name"
     )
+
+
+def _number_in(value: object, low: float, high: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{what}={value!r} is not accepted: give a number from {low:g} to {high:g}")
+    return float(value)

@@ -56,6 +56,7 @@ from .shares import share as checked_share
 from .ssh import SessionKey, SSHSession
 from .templates import Layout, NicLayout, TemplateStore
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
+from .traffic import PingMatrix, answered, ping_all_command
 from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 log = logging.getLogger(__name__)
@@ -715,6 +716,32 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def ping_all(
+        self, vms: Sequence[VM] | None = None, *, count: int = 1, wait: float = 3,
+    ) -> PingMatrix:
+        """Ping from each guest every other one (its first lab address), like Mininet's
+        ``pingAll``: one SSH command per guest that pings all the others at once, the
+        guests in parallel. *vms*: those guests (default: every started guest that has
+        a lab address). Returns a :class:`~pytest_netlab.traffic.PingMatrix`.
+
+        Raises:
+            LabError: a guest of *vms* is not started or has no lab address.
+        """
+        guests = list(vms) if vms is not None else [
+            vm for vm in self.vms.values() if vm.started and vm.spec.network and vm.addresses
+        ]
+        addresses = {vm.name: vm.address() for vm in guests}
+
+        def row(vm: VM) -> dict[str, bool]:
+            others = [n for n in addresses if n != vm.name]
+            command = ping_all_command([addresses[n] for n in others], count=count, wait=wait)
+            ok = answered(vm.ssh(command, timeout=count * wait + 60).stdout)
+            return {n: addresses[n] in ok for n in others}
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(guests), 8))) as pool:
+            rows = list(pool.map(row, guests))
+        return PingMatrix({vm.name: r for vm, r in zip(guests, rows, strict=True)})
 
     def __repr__(self) -> str:
         return f"<Lab {self.name}: bridges {list(self.bridges)}, guests {list(self.vms)}>"
