@@ -15,7 +15,7 @@ def test_iperf_between_two_guests_gives_numbers(netlab):
     lan = netlab.bridge("lan", subnet="10.60.0.0/24")
     h1 = netlab.vm("h1", nics=[lan], image=image)
     h2 = netlab.vm("h2", nics=[lan], image=image)
-    h1.impair(lan, rate_kbit=2000)  # at most 2 Mbit/s leave h1
+    h1.impair(lan, rate_kbit=2000, where="guest")  # at most 2 Mbit/s leave h1
     netlab.start()
 
     tcp = h1.iperf(to=h2, seconds=2)  # the server runs on h2 for this call only
