@@ -39,7 +39,7 @@ def test_iperf_without_iperf3_names_the_missing_program(netlab):
 # --8<-- [start:ping-all]
 def test_ping_all_gives_a_matrix(netlab):
     lan = netlab.bridge("lan", subnet="10.61.0.0/24")
-    h1, h2, h3 = (netlab.vm(name, nics=[lan]) for name in ("h1", "h2", "h3"))
+    _, _, h3 = (netlab.vm(name, nics=[lan]) for name in ("h1", "h2", "h3"))
     netlab.start()
     assert netlab.ping_all()  # every pair answered; else the message is the matrix
 
