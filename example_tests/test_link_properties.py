@@ -7,6 +7,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
+from pytest_netlab import LabError
 from pytest_netlab.guest import VM
 from pytest_netlab.labspec import Topology
 
@@ -65,3 +68,16 @@ def test_a_topology_file_and_its_python_make_the_same_lab(netlab, netlab_factory
     assert r1["motd"] == "greeting from the topology file\n"
     assert ("lo", "192.0.2.1", 32) in r1["addresses"]
     assert any(r.startswith("198.51.100.0/24 via 10.50.0.2") for r in r1["routes"])
+
+
+def test_a_failing_start_up_command_names_the_node_the_command_its_status_and_output(netlab):
+    topology = Topology.from_toml(
+        '[nodes.h1]\nexec = ["echo first > /tmp/first", "echo no such thing >&2; exit 3", "touch /tmp/never"]\n'
+    )
+    with pytest.raises(LabError) as failed:
+        topology.apply(netlab)
+    assert str(failed.value) == (
+        "node 'h1': exec command 'echo no such thing >&2; exit 3' exited with status 3: no such thing"
+    )
+    h1 = netlab.vms["h1"]  # the commands before ran, in order; those after did not
+    assert h1.ssh("cat /tmp/first; ls /tmp/never", check=False).stdout == "first\n"

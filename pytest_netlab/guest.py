@@ -596,8 +596,9 @@ class VM:
         for index, nic in enumerate(self.spec.nics):
             if not nic.up:
                 self.set_link(index, False)
-                # the guest learns of it a moment later: the test's first command sees it
-                self.wait_until(f"! grep -qs 1 /sys/class/net/{guest_ifname(index)}/carrier", timeout=30)
+                # the carrier goes at once, the operational state (ip's NO-CARRIER) up to
+                # a second later (the kernel's linkwatch): the test's first command sees it
+                self.wait_until(f"grep -qx down /sys/class/net/{guest_ifname(index)}/operstate", timeout=30)
 
     def iperf(
         self, to: VM | str, *, seconds: float = 3, udp: bool = False, bitrate: str | None = None,

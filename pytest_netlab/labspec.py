@@ -236,7 +236,8 @@ class Topology:
         """A node's ``files``: guest path -> local file, relative to the topology's base."""
         files = []
         for remote, local in _table(value, f"{where} files").items():
-            if not remote.startswith("/") or "\0" in remote or ".." in remote.split("/"):
+            if not isinstance(remote, str) or not remote.startswith("/") or "\0" in remote \
+                    or ".." in remote.split("/"):
                 raise ConfigError(
                     f"{where} files: guest path {remote!r} is not accepted: give an absolute path"
                 )
