@@ -50,6 +50,8 @@ def what_the_guest_has(vm: VM) -> dict[str, object]:
         "routes": sorted(r for r in vm.ssh("ip route show").stdout.splitlines() if "mgmt0" not in r),
         "qdisc": vm.ssh("tc qdisc show dev eth0 root").stdout.split(" root ")[1].split(),
         "forwarding": vm.ssh("sysctl -n net.ipv4.ip_forward").stdout,
+        # the host side of each link: its TAP in the lab namespace
+        "taps": [json.loads(vm.lab.run(["ip", "-j", "link", "show", tap]).stdout)[0]["mtu"] for tap in vm.taps],
         "motd": vm.ssh("cat /etc/motd 2>/dev/null || true").stdout,
     }
 
@@ -65,6 +67,7 @@ def test_a_topology_file_and_its_python_make_the_same_lab(netlab, netlab_factory
     r1 = file_side["r1"]
     assert r1["links"] == [("eth0", 1400, False, True), ("eth1", 1500, True, "52:54:00:aa:00:01")]
     assert {"delay", "20ms", "corrupt", "1%", "duplicate", "2%", "reorder", "25%"} <= set(r1["qdisc"])
+    assert r1["taps"] == [1400, 1500]
     assert r1["motd"] == "greeting from the topology file\n"
     assert ("lo", "192.0.2.1", 32) in r1["addresses"]
     assert any(r.startswith("198.51.100.0/24 via 10.50.0.2") for r in r1["routes"])

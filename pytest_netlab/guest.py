@@ -590,9 +590,17 @@ class VM:
     def _apply_nic_settings(self) -> None:
         """Set what ``bridge.nic(mtu=, up=)`` asked for, once the guest answers: the
         MTU of ``ethN`` (its TAP got it when made) and the cables pulled at start."""
-        mtus = [f"ip link set {guest_ifname(i)} mtu {n.mtu}" for i, n in enumerate(self.spec.nics) if n.mtu]
-        if mtus:
-            self.ssh(" && ".join(mtus))
+        changed = [(guest_ifname(i), n) for i, n in enumerate(self.spec.nics) if n.mtu]
+        if changed:
+            self.ssh(" && ".join(f"ip link set {name} mtu {nic.mtu}" for name, nic in changed))
+            # some models (e1000) reset on an MTU change: the carrier is off when ip
+            # returns and back after a moment; wait until those that are up have it again
+            # (and the operational state, which lags it), so the test's first packet goes out
+            self.wait_until(" && ".join(
+                f"{{ ! ip -o link show {name} | grep -q '[<,]UP[,>]' || {{ grep -qx 1 "
+                f"/sys/class/net/{name}/carrier && grep -qx up /sys/class/net/{name}/operstate; }}; }}"
+                for name, nic in changed if nic.up
+            ) or "true", timeout=30)
         for index, nic in enumerate(self.spec.nics):
             if not nic.up:
                 self.set_link(index, False)
