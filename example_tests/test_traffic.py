@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from test_package_image import PACKAGES  # one package set: CI builds one image
 
-from pytest_netlab import ConfigError
+from pytest_netlab import ConfigError, LabError
 
 
 # --8<-- [start:iperf]
@@ -48,3 +48,9 @@ def test_ping_all_gives_a_matrix(netlab):
     assert matrix.unreachable == [("h1", "h3"), ("h2", "h3"), ("h3", "h1"), ("h3", "h2")], matrix
     assert matrix.matrix["h1"] == {"h2": True, "h3": False}
 # --8<-- [end:ping-all]
+
+
+def test_ping_all_without_addressed_guests_is_refused(netlab):
+    # an empty matrix would pass an `assert netlab.ping_all()`: it is refused instead
+    with pytest.raises(LabError, match="ping_all needs two or more guests with lab addresses, found 0"):
+        netlab.ping_all()

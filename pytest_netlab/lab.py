@@ -726,11 +726,17 @@ class Lab:
         a lab address). Returns a :class:`~pytest_netlab.traffic.PingMatrix`.
 
         Raises:
-            LabError: a guest of *vms* is not started or has no lab address.
+            LabError: fewer than two guests, or one of *vms* is not started or has no
+                lab address.
         """
         guests = list(vms) if vms is not None else [
             vm for vm in self.vms.values() if vm.started and vm.spec.network and vm.addresses
         ]
+        if len(guests) < 2:
+            raise LabError(
+                f"ping_all needs two or more guests with lab addresses, found {len(guests)}: "
+                "give their bridges a subnet (or NICs an address), and start them"
+            )
         addresses = {vm.name: vm.address() for vm in guests}
 
         def row(vm: VM) -> dict[str, bool]:
