@@ -54,3 +54,13 @@ def test_ping_all_without_addressed_guests_is_refused(netlab):
     # an empty matrix would pass an `assert netlab.ping_all()`: it is refused instead
     with pytest.raises(LabError, match="ping_all needs two or more guests with lab addresses, found 0"):
         netlab.ping_all()
+
+
+def test_bad_traffic_options_are_refused_before_anything_runs(netlab):
+    h1, h2 = netlab.vm("h1"), netlab.vm("h2")  # declared, not started: nothing runs
+    with pytest.raises(ConfigError, match="bitrate='fast' is not accepted: give iperf3's -b"):
+        h1.iperf(to=h2, bitrate="fast")
+    with pytest.raises(ConfigError, match="seconds=0 is not accepted"):
+        h1.iperf(to=h2, seconds=0)
+    with pytest.raises(ConfigError, match="wait=0 is not accepted"):
+        netlab.ping_all(wait=0)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -624,6 +625,10 @@ class VM:
         """
         validation.int_in_range(port, 1, 65535, what="iperf3 port")
         _number_in(seconds, 0.1, 3600, "seconds")
+        if bitrate is not None and not re.fullmatch(r"\d+(\.\d+)?[KMG]?", str(bitrate)):
+            raise ConfigError(
+                f"bitrate={bitrate!r} is not accepted: give iperf3's -b, e.g. '500K', '10M', '1G'"
+            )
         guests = [self, to] if isinstance(to, VM) else [self]
         for guest in guests:
             if not guest.ssh("command -v iperf3", check=False).ok:
@@ -645,7 +650,6 @@ class VM:
             if isinstance(to, VM):
                 to.stop_daemon(name)
         return parse_iperf(result.stdout)
-
 
 
 class Router(VM):

@@ -726,9 +726,13 @@ class Lab:
         a lab address). Returns a :class:`~pytest_netlab.traffic.PingMatrix`.
 
         Raises:
+            ConfigError: a bad *count* or *wait*.
             LabError: fewer than two guests, or one of *vms* is not started or has no
                 lab address.
         """
+        validation.int_in_range(count, 1, 100, what="ping count")
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 60:
+            raise ConfigError(f"wait={wait!r} is not accepted: give the seconds to wait for a reply, 0 to 60")
         guests = list(vms) if vms is not None else [
             vm for vm in self.vms.values() if vm.started and vm.spec.network and vm.addresses
         ]
