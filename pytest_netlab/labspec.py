@@ -39,8 +39,9 @@ from __future__ import annotations
 import ipaddress
 import shlex
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -133,12 +134,14 @@ class Topology:
             validation.interface_name(name, "bridge name")
             address = bridge.get("address")
             if address is not None:
-                validation.ip_interface(address)
+                with _naming(f"bridge {name!r} address"):
+                    validation.ip_interface(address)
             subnets = () if bridge.get("subnet") is None else parse_subnets(bridge["subnet"], name)
             check_overlaps(name, subnets, {b: topology._subnets(b) for b in topology.bridges})
             topology.bridges[name] = BridgeSpec(name, address, tuple(str(n) for n in subnets))
         for name, raw in _table(data.get("nodes", {}), "nodes").items():
-            topology.nodes[name] = topology._node(name, _table(raw, f"node {name!r}"))
+            with _naming(f"node {name!r}"):
+                topology.nodes[name] = topology._node(name, _table(raw, f"node {name!r}"))
         for node in topology.nodes.values():
             if node.gateway not in (None, "auto", *topology.nodes) and not _is_address(node.gateway):
                 raise ConfigError(
@@ -343,6 +346,18 @@ class Topology:
                 label = guest_ifname(index) + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """Start the message of a ConfigError raised inside with *where* (the table), unless
+    it does already."""
+    try:
+        yield
+    except ConfigError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
 
 
 def _link_state(link: Mapping[str, Any], where: str) -> tuple[int | None, bool, Impairment | None]:

@@ -138,3 +138,19 @@ def test_files_are_relative_to_the_topology_file_and_exec_keeps_its_order(tmp_pa
     )
     node = Topology.from_toml(tmp_path / "lab.toml").nodes["h1"]
     assert node.files == (("/etc/x.conf", tmp_path / "x.conf"),) and node.exec == ("b", "a")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nodes": {"h1": {"memory": 64}}}, "node 'h1': memory 64 is out of range"),
+        ({**LINK, "nodes": {"h1": {"links": [{"bridge": "br1", "mac": "zz"}]}}}, "node 'h1': "),
+        ({**LINK, "nodes": {"h1": {"links": [{"bridge": "br1", "model": "ne3000"}]}}}, "node 'h1': "),
+        ({"nodes": {"h1": {"routes": [{"to": "default", "via": "nowhere"}]}}}, "node 'h1': "),
+        ({"bridges": {"br1": {"address": "10.0.0.1"}}}, "bridge 'br1' address: "),
+    ],
+)
+def test_every_refusal_names_its_table(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as refused:
+        Topology.from_dict(data)
+    assert "\n" not in str(refused.value)
