@@ -71,6 +71,34 @@ class VM:
     def started(self) -> bool:
         return self._ssh is not None or self._console_ready
 
+    # the transitions of bringing a guest up (pytest_netlab.bringup) and down (Lab.close)
+    def attach(self, machine: QemuMachine) -> None:
+        """*machine* is the guest's QEMU from now on (launched, or launched again)."""
+        self.machine = machine
+
+    def connected(self, session: SSHSession) -> None:
+        """SSH answers: the guest is started, its session is *session*."""
+        self._ssh = session
+
+    def console_only(self) -> None:
+        """A guest without network is started once ready: the serial console is its channel."""
+        self._console_ready = True
+
+    def apply_impairments(self) -> None:
+        """Set every impairment asked for so far (before the test's first command)."""
+        for index, impairment in self.impairments.items():
+            if not impairment.none:
+                self._apply_impairment(index, impairment)
+
+    def disconnect(self) -> None:
+        """Close the SSH session, if any (the lab is closing)."""
+        if self._ssh is not None:
+            self._ssh.close()
+
+    @property
+    def connected_by_ssh(self) -> bool:
+        return self._ssh is not None
+
     @property
     def console_log(self) -> Path:
         return self.lab.workdir / self.name / "console.log"
