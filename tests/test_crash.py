@@ -206,3 +206,19 @@ def test_boot_timeout_is_quick_clear_and_leaves_nothing(netlab):
 
     assert not (NETNS_RUN_DIR / netlab.name).exists()
     assert _gone(pid, within=5)
+
+
+def test_every_guest_that_fails_to_come_up_is_reported(netlab):
+    br = netlab.bridge("br1")
+    vms = [netlab.vm(name, nics=[br]) for name in ("h1", "h2", "h3")]
+    with pytest.raises(BootTimeout) as info:
+        netlab.start(timeout=0.05)
+    first_line, *rest = str(info.value).splitlines()
+    assert first_line == "3 guests failed to come up:"
+    for name in ("h1", "h2", "h3"):
+        assert any(line.startswith(f"- {name}: {name}: guest did not print NETLAB-READY") for line in rest)
+    pids = [vm.machine.pid for vm in vms]
+
+    netlab.close()
+
+    assert all(_gone(pid, within=5) for pid in pids)

@@ -93,11 +93,11 @@ def test_the_checker_sees_a_cycle_and_the_real_edges():
 
 #: the layers of docs/architecture.md, top to bottom; a module not named is a mechanism
 LAYERS = {
-    "entry points": {"__init__", "plugin", "cli"},
+    "entry points": {"__init__", "__main__", "plugin", "cli"},
     "session and reporting": {
         "session", "artifacts", "keep", "access", "running", "detached", "doctor", "graph",
     },
-    "the lab core": {"lab", "guest", "bridge"},
+    "the lab core": {"lab", "guest", "bridge", "bringup"},
     "mechanisms": set(),
     "the pure model": {"topology", "addressing", "validation", "labspec", "builders", "nicmodels",
                        "guest_protocol", "constants", "errors"},

@@ -98,7 +98,7 @@ def test_a_file_qemus_user_may_not_read_is_refused_in_one_line(netlab, tmp_path)
     kernel = tmp_path / "bzImage"
     kernel.write_bytes(netlab.default_image.kernel.read_bytes()[:4096])
     kernel.chmod(0o600)
-    netlab.vm("h1", kernel=kernel, initrd=netlab.image.initrd)
+    netlab.vm("h1", kernel=kernel, initrd=netlab.default_image.initrd)
     if qemu_identity().uid == os.geteuid():
         pytest.skip("QEMU runs as the test user: it may read its own files")
     refused = r"^h1: kernel '.*/bzImage' is mode -rw-------: QEMU runs as"
