@@ -45,7 +45,7 @@ from .netns import HostCommandResult, LabNamespace
 from .nicmodels import DEFAULT_NIC_MODEL
 from .pcap import Capture, tcpdump_argv, wait_listening
 from .privileges import qemu_identity
-from .qemu import QemuMachine, find_qemu
+from .qemu import QemuMachine, find_qemu, release_thread
 from .shares import Share, shares_of
 from .shares import share as checked_share
 from .ssh import SessionKey
@@ -535,6 +535,7 @@ class Lab:
             failures.append(f"{name}: {exc}")
             self.log.error("stopping %s failed: %s", name, exc)
         for runner in self._runners.values():
+            runner.submit(release_thread)
             runner.shutdown()  # each thread ends: its QEMU is gone already
         self._runners.clear()
         return failures

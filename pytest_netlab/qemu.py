@@ -116,6 +116,19 @@ def _split_lines(buffer: bytearray) -> list[bytes]:
     return lines
 
 
+def release_thread() -> None:
+    """Close the asyncio event loop qemu.qmp's client made for this thread, if any: call
+    it last in a thread that launched machines (see the module's docstring), once they
+    are shut down."""
+    import asyncio
+
+    with contextlib.suppress(RuntimeError):  # no loop was made here
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
+        asyncio.set_event_loop(None)
+
+
 def find_qemu() -> str:
     """Path of ``qemu-system-x86_64``.
 
