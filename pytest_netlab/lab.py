@@ -298,27 +298,7 @@ class Lab:
         """
         if name in self.vms:
             raise ConfigError(f"guest {name!r} exists already in this lab: give each guest its own name")
-        specs: list[NicSpec] = []
-        for nic in nics:
-            if isinstance(nic, Bridge):
-                if nic.lab is not self:
-                    raise ConfigError(
-                        f"bridge {nic.name!r} belongs to lab {nic.lab.name}, not {self.name}: "
-                        "use bridges made by this lab's netlab.bridge()"
-                    )
-                specs.append(NicSpec(nic.name))
-            elif isinstance(nic, NicSpec):
-                if nic.bridge is not None and nic.bridge not in self.bridges:
-                    raise ConfigError(
-                        f"NIC on bridge {nic.bridge!r}: this lab has no such bridge "
-                        f"(bridges: {', '.join(self.bridges) or 'none'})"
-                    )
-                specs.append(nic)
-            else:
-                raise ConfigError(
-                    f"NIC {nic!r} of {name!r} is not accepted: give a bridge of this lab "
-                    "or bridge.nic(...)"
-                )
+        specs = [self._nic_spec(name, nic) for nic in nics]
         spec = GuestSpec(
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
@@ -326,6 +306,41 @@ class Lab:
             forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway, image=image,
             shares=shares_of(shares, name),
         ).validated()
+        self._check_given_addresses(name, specs)
+        macs = self._choose_macs(name, specs)
+        taps = self._choose_taps(name, specs)
+        for nic in specs:
+            if nic.bridge is not None:
+                self.bridges[nic.bridge].ports += 1
+        self._macs.update(macs)
+        self._taps.update(taps)
+        cls = Router if role == "router" else VM
+        vm = cls(self, spec, macs, taps)
+        self.vms[name] = vm
+        return vm
+
+    def _nic_spec(self, name: str, nic: Bridge | NicSpec) -> NicSpec:
+        """The NIC spec of an entry of ``vm(nics=...)`` of guest *name*."""
+        if isinstance(nic, Bridge):
+            if nic.lab is not self:
+                raise ConfigError(
+                    f"bridge {nic.name!r} belongs to lab {nic.lab.name}, not {self.name}: "
+                    "use bridges made by this lab's netlab.bridge()"
+                )
+            return NicSpec(nic.name)
+        if isinstance(nic, NicSpec):
+            if nic.bridge is not None and nic.bridge not in self.bridges:
+                raise ConfigError(
+                    f"NIC on bridge {nic.bridge!r}: this lab has no such bridge "
+                    f"(bridges: {', '.join(self.bridges) or 'none'})"
+                )
+            return nic
+        raise ConfigError(
+            f"NIC {nic!r} of {name!r} is not accepted: give a bridge of this lab "
+            "or bridge.nic(...)"
+        )
+
+    def _check_given_addresses(self, name: str, specs: Sequence[NicSpec]) -> None:
         given = [validation.ip_interface(a).ip for nic in specs for a in nic.addresses]
         for address in given:
             owner = self._address_owner(address)
@@ -334,6 +349,9 @@ class Lab:
                     f"address {address} of {name!r} is used already by {owner or name}: "
                     "give each NIC its own address"
                 )
+
+    def _choose_macs(self, name: str, specs: Sequence[NicSpec]) -> list[str]:
+        """The MAC of each NIC of guest *name*: its own, else a free one of the lab's."""
         number = len(self.vms) + 1
         chosen = {nic.mac.lower() for nic in specs if nic.mac}
         auto = (m for i in itertools.count() if (m := lab_mac(number, i)) not in self._macs | chosen)
@@ -344,6 +362,10 @@ class Lab:
                     f"MAC address {mac} of {name!r} is already used in this lab: "
                     "every NIC on a lab needs its own MAC"
                 )
+        return macs
+
+    def _choose_taps(self, name: str, specs: Sequence[NicSpec]) -> list[str]:
+        """The TAP name of each bridged NIC of guest *name*: its own, else the next port's."""
         taps: list[str] = []
         ports = {b: br.ports for b, br in self.bridges.items()}
         for nic in specs:
@@ -357,15 +379,7 @@ class Lab:
             if tap in self._taps or tap in taps or tap in self.bridges:
                 raise ConfigError(f"TAP name {tap!r} of {name!r} is already used in this lab")
             taps.append(tap)
-        for nic in specs:
-            if nic.bridge is not None:
-                self.bridges[nic.bridge].ports += 1
-        self._macs.update(macs)
-        self._taps.update(taps)
-        cls = Router if role == "router" else VM
-        vm = cls(self, spec, macs, taps)
-        self.vms[name] = vm
-        return vm
+        return taps
 
     def _address_owner(self, address: Any) -> str | None:
         """Who has *address* (an ``ipaddress`` address) in this lab: a guest's NIC
