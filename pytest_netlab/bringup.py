@@ -31,7 +31,7 @@ from .templates import Layout, NicLayout
 
 if TYPE_CHECKING:
     from .guest import VM
-    from .lab import LabSettings
+    from .labcontext import LabSettings
 
 SSH_HANDSHAKE_MIN = 5.0  # seconds
 

@@ -19,12 +19,12 @@ import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import validation
 from .addressing import (
+    Address,
     AddressPlan,
     GuestRequest,
     NicRequest,
@@ -33,14 +33,15 @@ from .addressing import (
 )
 from .bridge import Bridge
 from .bringup import BringUp, GuestContext
-from .budget import Budget, Claim
-from .constants import NAMESPACE_PREFIX, Accelerator, BootMode, Role
+from .budget import Claim
+from .constants import NAMESPACE_PREFIX, Role
 from .errors import ConfigError, LabError, NetlabError
 from .guest import VM, Router
 from .guest_protocol import (
     MGMT_MAC,
 )
 from .image import GuestImage
+from .labcontext import LabContext, LabSettings
 from .netns import HostCommandResult, LabNamespace
 from .nicmodels import DEFAULT_NIC_MODEL
 from .pcap import Capture, tcpdump_argv, wait_listening
@@ -49,31 +50,13 @@ from .qemu import QemuMachine, find_qemu, release_thread
 from .shares import Share, shares_of
 from .shares import share as checked_share
 from .ssh import SessionKey
-from .templates import TemplateStore
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
-from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 log = logging.getLogger(__name__)
 
 CAPTURE_SETTLE = 0.2  # seconds
 _lab_numbers = itertools.count(1)
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class LabSettings:
-    """How a lab boots its guests; the plugin fills it from options and ini values."""
-
-    accel: Accelerator = "tcg"
-    boot: BootMode = "snapshot"  # or "cold": see pytest_netlab.templates
-    templates: TemplateStore | None = None
-    boot_timeout: float = 120.0
-    command_timeout: float = 60.0
-    pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
-    progress: Callable[[str], None] | None = None  # where a package image build reports its steps
-    budget: Budget | None = None  # the machine-wide guest budget (None: no limit)
-    # bytes kept of each stream of a command's output and of each console log
-    output_limit: int = DEFAULT_OUTPUT_LIMIT
 
 
 def namespace_name(pid: int, number: int) -> str:
@@ -109,6 +92,9 @@ class Lab:
         self.diagram: str | None = None  # Mermaid text, set when built from a Topology
         self.plan = AddressPlan()  # filled at start() when a bridge has a subnet (opt-in)
         self.claim = Claim(self.settings.budget, self.name)  # its part of the guest budget
+        # what its bridges and guests see of it
+        self.context = LabContext(self.name, self.namespace, self.settings, self.workdir, key,
+                                  self.plan, self.bridges, self.vms, self._address_owner)
         # each guest's thread, from its bring-up to its shutdown (see pytest_netlab.bringup)
         self._runners: dict[str, ThreadPoolExecutor] = {}
         _open_labs.add(self)
@@ -139,7 +125,7 @@ class Lab:
         check_overlaps(name, subnets, {b: br.subnets for b, br in self.bridges.items()})
         self._ensure_namespace()
         self.namespace.add_bridge(name)
-        bridge = Bridge(self, name, len(self.bridges) + 1, subnets)
+        bridge = Bridge(self.context, name, len(self.bridges) + 1, subnets)
         self.bridges[name] = bridge
         if self._recording:
             self._record(name)
@@ -315,16 +301,16 @@ class Lab:
         self._macs.update(macs)
         self._taps.update(taps)
         cls = Router if role == "router" else VM
-        vm = cls(self, spec, macs, taps)
+        vm = cls(self.context, spec, macs, taps)
         self.vms[name] = vm
         return vm
 
     def _nic_spec(self, name: str, nic: Bridge | NicSpec) -> NicSpec:
         """The NIC spec of an entry of ``vm(nics=...)`` of guest *name*."""
         if isinstance(nic, Bridge):
-            if nic.lab is not self:
+            if nic.context is not self.context:
                 raise ConfigError(
-                    f"bridge {nic.name!r} belongs to lab {nic.lab.name}, not {self.name}: "
+                    f"bridge {nic.name!r} belongs to lab {nic.context.name}, not {self.name}: "
                     "use bridges made by this lab's netlab.bridge()"
                 )
             return NicSpec(nic.name)
@@ -381,19 +367,23 @@ class Lab:
             taps.append(tap)
         return taps
 
-    def _address_owner(self, address: Any) -> str | None:
-        """Who has *address* (an ``ipaddress`` address) in this lab: a guest's NIC
-        (given or planned) or a bridge's host side; ``None`` if it is free."""
-        for bridge in self.bridges.values():
-            if any(i.ip == address for i in bridge.addresses):
-                return f"bridge {bridge.name!r} (host side)"
-        for vm in self.vms.values():
-            if any(validation.ip_interface(a).ip == address for n in vm.spec.nics for a in n.addresses):
-                return vm.name
-        for guest, nics in self.plan.assigned.items():
-            if any(i.ip == address for interfaces in nics for i in interfaces):
-                return guest
-        return None
+    def _address_owner(self, address: Address) -> str | None:
+        """Who has *address* in this lab: a guest's NIC (given or planned) or a bridge's
+        host side; ``None`` if it is free (see :meth:`AddressPlan.owners`)."""
+        bridges = {b: br.addresses for b, br in self.bridges.items()}
+        return self.plan.owners(bridges, list(self._requests().values())).get(address)
+
+    def _requests(self) -> dict[str, GuestRequest]:
+        """What each guest of the lab asks of the address plan, in declaration order."""
+        return {
+            vm.name: GuestRequest(
+                vm.name, isinstance(vm, Router),
+                tuple(NicRequest(n.bridge, tuple(validation.ip_interface(a) for a in n.addresses))
+                      for n in vm.spec.nics),
+                vm.spec.gateway,
+            )
+            for vm in self.vms.values()
+        }
 
     def _addressing(self) -> bool:
         """Whether the lab asked for addresses: a subnet, a NIC address or a gateway."""
@@ -412,15 +402,7 @@ class Lab:
         """
         if not self._addressing():
             return {}
-        requests = {
-            vm.name: GuestRequest(
-                vm.name, isinstance(vm, Router),
-                tuple(NicRequest(n.bridge, tuple(validation.ip_interface(a) for a in n.addresses))
-                      for n in vm.spec.nics),
-                vm.spec.gateway,
-            )
-            for vm in self.vms.values()
-        }
+        requests = self._requests()
         self.plan.assign(
             {b: br.subnets for b, br in self.bridges.items() if br.subnets},
             [requests[vm.name] for vm in pending],

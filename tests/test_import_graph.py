@@ -97,7 +97,7 @@ LAYERS = {
     "session and reporting": {
         "session", "artifacts", "keep", "access", "running", "detached", "doctor", "graph",
     },
-    "the lab core": {"lab", "guest", "bridge", "bringup"},
+    "the lab core": {"lab", "guest", "bridge", "bringup", "labcontext"},
     "mechanisms": set(),
     "the pure model": {"topology", "addressing", "validation", "labspec", "builders", "nicmodels",
                        "guest_protocol", "constants", "errors"},
