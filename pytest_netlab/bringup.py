@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -220,14 +220,18 @@ class BringUp:
         self.slots = threading.Semaphore(max(slots, 1))
         self.started = time.monotonic()
 
-    def run(self, vms: Sequence[VM], runners: Mapping[str, ThreadPoolExecutor]) -> None:
-        """Bring every guest of *vms* up, each by its runner; wait for all of them.
+    def submit(self, vms: Sequence[VM], runners: Mapping[str, ThreadPoolExecutor]) -> dict[str, Future[None]]:
+        """Start bringing every guest of *vms* up, each by its runner."""
+        return {vm.name: runners[vm.name].submit(self.one, vm, runners[vm.name]) for vm in vms}
+
+    @staticmethod
+    def wait(futures: Mapping[str, Future[None]]) -> None:
+        """Wait for every bring-up of *futures*.
 
         Raises:
             BootTimeout, QemuError, SSHError, LabError: one or more guests failed; one
                 error of the kind they share (else ``LabError``) lists each guest and why.
         """
-        futures = {vm.name: runners[vm.name].submit(self.one, vm, runners[vm.name]) for vm in vms}
         errors: dict[str, BaseException] = {}
         for name, future in futures.items():
             exc = future.exception()

@@ -97,6 +97,7 @@ class Lab:
                                   self.plan, self.bridges, self.vms, self._address_owner)
         # each guest's thread, from its bring-up to its shutdown (see pytest_netlab.bringup)
         self._runners: dict[str, ThreadPoolExecutor] = {}
+        self._bringing: dict[str, Future[None]] = {}  # the bring-ups of the last start()
         _open_labs.add(self)
 
     # -- building ---------------------------------------------------------------------
@@ -464,8 +465,9 @@ class Lab:
                           self.claim.slots or len(pending))
         for vm in pending:
             self._runners.setdefault(vm.name, ThreadPoolExecutor(1, thread_name_prefix=f"guest-{vm.name}"))
+        self._bringing = bringup.submit(pending, self._runners)
         try:
-            bringup.run(pending, self._runners)
+            bringup.wait(self._bringing)
         finally:
             self.claim.booted()
         if setups:
@@ -525,6 +527,10 @@ class Lab:
         vms = [vm for vm in reversed(self.vms.values()) if vm.machine is not None]
         for vm in vms:
             vm.disconnect()
+            if not self._bringing.get(vm.name, _DONE).done():
+                # start() was interrupted: its thread may wait for the guest for long
+                assert vm.machine is not None
+                vm.machine.kill()
         self._each(vms, QemuMachine.request_quit)
         failures = []
         for name, exc in self._each(vms, QemuMachine.shutdown).items():
@@ -558,6 +564,10 @@ class Lab:
 def open_labs() -> list[Lab]:
     """The labs of this process that are not closed, oldest first."""
     return sorted(_open_labs, key=lambda lab: lab.number)
+
+
+_DONE: Future[None] = Future()
+_DONE.set_result(None)
 
 
 def _submit(

@@ -634,6 +634,13 @@ class QemuMachine:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def kill(self) -> None:
+        """SIGKILL QEMU, from any thread, without QMP: for a guest whose thread is busy
+        bringing it up when the lab must go (its waits then end at once)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
