@@ -3,7 +3,9 @@
 :class:`Lab` is what the ``netlab`` fixture gives a test. It owns every resource it
 creates and ``close()`` removes them in reverse order, logging each failure and going
 on, then raising once at the end. Its bridges are :mod:`pytest_netlab.bridge`, its
-guests :mod:`pytest_netlab.guest`.
+guests :mod:`pytest_netlab.guest`, both given the lab's
+:class:`~pytest_netlab.labcontext.LabContext`; :mod:`pytest_netlab.bringup` brings its
+guests up.
 """
 
 from __future__ import annotations
