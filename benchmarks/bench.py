@@ -328,6 +328,22 @@ def print_table(report: dict[str, Any]) -> None:
             print(f"ratio {name:<66} {value:>8.2f}")
 
 
+def resume_round(bench: Bench) -> None:
+    """One round of the resumed labs: the two ways of resuming side by side, so that
+    both see the same load, and the scenarios."""
+    for boot in ("snapshot", STATE_FILE):
+        phases(bench, boot, declare_one, "1 guest")
+        phases(bench, boot, declare_three, "3 guests")
+    # a pair measured back to back: its ratio does not mix a quiet moment with a busy one
+    for label in ("1 guest", "3 guests"):
+        for what in ("SSH up", "QEMU CPU time to SSH up, per guest"):
+            pair = [bench.samples[f"{boot}/{label}/{what}"][-1] for boot in ("snapshot", STATE_FILE)]
+            bench.add(f"resume/{label} {what}, copy-on-write / state file, one pair",
+                      pair[0] / pair[1])
+    scenario_three(bench, "snapshot", extras=True)
+    scenario_two(bench, "snapshot")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="repetitions of each measure (default 5)")
@@ -362,18 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         phases(Bench(session, False), "snapshot", declare_three, "warm-up")
         phases(Bench(session, False), STATE_FILE, declare_three, "warm-up")
         for _ in range(args.runs):
-            # the two ways of resuming side by side, so that both see the same load
-            for boot in ("snapshot", STATE_FILE):
-                phases(bench, boot, declare_one, "1 guest")
-                phases(bench, boot, declare_three, "3 guests")
-            # a pair measured back to back: its ratio does not mix a quiet moment with a busy one
-            for label in ("1 guest", "3 guests"):
-                for what in ("SSH up", "QEMU CPU time to SSH up, per guest"):
-                    pair = [bench.samples[f"{boot}/{label}/{what}"][-1] for boot in ("snapshot", STATE_FILE)]
-                    bench.add(f"resume/{label} {what}, copy-on-write / state file, one pair",
-                              pair[0] / pair[1])
-            scenario_three(bench, "snapshot", extras=True)
-            scenario_two(bench, "snapshot")
+            resume_round(bench)
         if args.packages:
             package_images(bench, args.packages, args.runs, args.package_rebuild)
         for _ in range(0 if args.skip_cold else cold_runs):

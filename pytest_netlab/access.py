@@ -17,16 +17,17 @@ from pathlib import Path
 from .constants import NETNS_RUN_DIR
 from .guest import VM, Router
 from .lab import Lab
+from .labcontext import LabContext
 
 SSH_CONFIG = "ssh_config"
 INVENTORY = "inventory.yml"
 
 
-def known_hosts_path(lab: Lab) -> Path:
+def known_hosts_path(lab: Lab | LabContext) -> Path:
     return lab.workdir / "known_hosts"
 
 
-def write_known_hosts(lab: Lab) -> Path | None:
+def write_known_hosts(lab: Lab | LabContext) -> Path | None:
     """Write the host key each guest printed at boot as a ``known_hosts`` file; ``None``
     when no guest has one (no guest with network is started)."""
     lines = [f"[127.0.0.1]:{vm.host_port(22)} {vm.machine.host_key}" for vm in _reachable(lab) if vm.machine]
@@ -46,7 +47,7 @@ class AccessFiles:
     known_hosts: Path
 
 
-def _reachable(lab: Lab) -> list[VM]:
+def _reachable(lab: Lab | LabContext) -> list[VM]:
     """The guests SSH reaches now: started with network, their QEMU running."""
     return [
         vm for vm in lab.vms.values()
@@ -60,7 +61,7 @@ def _config_value(value: str | Path) -> str:
     return f'"{text}"' if any(c.isspace() for c in text) else text
 
 
-def ssh_config_text(lab: Lab, known_hosts: Path) -> str:
+def ssh_config_text(lab: Lab | LabContext, known_hosts: Path) -> str:
     """An OpenSSH client configuration with a ``Host`` block per reachable guest (its
     forwarded port on 127.0.0.1) and, for every host, root, the session's key and the
     lab's ``known_hosts`` with strict checking (no prompt, no other key accepted)."""
@@ -84,7 +85,7 @@ def ssh_config_text(lab: Lab, known_hosts: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def inventory_text(lab: Lab, ssh_config: Path) -> str:
+def inventory_text(lab: Lab | LabContext, ssh_config: Path) -> str:
     """An Ansible inventory (YAML) of the reachable guests, in groups ``routers`` and
     ``hosts``, each with its address and port, over SSH with *ssh_config* (the key and
     the pinned host keys)."""
@@ -118,7 +119,7 @@ def inventory_text(lab: Lab, ssh_config: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_access_files(lab: Lab) -> AccessFiles:
+def write_access_files(lab: Lab | LabContext) -> AccessFiles:
     """Write (again: ports are the guests' current ones) the lab's ``known_hosts``,
     ``ssh_config`` and ``inventory.yml`` into its directory; return their paths."""
     lab.workdir.mkdir(parents=True, exist_ok=True)
@@ -143,12 +144,12 @@ def ssh_argv(vm: VM, known_hosts: Path | None = None) -> list[str]:
     else:
         host_key = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
     return [
-        "ssh", "-i", str(vm.lab.key.private_path), "-p", str(vm.host_port(22)),
+        "ssh", "-i", str(vm.context.key.private_path), "-p", str(vm.host_port(22)),
         *host_key, "-o", "IdentitiesOnly=yes", "root@127.0.0.1",
     ]
 
 
-def describe(lab: Lab, state: str = "") -> str:
+def describe(lab: Lab | LabContext, state: str = "") -> str:
     """Several lines: the lab's name (and *state*, e.g. "up") and directory, how to enter
     its namespace, and per guest the ``ssh`` command and console log. Writes the lab's
     ``known_hosts``, ``ssh_config`` and ``inventory.yml`` files."""

@@ -176,6 +176,39 @@ def check_gateway(value: object, guest: str) -> str | None:
     )
 
 
+def _take_explicit(guests: Sequence[GuestRequest], owners: dict[Address, str]) -> None:
+    """Record the addresses *guests* give by hand in *owners*, refusing one used already."""
+    for guest in guests:
+        for nic in guest.nics:
+            for interface in nic.explicit:
+                if interface.ip in owners:
+                    raise ConfigError(
+                        f"address {interface.ip} of {guest.name} on bridge {nic.bridge!r} is "
+                        f"used already by {owners[interface.ip]}: give each NIC its own address"
+                    )
+                owners[interface.ip] = guest.name
+
+
+def _nic_interfaces(
+    guest: str, nic: NicRequest, subnets: Mapping[str, Sequence[Network]], owners: dict[Address, str],
+) -> tuple[Interface, ...]:
+    """*nic*'s addresses: those given, and for each subnet of its bridge of a version it
+    was not given, the lowest free one (recorded in *owners*)."""
+    interfaces = list(nic.explicit)
+    for network in subnets.get(nic.bridge, ()) if nic.bridge is not None else ():
+        if any(i.version == network.version for i in interfaces):
+            continue
+        address = _lowest_free(network, owners)
+        if address is None:
+            raise ConfigError(
+                f"subnet {network} of bridge {nic.bridge!r} has no free address left "
+                f"for {guest}: give the bridge a larger subnet"
+            )
+        owners[address] = guest
+        interfaces.append(ipaddress.ip_interface(f"{address}/{network.prefixlen}"))
+    return tuple(sorted(interfaces, key=lambda i: i.version))
+
+
 class AddressPlan:
     """The addresses and default routes of a lab's guests; grows at each start."""
 
@@ -201,42 +234,13 @@ class AddressPlan:
                 that cannot be resolved. Nothing is planned then.
         """
         known = list(all_guests) or list(guests)
-        owners: dict[Address, str] = {}
-        for bridge, interfaces in (bridge_addresses or {}).items():
-            for interface in interfaces:
-                owners[interface.ip] = f"bridge {bridge!r} (host side)"
-        for name, planned in self.assigned.items():
-            for interfaces in planned:
-                for interface in interfaces:
-                    owners[interface.ip] = name
+        owners = self.owners(bridge_addresses or {})
         fresh = [g for g in guests if g.name not in self.assigned]
-        for guest in fresh:
-            for nic in guest.nics:
-                for interface in nic.explicit:
-                    if interface.ip in owners:
-                        raise ConfigError(
-                            f"address {interface.ip} of {guest.name} on bridge {nic.bridge!r} is "
-                            f"used already by {owners[interface.ip]}: give each NIC its own address"
-                        )
-                    owners[interface.ip] = guest.name
-        assigned: dict[str, list[tuple[Interface, ...]]] = {}
-        for guest in [g for g in fresh if g.router] + [g for g in fresh if not g.router]:
-            nics: list[tuple[Interface, ...]] = []
-            for nic in guest.nics:
-                interfaces = list(nic.explicit)
-                for network in subnets.get(nic.bridge, ()) if nic.bridge is not None else ():
-                    if any(i.version == network.version for i in interfaces):
-                        continue
-                    address = _lowest_free(network, owners)
-                    if address is None:
-                        raise ConfigError(
-                            f"subnet {network} of bridge {nic.bridge!r} has no free address left "
-                            f"for {guest.name}: give the bridge a larger subnet"
-                        )
-                    owners[address] = guest.name
-                    interfaces.append(ipaddress.ip_interface(f"{address}/{network.prefixlen}"))
-                nics.append(tuple(sorted(interfaces, key=lambda i: i.version)))
-            assigned[guest.name] = nics
+        _take_explicit(fresh, owners)
+        assigned = {
+            guest.name: [_nic_interfaces(guest.name, nic, subnets, owners) for nic in guest.nics]
+            for guest in [g for g in fresh if g.router] + [g for g in fresh if not g.router]
+        }
         bridges_of = {g.name: tuple(n.bridge for n in g.nics) for g in known}
         every = {**self.assigned, **assigned}
         gateways = {g.name: _gateway(g, known, every, bridges_of) for g in fresh}
@@ -246,23 +250,34 @@ class AddressPlan:
         self.bridges_of.update(bridges_of)
         self.routers.update(g.name for g in known if g.router)
 
+    def owners(
+        self, bridge_addresses: Mapping[str, Iterable[Interface]],
+        guests: Sequence[GuestRequest] = (),
+    ) -> dict[Address, str]:
+        """Who has each address of the lab: the lab namespace's own on its bridges, the
+        planned addresses of guests, and those *guests* give by hand. The one place
+        that says whose an address is."""
+        owners: dict[Address, str] = {}
+        for bridge, interfaces in bridge_addresses.items():
+            for interface in interfaces:
+                owners[interface.ip] = f"bridge {bridge!r} (host side)"
+        for guest in guests:
+            for nic in guest.nics:
+                for interface in nic.explicit:
+                    owners.setdefault(interface.ip, guest.name)
+        for name, planned in self.assigned.items():
+            for interfaces in planned:
+                for interface in interfaces:
+                    owners[interface.ip] = name
+        return owners
+
     def routes(self, guest: str) -> list[tuple[Network, Address]]:
         """The routes router *guest* needs to the subnets behind other routers, as
         (network, next hop): through the fewest routers, the first declared on a tie.
         Hosts get none (their default route goes to a router, which knows the rest)."""
         if guest not in self.routers:
             return []
-        networks: dict[str, list[Network]] = {}
-        routers_on: dict[str, list[tuple[str, tuple[Interface, ...]]]] = {}
-        for name, nics in self.assigned.items():
-            for bridge, interfaces in zip(self.bridges_of.get(name, ()), nics, strict=False):
-                if bridge is None or not interfaces:
-                    continue
-                for network in (i.network for i in interfaces):
-                    if network not in networks.setdefault(bridge, []):
-                        networks[bridge].append(network)
-                if name in self.routers and name != guest:
-                    routers_on.setdefault(bridge, []).append((name, interfaces))
+        networks, routers_on = self._bridges_seen_by(guest)
         mine = [b for b, interfaces in zip(self.bridges_of.get(guest, ()), self.assigned.get(guest, []),
                                            strict=False) if b is not None and interfaces]
         # breadth first over bridges; a bridge reached remembers the neighbour it goes through
@@ -282,6 +297,24 @@ class AddressPlan:
                 if via:
                     routes.append((network, via[0]))
         return routes
+
+    def _bridges_seen_by(
+        self, guest: str,
+    ) -> tuple[dict[str, list[Network]], dict[str, list[tuple[str, tuple[Interface, ...]]]]]:
+        """The networks on each addressed bridge, and the routers other than *guest* on
+        it with their addresses there."""
+        networks: dict[str, list[Network]] = {}
+        routers_on: dict[str, list[tuple[str, tuple[Interface, ...]]]] = {}
+        for name, nics in self.assigned.items():
+            for bridge, interfaces in zip(self.bridges_of.get(name, ()), nics, strict=False):
+                if bridge is None or not interfaces:
+                    continue
+                for network in (i.network for i in interfaces):
+                    if network not in networks.setdefault(bridge, []):
+                        networks[bridge].append(network)
+                if name in self.routers and name != guest:
+                    routers_on.setdefault(bridge, []).append((name, interfaces))
+        return networks, routers_on
 
     def guest_script(self, guest: str) -> str:
         """One shell command that gives *guest* its addresses and default routes (one

@@ -16,14 +16,16 @@ from .nicmodels import DEFAULT_NIC_MODEL
 from .topology import NicSpec
 
 if TYPE_CHECKING:
-    from .lab import Lab
+    from .labcontext import LabContext
 
 
 class Bridge:
     """A Linux bridge inside the lab namespace."""
 
-    def __init__(self, lab: Lab, name: str, number: int, subnets: tuple[Network, ...] = ()) -> None:
-        self.lab = lab
+    def __init__(
+        self, context: LabContext, name: str, number: int, subnets: tuple[Network, ...] = (),
+    ) -> None:
+        self.context = context  # its lab, as much as a bridge needs
         self.name = name
         self.number = number
         self.ports = 0
@@ -61,14 +63,14 @@ class Bridge:
             ConfigError: a malformed address, or one a guest has already.
         """
         iface = validation.ip_interface(address)
-        owner = self.lab._address_owner(iface.ip)
+        owner = self.context.address_owner(iface.ip)
         if owner is not None:
             raise ConfigError(
                 f"address {iface.ip} for bridge {self.name!r} is used already by {owner}: "
                 "give the bridge another address"
             )
-        self.lab.namespace.add_address(self.name, str(iface.ip), iface.network.prefixlen)
+        self.context.namespace.add_address(self.name, str(iface.ip), iface.network.prefixlen)
         self.addresses.append(iface)
 
     def __repr__(self) -> str:
-        return f"<Bridge {self.name} of {self.lab.name}>"
+        return f"<Bridge {self.name} of {self.context.name}>"

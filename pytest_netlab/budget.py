@@ -225,6 +225,7 @@ class Claim:
         self.pid = os.getpid()
         self.guests = 0
         self.memory = 0
+        self.slots = 0  # guests this lab may boot at once, from the last admit() (0: no limit)
 
     def admit(self, memories: Sequence[int]) -> None:
         """Wait for room for guests of *memories* MiB each, booting together, then
@@ -267,7 +268,8 @@ class Claim:
                 if self._fits(need, others, limits, since):
                     self.guests += need.guests
                     self.memory += need.memory
-                    self._write(min(need.booting, limits.booting))
+                    self.slots = min(need.booting, limits.booting)
+                    self._write(self.slots)
                     return since
                 if since is None:
                     since = budget.machine.clock()

@@ -83,7 +83,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
     import os
     import signal
     import tempfile
-    import time
     from pathlib import Path
 
     from . import access
@@ -119,20 +118,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             lab.name, owner, str(Path(args.topology).resolve()), str(workdir), text,
             detached=args.ready_fd is not None,
         ).save(runtime_base())
-        try:
-            if args.ready_fd is not None:  # the background half of --detach
-                _report_ready(args.ready_fd, "ok", text)
-                while True:
-                    signal.pause()
-            elif args.hold is not None:
-                time.sleep(args.hold)
-            elif sys.stdin.isatty():
-                input("press Enter (or Ctrl-C) to tear the lab down\n")
-            else:
-                print("send SIGTERM or SIGINT to tear the lab down", flush=True)
-                signal.pause()
-        except (KeyboardInterrupt, EOFError):
-            pass
+        _hold(args, text)
     except NetlabError as exc:
         if args.ready_fd is not None:
             _report_ready(args.ready_fd, "error", str(exc))
@@ -144,6 +130,27 @@ def _cmd_up(args: argparse.Namespace) -> int:
             state.unlink(missing_ok=True)
         print(f"lab {lab.name} is down", flush=True)
     return 0
+
+
+def _hold(args: argparse.Namespace, text: str) -> None:
+    """Keep the lab of ``up`` until told to tear it down (Enter, a signal, --hold)."""
+    import signal
+    import time
+
+    try:
+        if args.ready_fd is not None:  # the background half of --detach
+            _report_ready(args.ready_fd, "ok", text)
+            while True:
+                signal.pause()
+        elif args.hold is not None:
+            time.sleep(args.hold)
+        elif sys.stdin.isatty():
+            input("press Enter (or Ctrl-C) to tear the lab down\n")
+        else:
+            print("send SIGTERM or SIGINT to tear the lab down", flush=True)
+            signal.pause()
+    except (KeyboardInterrupt, EOFError):
+        pass
 
 
 def _report_ready(fd: int, status: str, text: str) -> None:

@@ -30,7 +30,7 @@ from .topology import GuestSpec
 from .traffic import IperfResult, parse_iperf
 
 if TYPE_CHECKING:
-    from .lab import Lab
+    from .labcontext import LabContext
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +54,8 @@ def _check_remote_path(remote: object) -> None:
 class VM:
     """A guest of the lab. Usable once ``lab.start()`` has returned."""
 
-    def __init__(self, lab: Lab, spec: GuestSpec, macs: list[str], taps: list[str]) -> None:
-        self.lab = lab
+    def __init__(self, context: LabContext, spec: GuestSpec, macs: list[str], taps: list[str]) -> None:
+        self.context = context  # its lab, as much as a guest needs
         self.spec = spec
         self.name = spec.name
         self.macs = macs
@@ -73,9 +73,37 @@ class VM:
     def started(self) -> bool:
         return self._ssh is not None or self._console_ready
 
+    # the transitions of bringing a guest up (pytest_netlab.bringup) and down (Lab.close)
+    def attach(self, machine: QemuMachine) -> None:
+        """*machine* is the guest's QEMU from now on (launched, or launched again)."""
+        self.machine = machine
+
+    def connected(self, session: SSHSession) -> None:
+        """SSH answers: the guest is started, its session is *session*."""
+        self._ssh = session
+
+    def console_only(self) -> None:
+        """A guest without network is started once ready: the serial console is its channel."""
+        self._console_ready = True
+
+    def apply_impairments(self) -> None:
+        """Set every impairment asked for so far (before the test's first command)."""
+        for index, impairment in self.impairments.items():
+            if not impairment.none:
+                self._apply_impairment(index, impairment)
+
+    def disconnect(self) -> None:
+        """Close the SSH session, if any (the lab is closing)."""
+        if self._ssh is not None:
+            self._ssh.close()
+
+    @property
+    def connected_by_ssh(self) -> bool:
+        return self._ssh is not None
+
     @property
     def console_log(self) -> Path:
-        return self.lab.workdir / self.name / "console.log"
+        return self.context.workdir / self.name / "console.log"
 
     def _session(self) -> SSHSession:
         if not self.spec.network:
@@ -135,7 +163,7 @@ class VM:
         """
         session = self._session()
         result = session.run(
-            command, timeout=timeout or self.lab.settings.command_timeout, stdin=stdin
+            command, timeout=timeout or self.context.settings.command_timeout, stdin=stdin
         )
         if check:
             result.check()
@@ -186,7 +214,7 @@ class VM:
         if self.machine is None or not self.started:
             raise LabError(f"{self.name}: the guest is not started; call netlab.start() first")
         started = time.monotonic()
-        status, output = self.machine.console_run(command, timeout or self.lab.settings.command_timeout)
+        status, output = self.machine.console_run(command, timeout or self.context.settings.command_timeout)
         result = CommandResult(command, status, output, "", time.monotonic() - started, self.name)
         self.log.debug("console: %s -> %d", command, status)
         if check:
@@ -452,7 +480,7 @@ class VM:
         """
         if not self.started:
             raise LabError(f"{self.name}: addresses are chosen at netlab.start(); call it first")
-        nics = self.lab.plan.assigned.get(self.name, [])
+        nics = self.context.plan.assigned.get(self.name, [])
         return {
             guest_ifname(i): [str(a) for a in interfaces] for i, interfaces in enumerate(nics) if interfaces
         }
@@ -483,7 +511,7 @@ class VM:
         """The ``ethN`` number of *nic* among all the guest's NICs (NAT ones too)."""
         given, nics = nic, self.spec.nics
         bridge = nic.name if isinstance(nic, Bridge) else None
-        if isinstance(nic, str) and nic in self.lab.bridges:
+        if isinstance(nic, str) and nic in self.context.bridges:
             bridge = nic
         if bridge is not None:
             for index, spec in enumerate(nics):
@@ -565,7 +593,7 @@ class VM:
         if target == "tap":
             qdisc = impairment.tap_qdisc()
             assert qdisc is not None  # not none, so there is a qdisc to set
-            self.lab.namespace.set_root_qdisc(self._tap(index), *qdisc)
+            self.context.namespace.set_root_qdisc(self._tap(index), *qdisc)
         elif target == "guest":
             self.ssh(shlex.join(impairment.tc_argv(guest_ifname(index))))
         if target is None:
@@ -575,7 +603,7 @@ class VM:
 
     def _remove_impairment(self, index: int, where: str) -> None:
         if where == "tap":
-            self.lab.namespace.remove_root_qdisc(self._tap(index))
+            self.context.namespace.remove_root_qdisc(self._tap(index))
         else:
             self.ssh(shlex.join(Impairment().tc_argv(guest_ifname(index))) + " 2>/dev/null || true")
         self._impaired_at.pop(index, None)
@@ -586,9 +614,9 @@ class VM:
         self.ssh(f"sysctl -qw {shlex.quote(key)}={shlex.quote(str(value))}")
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name} of {self.lab.name}>"
+        return f"<{type(self).__name__} {self.name} of {self.context.name}>"
 
-    def _apply_nic_settings(self) -> None:
+    def apply_nic_settings(self) -> None:
         """Set what ``bridge.nic(mtu=, up=)`` asked for, once the guest answers: the
         MTU of ``ethN`` (its TAP got it when made) and the cables pulled at start."""
         changed = [(guest_ifname(i), n) for i, n in enumerate(self.spec.nics) if n.mtu]

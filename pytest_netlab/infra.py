@@ -65,9 +65,9 @@ def testinfra_host(vm: VM) -> Any:
     from .access import write_access_files
 
     vm.host_port(22)  # a guest not started, or without network, is refused here
-    files = write_access_files(vm.lab)
+    files = write_access_files(vm.context)
     backend = PinnedParamikoBackend(
         vm.name, ssh_config=files.ssh_config, known_hosts=files.known_hosts,
-        timeout=int(max(10, vm.lab.settings.command_timeout)),
+        timeout=int(max(10, vm.context.settings.command_timeout)),
     )
     return Host(backend)

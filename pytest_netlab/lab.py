@@ -3,7 +3,9 @@
 :class:`Lab` is what the ``netlab`` fixture gives a test. It owns every resource it
 creates and ``close()`` removes them in reverse order, logging each failure and going
 on, then raising once at the end. Its bridges are :mod:`pytest_netlab.bridge`, its
-guests :mod:`pytest_netlab.guest`.
+guests :mod:`pytest_netlab.guest`, both given the lab's
+:class:`~pytest_netlab.labcontext.LabContext`; :mod:`pytest_netlab.bringup` brings its
+guests up.
 """
 
 from __future__ import annotations
@@ -17,14 +19,14 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import validation
 from .addressing import (
+    Address,
     AddressPlan,
     GuestRequest,
     NicRequest,
@@ -32,55 +34,32 @@ from .addressing import (
     parse_subnets,
 )
 from .bridge import Bridge
-from .budget import Budget, Claim
-from .constants import NAMESPACE_PREFIX, Accelerator, BootMode, Role
-from .errors import CommandError, ConfigError, LabError, NetlabError, StateLoadError
+from .bringup import BringUp, GuestContext
+from .budget import Claim
+from .constants import NAMESPACE_PREFIX, Role
+from .errors import ConfigError, LabError, NetlabError
 from .guest import VM, Router
 from .guest_protocol import (
-    DISK_ROOT,
     MGMT_MAC,
-    GuestHostKey,
-    config_line,
-    guest_cmdline,
-    key_params,
-    nic_modules,
 )
 from .image import GuestImage
+from .labcontext import LabContext, LabSettings
 from .netns import HostCommandResult, LabNamespace
 from .nicmodels import DEFAULT_NIC_MODEL
 from .pcap import Capture, tcpdump_argv, wait_listening
 from .privileges import qemu_identity
-from .qemu import FsShare, MachineConfig, NicConfig, QemuMachine, find_qemu, option_value
-from .shares import SHARE_MODULES, Share, mount_script, share_tag, shares_of
+from .qemu import QemuMachine, find_qemu, release_thread
+from .shares import Share, shares_of
 from .shares import share as checked_share
-from .ssh import SessionKey, SSHSession
-from .templates import Layout, NicLayout, TemplateStore
+from .ssh import SessionKey
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
 from .traffic import PingMatrix, answered, ping_all_command
-from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 log = logging.getLogger(__name__)
 
 CAPTURE_SETTLE = 0.2  # seconds
-SSH_HANDSHAKE_MIN = 5.0  # seconds
 _lab_numbers = itertools.count(1)
 _open_labs: weakref.WeakSet[Lab] = weakref.WeakSet()
-
-
-@dataclass(frozen=True)
-class LabSettings:
-    """How a lab boots its guests; the plugin fills it from options and ini values."""
-
-    accel: Accelerator = "tcg"
-    boot: BootMode = "snapshot"  # or "cold": see pytest_netlab.templates
-    templates: TemplateStore | None = None
-    boot_timeout: float = 120.0
-    command_timeout: float = 60.0
-    pcap: bool = False  # record every bridge to a pcap file (see Lab.record_bridges)
-    progress: Callable[[str], None] | None = None  # where a package image build reports its steps
-    budget: Budget | None = None  # the machine-wide guest budget (None: no limit)
-    # bytes kept of each stream of a command's output and of each console log
-    output_limit: int = DEFAULT_OUTPUT_LIMIT
 
 
 def namespace_name(pid: int, number: int) -> str:
@@ -116,6 +95,12 @@ class Lab:
         self.diagram: str | None = None  # Mermaid text, set when built from a Topology
         self.plan = AddressPlan()  # filled at start() when a bridge has a subnet (opt-in)
         self.claim = Claim(self.settings.budget, self.name)  # its part of the guest budget
+        # what its bridges and guests see of it
+        self.context = LabContext(self.name, self.namespace, self.settings, self.workdir, key,
+                                  self.plan, self.bridges, self.vms, self._address_owner)
+        # each guest's thread, from its bring-up to its shutdown (see pytest_netlab.bringup)
+        self._runners: dict[str, ThreadPoolExecutor] = {}
+        self._bringing: dict[str, Future[None]] = {}  # the bring-ups of the last start()
         _open_labs.add(self)
 
     # -- building ---------------------------------------------------------------------
@@ -144,7 +129,7 @@ class Lab:
         check_overlaps(name, subnets, {b: br.subnets for b, br in self.bridges.items()})
         self._ensure_namespace()
         self.namespace.add_bridge(name)
-        bridge = Bridge(self, name, len(self.bridges) + 1, subnets)
+        bridge = Bridge(self.context, name, len(self.bridges) + 1, subnets)
         self.bridges[name] = bridge
         if self._recording:
             self._record(name)
@@ -303,27 +288,7 @@ class Lab:
         """
         if name in self.vms:
             raise ConfigError(f"guest {name!r} exists already in this lab: give each guest its own name")
-        specs: list[NicSpec] = []
-        for nic in nics:
-            if isinstance(nic, Bridge):
-                if nic.lab is not self:
-                    raise ConfigError(
-                        f"bridge {nic.name!r} belongs to lab {nic.lab.name}, not {self.name}: "
-                        "use bridges made by this lab's netlab.bridge()"
-                    )
-                specs.append(NicSpec(nic.name))
-            elif isinstance(nic, NicSpec):
-                if nic.bridge is not None and nic.bridge not in self.bridges:
-                    raise ConfigError(
-                        f"NIC on bridge {nic.bridge!r}: this lab has no such bridge "
-                        f"(bridges: {', '.join(self.bridges) or 'none'})"
-                    )
-                specs.append(nic)
-            else:
-                raise ConfigError(
-                    f"NIC {nic!r} of {name!r} is not accepted: give a bridge of this lab "
-                    "or bridge.nic(...)"
-                )
+        specs = [self._nic_spec(name, nic) for nic in nics]
         spec = GuestSpec(
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
@@ -331,6 +296,41 @@ class Lab:
             forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway, image=image,
             shares=shares_of(shares, name),
         ).validated()
+        self._check_given_addresses(name, specs)
+        macs = self._choose_macs(name, specs)
+        taps = self._choose_taps(name, specs)
+        for nic in specs:
+            if nic.bridge is not None:
+                self.bridges[nic.bridge].ports += 1
+        self._macs.update(macs)
+        self._taps.update(taps)
+        cls = Router if role == "router" else VM
+        vm = cls(self.context, spec, macs, taps)
+        self.vms[name] = vm
+        return vm
+
+    def _nic_spec(self, name: str, nic: Bridge | NicSpec) -> NicSpec:
+        """The NIC spec of an entry of ``vm(nics=...)`` of guest *name*."""
+        if isinstance(nic, Bridge):
+            if nic.context is not self.context:
+                raise ConfigError(
+                    f"bridge {nic.name!r} belongs to lab {nic.context.name}, not {self.name}: "
+                    "use bridges made by this lab's netlab.bridge()"
+                )
+            return NicSpec(nic.name)
+        if isinstance(nic, NicSpec):
+            if nic.bridge is not None and nic.bridge not in self.bridges:
+                raise ConfigError(
+                    f"NIC on bridge {nic.bridge!r}: this lab has no such bridge "
+                    f"(bridges: {', '.join(self.bridges) or 'none'})"
+                )
+            return nic
+        raise ConfigError(
+            f"NIC {nic!r} of {name!r} is not accepted: give a bridge of this lab "
+            "or bridge.nic(...)"
+        )
+
+    def _check_given_addresses(self, name: str, specs: Sequence[NicSpec]) -> None:
         given = [validation.ip_interface(a).ip for nic in specs for a in nic.addresses]
         for address in given:
             owner = self._address_owner(address)
@@ -339,6 +339,9 @@ class Lab:
                     f"address {address} of {name!r} is used already by {owner or name}: "
                     "give each NIC its own address"
                 )
+
+    def _choose_macs(self, name: str, specs: Sequence[NicSpec]) -> list[str]:
+        """The MAC of each NIC of guest *name*: its own, else a free one of the lab's."""
         number = len(self.vms) + 1
         chosen = {nic.mac.lower() for nic in specs if nic.mac}
         auto = (m for i in itertools.count() if (m := lab_mac(number, i)) not in self._macs | chosen)
@@ -349,6 +352,10 @@ class Lab:
                     f"MAC address {mac} of {name!r} is already used in this lab: "
                     "every NIC on a lab needs its own MAC"
                 )
+        return macs
+
+    def _choose_taps(self, name: str, specs: Sequence[NicSpec]) -> list[str]:
+        """The TAP name of each bridged NIC of guest *name*: its own, else the next port's."""
         taps: list[str] = []
         ports = {b: br.ports for b, br in self.bridges.items()}
         for nic in specs:
@@ -362,29 +369,25 @@ class Lab:
             if tap in self._taps or tap in taps or tap in self.bridges:
                 raise ConfigError(f"TAP name {tap!r} of {name!r} is already used in this lab")
             taps.append(tap)
-        for nic in specs:
-            if nic.bridge is not None:
-                self.bridges[nic.bridge].ports += 1
-        self._macs.update(macs)
-        self._taps.update(taps)
-        cls = Router if role == "router" else VM
-        vm = cls(self, spec, macs, taps)
-        self.vms[name] = vm
-        return vm
+        return taps
 
-    def _address_owner(self, address: Any) -> str | None:
-        """Who has *address* (an ``ipaddress`` address) in this lab: a guest's NIC
-        (given or planned) or a bridge's host side; ``None`` if it is free."""
-        for bridge in self.bridges.values():
-            if any(i.ip == address for i in bridge.addresses):
-                return f"bridge {bridge.name!r} (host side)"
-        for vm in self.vms.values():
-            if any(validation.ip_interface(a).ip == address for n in vm.spec.nics for a in n.addresses):
-                return vm.name
-        for guest, nics in self.plan.assigned.items():
-            if any(i.ip == address for interfaces in nics for i in interfaces):
-                return guest
-        return None
+    def _address_owner(self, address: Address) -> str | None:
+        """Who has *address* in this lab: a guest's NIC (given or planned) or a bridge's
+        host side; ``None`` if it is free (see :meth:`AddressPlan.owners`)."""
+        bridges = {b: br.addresses for b, br in self.bridges.items()}
+        return self.plan.owners(bridges, list(self._requests().values())).get(address)
+
+    def _requests(self) -> dict[str, GuestRequest]:
+        """What each guest of the lab asks of the address plan, in declaration order."""
+        return {
+            vm.name: GuestRequest(
+                vm.name, isinstance(vm, Router),
+                tuple(NicRequest(n.bridge, tuple(validation.ip_interface(a) for a in n.addresses))
+                      for n in vm.spec.nics),
+                vm.spec.gateway,
+            )
+            for vm in self.vms.values()
+        }
 
     def _addressing(self) -> bool:
         """Whether the lab asked for addresses: a subnet, a NIC address or a gateway."""
@@ -403,15 +406,7 @@ class Lab:
         """
         if not self._addressing():
             return {}
-        requests = {
-            vm.name: GuestRequest(
-                vm.name, isinstance(vm, Router),
-                tuple(NicRequest(n.bridge, tuple(validation.ip_interface(a) for a in n.addresses))
-                      for n in vm.spec.nics),
-                vm.spec.gateway,
-            )
-            for vm in self.vms.values()
-        }
+        requests = self._requests()
         self.plan.assign(
             {b: br.subnets for b, br in self.bridges.items() if br.subnets},
             [requests[vm.name] for vm in pending],
@@ -441,122 +436,6 @@ class Lab:
         return vm
 
     # -- booting ----------------------------------------------------------------------
-    def _machine_config(self, vm: VM) -> MachineConfig:
-        """How *vm* is started: resumed from a template when it runs the default image,
-        else a cold boot of its own kernel."""
-        spec = vm.spec
-        store = self.settings.templates
-        # saved states have TAP NICs and a management NIC only: NAT NICs and guests
-        # without network have other devices, so they cold-boot; a resumed kernel
-        # keeps the template's command line, so guests with parameters of their own too
-        resumable = spec.network and not any(n.nat for n in spec.nics) and not spec.append
-        if (spec.kernel is None and not spec.disks and resumable
-                and self.settings.boot == "snapshot" and store):
-            layout = Layout(
-                spec.memory, spec.cpus, self.settings.accel,
-                tuple(NicLayout(n.model, n.queues, n.vectors) for n in spec.nics),
-                numa=spec.numa, shares=len(spec.shares),
-            )
-            image = self._image_for(vm)
-            template = store.template(layout, image, self.settings.boot_timeout)
-            config = store.machine_config(layout, image, spec.name)
-            config.incoming = template.state
-            config.memory_file = template.clone_memory()  # its RAM: the template's, copy-on-write
-        else:
-            config = self._cold_config(vm)
-        config.shares = [FsShare(s.host, share_tag(i), readonly=not s.rw) for i, s in enumerate(spec.shares)]
-        tap_nics = [(nic, s) for nic, s in zip(config.nics, spec.nics, strict=True) if s.bridge is not None]
-        for (nic, spec_nic), tap in zip(tap_nics, vm.taps, strict=True):
-            assert spec_nic.bridge is not None
-            nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues, spec_nic.mtu)
-        return config
-
-    def _resume(self, vm: VM) -> None:
-        """Load the saved state *vm* was launched with and resume it. A state QEMU refuses
-        (a damaged file) is removed, made again with one cold boot, and loaded once more.
-
-        Raises:
-            LabError: the state could not be loaded, or was refused twice.
-        """
-        machine = vm.machine
-        assert machine is not None and machine.config.incoming is not None
-        state = machine.config.incoming
-        try:
-            machine.finish_incoming()
-            return
-        except StateLoadError as exc:
-            vm.log.warning("QEMU refused the saved state %s; making it again: %s",
-                           state, str(exc).splitlines()[0])
-            state.unlink(missing_ok=True)
-            machine.shutdown()  # its TAPs go with it; the new machine gets new ones
-        vm.machine = QemuMachine(
-            self._machine_config(vm), self.workdir / vm.name, console_limit=self.settings.output_limit
-        )
-        vm.machine.launch()
-        try:
-            vm.machine.finish_incoming()
-        except StateLoadError as exc:
-            state.unlink(missing_ok=True)
-            raise LabError(
-                f"{vm.name}: QEMU refused the saved guest state {state} again after it was made "
-                "afresh; run with --netlab-boot=cold and look at the QEMU output below\n" + str(exc)
-            ) from exc
-
-    def _image_for(self, vm: VM) -> GuestImage:
-        """The guest's image (``image=``, else the lab's default), or its variant whose
-        kernel drives the VM's NIC models and, for shares, has 9p."""
-        modules = nic_modules([n.model for n in vm.spec.nics])
-        image = vm.spec.image or self.default_image
-        return image.for_modules([*modules, *(SHARE_MODULES if vm.spec.shares else ())])
-
-    def _cold_config(self, vm: VM) -> MachineConfig:
-        spec = vm.spec
-        models = [n.model for n in spec.nics]
-        image = self._image_for(vm) if spec.kernel is None else self.default_image
-        cmdline = guest_cmdline(
-            image, spec.name, vm.macs, models, management=spec.network, aslr=spec.aslr,
-            cpus=spec.cpus,
-            # a kernel of the user's own: only the console and the netlab.* contract
-            base="console=ttyS0" if spec.kernel is not None else None,
-        )
-        params = [cmdline, *key_params(self.key.keytype, self.key.blob)]
-        if spec.rootfs is not None:
-            params.append(DISK_ROOT)
-        # a package image's root disk first (/dev/vda), then the user's disks
-        drives = image.drives() if spec.kernel is None else []
-        disks = ([spec.rootfs] if spec.rootfs is not None else []) + spec.disks
-        drives += [drive_option(disk) for disk in disks]
-        if spec.append:
-            params.append(spec.append)
-        return MachineConfig(
-            name=spec.name, kernel=spec.kernel or image.kernel,
-            initrd=spec.initrd if spec.kernel else image.initrd, cmdline=" ".join(params),
-            memory_mib=spec.memory, cpus=spec.cpus, accel=self.settings.accel,
-            nics=[NicConfig(mac=mac, model=n.model, vectors=n.vectors, nat=n.nat,
-                            host_ports=n.host_ports, outside=n.outside)
-                  for mac, n in zip(vm.macs, spec.nics, strict=True)],
-            drives=drives, management=spec.network, numa=spec.numa,
-        )
-
-    def _mount_shares(self, vm: VM) -> None:
-        """Mount *vm*'s shares, now that it is up (a resumed guest: after the resume, so
-        no mount is ever in a saved state).
-
-        Raises:
-            LabError: the guest could not mount them.
-        """
-        if not vm.spec.shares:
-            return
-        script = mount_script(vm.spec.shares)
-        try:
-            if vm.spec.network:
-                vm.ssh(script)
-            else:
-                vm.console_run(script)
-        except CommandError as exc:  # the lab could not be built, not a test failure
-            hint = " (a kernel of its own needs 9p and 9pnet_virtio)" if vm.spec.kernel else ""
-            raise LabError(f"{vm.name}: mounting its shares failed{hint}: {exc}") from exc
-
     def start(self, timeout: float | None = None) -> None:
         """Boot every declared guest that is not running yet, all at once; return when
         each answers SSH.
@@ -568,6 +447,9 @@ class Lab:
             QemuError: a QEMU process failed; the message has its command line and output.
             SSHError: a guest came up but SSH to it failed.
             LabError: the planned addresses could not be set in a guest.
+
+        When several guests fail, one error lists each of them and why: of the kind
+        they all share, else a ``LabError``.
         """
         if threading.get_ident() != self._owner:
             raise LabError("start() must be called from the thread that made the lab")
@@ -581,78 +463,22 @@ class Lab:
         admitted = time.monotonic()
         self.claim.admit([vm.spec.memory for vm in pending])  # may wait for room (see budget)
         self.timings["admission"] = time.monotonic() - admitted
-        boot_timeout = timeout or self.settings.boot_timeout
-        started = time.monotonic()
-        machines = []
+        context = GuestContext(self.namespace, self.settings, self.workdir, self.key, self.default_image)
+        bringup = BringUp(context, setups, timeout or self.settings.boot_timeout,
+                          self.claim.slots or len(pending))
         for vm in pending:
-            vm.machine = QemuMachine(
-                self._machine_config(vm), self.workdir / vm.name, console_limit=self.settings.output_limit
-            )
-            vm.machine.launch()
-            machines.append(vm.machine)
-        for vm, machine in zip(pending, machines, strict=True):
-            if machine.config.incoming is not None:
-                self._resume(vm)
-                assert vm.machine is not None
-                host_key = GuestHostKey.generate()
-                # the key the host made is the one pinned: nothing the guest prints changes it
-                vm.machine.expect_host_key(host_key.public_line)
-                vm.machine.write_console(config_line(
-                    vm.name, vm.macs, self.key.keytype, self.key.blob, host_key, aslr=vm.spec.aslr
-                ))
-        self.log.info("launched %s in %.2f s", ", ".join(v.name for v in pending), time.monotonic() - started)
-        ports = {vm.name: vm.host_port(22) for vm in pending if vm.spec.network}
-        for vm in pending:
-            for guest_port in vm.spec.forwards:
-                vm.forward_port(guest_port)
-
-        def bring_up(vm: VM) -> None:
-            assert vm.machine is not None
-            vm.machine.wait_ready(boot_timeout, since=started)
-            if not vm.spec.network:
-                vm._console_ready = True  # no SSH: the serial console is its channel
-                self._mount_shares(vm)
-                vm.log.info("ready (no network, console only) after %.2f s", time.monotonic() - started)
-                return
-            assert vm.machine.host_key is not None
-            session = SSHSession(
-                vm.name, ports[vm.name], self.key, vm.machine.host_key,
-                output_limit=self.settings.output_limit,
-            )
-            # the boot timeout is how long a guest may take to answer SSH: the handshake
-            # gets what is left of it (at least a few seconds, once the guest said ready)
-            session.connect(max(SSH_HANDSHAKE_MIN, boot_timeout - (time.monotonic() - started)))
-            vm._ssh = session
-            self._mount_shares(vm)
-            if vm.name in setups:
-                # addresses, default route and /etc/hosts: one command, one round trip
-                try:
-                    vm.ssh(setups[vm.name])
-                except CommandError as exc:  # the lab could not be built, not a test failure
-                    raise LabError(
-                        f"{vm.name}: setting the planned addresses failed (the guest needs "
-                        f"iproute2's ip and sed): {exc}"
-                    ) from exc
-            vm._apply_nic_settings()  # MTUs and pulled cables (bridge.nic(mtu=, up=))
-            # impairments asked for before start() apply before the test's first command
-            for index, impairment in vm.impairments.items():
-                if not impairment.none:
-                    vm._apply_impairment(index, impairment)
-            vm.log.info("ready: SSH on 127.0.0.1:%d after %.2f s", ports[vm.name], time.monotonic() - started)
-
-        with ThreadPoolExecutor(max_workers=len(pending), thread_name_prefix="boot") as pool:
-            futures = [pool.submit(bring_up, vm) for vm in pending]
-            errors = [f.exception() for f in futures]
-        self.claim.booted()
-        failed = [e for e in errors if e is not None]
-        if failed:
-            raise failed[0]
+            self._runners.setdefault(vm.name, ThreadPoolExecutor(1, thread_name_prefix=f"guest-{vm.name}"))
+        self._bringing = bringup.submit(pending, self._runners)
+        try:
+            bringup.wait(self._bringing)
+        finally:
+            self.claim.booted()
         if setups:
             # guests started earlier learn the new guests' names
             for vm in self.vms.values():
-                if vm not in pending and vm._ssh is not None:
+                if vm not in pending and vm.connected_by_ssh:
                     vm.ssh(self.plan.hosts_script())
-        self.timings["start"] = time.monotonic() - started
+        self.timings["start"] = time.monotonic() - bringup.started
 
     # -- the lab namespace ------------------------------------------------------------
     def run(
@@ -685,21 +511,7 @@ class Lab:
         self._closed = True
         failures: list[str] = []
         started = time.monotonic()
-        vms = [vm for vm in reversed(self.vms.values()) if vm.machine is not None]
-        for vm in vms:
-            if vm._ssh is not None:
-                vm._ssh.close()
-        # every QEMU is asked to quit first, so they stop in parallel, then each is awaited
-        for vm in vms:
-            assert vm.machine is not None
-            vm.machine.request_quit()
-        for vm in vms:
-            assert vm.machine is not None
-            try:
-                vm.machine.shutdown()
-            except Exception as exc:  # noqa: BLE001 - teardown goes on, and reports at the end
-                failures.append(f"{vm.name}: {exc}")
-                self.log.error("stopping %s failed: %s", vm.name, exc)
+        failures += self._stop_guests()
         try:
             self.namespace.close()
         except NetlabError as exc:
@@ -710,6 +522,37 @@ class Lab:
         self.timings["teardown"] = time.monotonic() - started
         if failures:
             raise LabError(f"teardown of lab {self.name} failed: " + "; ".join(failures))
+
+    def _stop_guests(self) -> list[str]:
+        """Stop every QEMU, each by the thread that launched it (see pytest_netlab.bringup),
+        all at once: every QEMU is asked to quit first, then each is awaited. Return what
+        failed."""
+        vms = [vm for vm in reversed(self.vms.values()) if vm.machine is not None]
+        for vm in vms:
+            vm.disconnect()
+            if not self._bringing.get(vm.name, _DONE).done():
+                # start() was interrupted: its thread may wait for the guest for long
+                assert vm.machine is not None
+                vm.machine.kill()
+        self._each(vms, QemuMachine.request_quit)
+        failures = []
+        for name, exc in self._each(vms, QemuMachine.shutdown).items():
+            failures.append(f"{name}: {exc}")
+            self.log.error("stopping %s failed: %s", name, exc)
+        for runner in self._runners.values():
+            runner.submit(release_thread)
+            runner.shutdown()  # each thread ends: its QEMU is gone already
+        self._runners.clear()
+        return failures
+
+    def _each(self, vms: Sequence[VM], step: Callable[[QemuMachine], None]) -> dict[str, BaseException]:
+        """Run *step* on each guest's machine in the guest's thread, all at once; return
+        the exceptions, by guest."""
+        futures: dict[str, Future[None]] = {}
+        for vm in vms:
+            assert vm.machine is not None
+            futures[vm.name] = _submit(self._runners.get(vm.name), step, vm.machine)
+        return {name: exc for name, f in futures.items() if (exc := f.exception()) is not None}
 
     def __enter__(self) -> Lab:
         return self
@@ -762,18 +605,31 @@ def open_labs() -> list[Lab]:
     return sorted(_open_labs, key=lambda lab: lab.number)
 
 
+_DONE: Future[None] = Future()
+_DONE.set_result(None)
+
+
+def _submit(
+    runner: Executor | None, step: Callable[[QemuMachine], None], machine: QemuMachine,
+) -> Future[None]:
+    """*step* of *machine* submitted to *runner*, or run here (no runner, or one shut down)."""
+    if runner is not None:
+        try:
+            return runner.submit(step, machine)
+        except RuntimeError:  # shut down: the interpreter exits
+            pass
+    future: Future[None] = Future()
+    try:
+        step(machine)
+        future.set_result(None)
+    except Exception as exc:  # noqa: BLE001 - given back to the caller in the future
+        future.set_exception(exc)
+    return future
+
+
 def _path(value: str | Path | None) -> Path | None:
     return Path(value) if value is not None else None
 
-
-def drive_option(disk: Path) -> str:
-    """``-drive`` for a user's *disk*; ``snapshot=on``: writes go to a temporary overlay."""
-    return f"file={option_value(disk)},if=virtio,format={_disk_format(disk)},snapshot=on"
-
-
-def _disk_format(path: Path) -> str:
-    with open(path, "rb") as handle:
-        return "qcow2" if handle.read(4) == b"QFI\xfb" else "raw"
 
 
 @atexit.register

@@ -2,6 +2,11 @@
 
 Launch, wait, QMP and shutdown are separate steps; ``shutdown()`` asks QMP ``quit``,
 then kills, and is safe to call twice and after QEMU died by itself.
+
+A machine belongs to the thread that launched it: QEMU runs with that thread's death
+signal (see :func:`pytest_netlab.owner.die_with_parent`) and qemu.qmp's client runs its
+event loop there. Given a *runner* (an executor whose one thread launches it), QMP calls
+and the shutdown made from other threads are run by that thread.
 """
 
 from __future__ import annotations
@@ -21,9 +26,10 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .constants import NAT_HOST, Accelerator
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
@@ -46,6 +52,7 @@ if TYPE_CHECKING:
 # spoken to: finding QEMU and its version, as the pytest header does, needs neither
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 QEMU_BINARY = "qemu-system-x86_64"
 #: seconds a QEMU whose QMP dropped while loading a state gets to exit (see _incoming_outcome)
@@ -107,6 +114,19 @@ def _split_lines(buffer: bytearray) -> list[bytes]:
             break
     del buffer[:start]
     return lines
+
+
+def release_thread() -> None:
+    """Close the asyncio event loop qemu.qmp's client made for this thread, if any: call
+    it last in a thread that launched machines (see the module's docstring), once they
+    are shut down."""
+    import asyncio
+
+    with contextlib.suppress(RuntimeError):  # no loop was made here
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if not loop.is_running() and not loop.is_closed():
+            loop.close()
+        asyncio.set_event_loop(None)
 
 
 def find_qemu() -> str:
@@ -262,9 +282,12 @@ class QemuMachine:
     """
 
     def __init__(
-        self, config: MachineConfig, workdir: Path, *, console_limit: int = DEFAULT_OUTPUT_LIMIT
+        self, config: MachineConfig, workdir: Path, *, console_limit: int = DEFAULT_OUTPUT_LIMIT,
+        runner: Executor | None = None,
     ) -> None:
         self.config = config
+        self.runner = runner  # the executor of the launching thread (see the module's docstring)
+        self._thread: int | None = None  # the thread that launched it
         self.name = config.name
         self.workdir = workdir
         self.console_log = workdir / "console.log"
@@ -372,6 +395,7 @@ class QemuMachine:
             QemuError: QEMU could not be started, or runs with privileges.
         """
         self.workdir.mkdir(parents=True, exist_ok=True)
+        self._thread = threading.get_ident()
         try:
             self.identity = qemu_identity()
             files = self._open_files(self.identity)
@@ -610,6 +634,13 @@ class QemuMachine:
     def pid(self) -> int | None:
         return self._proc.pid if self._proc else None
 
+    def kill(self) -> None:
+        """SIGKILL QEMU, from any thread, without QMP: for a guest whose thread is busy
+        bringing it up when the lab must go (its waits then end at once)."""
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
@@ -761,6 +792,19 @@ class QemuMachine:
             GuestGoneError: QEMU is not running.
             QemuError: QEMU answered with an error.
         """
+        return self._in_own_thread(lambda: self._qmp_command(command, arguments))
+
+    def _in_own_thread(self, func: Callable[[], _T]) -> _T:
+        """*func*'s result, run by the launching thread when it has a runner."""
+        if self.runner is None or self._thread in (None, threading.get_ident()):
+            return func()
+        try:
+            future = self.runner.submit(func)
+        except RuntimeError:  # the runner is shut down (the interpreter exits): its thread is gone
+            return func()
+        return future.result()
+
+    def _qmp_command(self, command: str, arguments: dict[str, Any]) -> Any:
         if self._qmp is None or not self.is_running():
             raise GuestGoneError(
                 f"{self.name}: QEMU is not running (exit status {self.exitcode()}); "
@@ -871,6 +915,9 @@ class QemuMachine:
         Asked once: QEMU closes QMP after answering, so a second ``quit`` (``shutdown`` after
         a lab asked every guest first) would only wait out *timeout* unanswered.
         """
+        self._in_own_thread(lambda: self._request_quit(timeout))
+
+    def _request_quit(self, timeout: float) -> None:
         proc = self._proc
         if self._closed or self._quit_asked or proc is None or proc.poll() is not None or self._qmp is None:
             return
@@ -889,8 +936,14 @@ class QemuMachine:
         """Stop QEMU: QMP ``quit``, then SIGKILL after *timeout*; release its sockets.
 
         Idempotent, and safe after QEMU died by itself. QMP is used from the thread
-        that launched the machine only (its event loop lives there).
+        that launched the machine only (its event loop lives there): from another
+        thread, the shutdown is run by the machine's runner.
         """
+        if self._closed:
+            return
+        self._in_own_thread(lambda: self._shutdown_once(timeout))
+
+    def _shutdown_once(self, timeout: float) -> None:
         if self._closed:
             return
         expected = _ExpectedDisconnect.on(self.name)
@@ -901,7 +954,7 @@ class QemuMachine:
             expected.closing.discard(id(self))
 
     def _shutdown(self, timeout: float) -> None:
-        self.request_quit(timeout)
+        self._request_quit(timeout)
         self._closed = True
         proc = self._proc
         if proc is not None:

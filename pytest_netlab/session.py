@@ -22,7 +22,8 @@ if TYPE_CHECKING:
     from .accel import AccelDecision
     from .budget import Budget
     from .image import GuestImage
-    from .lab import Lab, LabSettings
+    from .lab import Lab
+    from .labcontext import LabSettings
     from .ssh import SessionKey
     from .templates import TemplateStore
 
@@ -131,7 +132,7 @@ class NetlabSession:
 
     def settings(self) -> LabSettings:
         from .image import cache_root
-        from .lab import LabSettings
+        from .labcontext import LabSettings
         from .qemu import qemu_version
         from .templates import TemplateStore
 

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ log = logging.getLogger(__name__)
 
 TEMPLATE_FORMAT = 2  # 2: the management netdev has ipv6=off (a state of 1 has RA routes)
 REFUSAL_FILE = "memory-file-refused.json"
+_MAKING = threading.Lock()  # making, recording a refusal, pruning: one thread at a time
 
 # where a template keeps the guest's RAM: a file clones map copy-on-write, or the state
 MemoryMethod = Literal["file", "state"]
@@ -221,7 +223,9 @@ class TemplateStore:
         identity = qemu_identity()
         if template.problem(identity) is None and _touch(template):
             return template
-        with FileLock(str(template.state) + ".lock"):
+        # threads of this process (guests brought up at once) make templates one at a
+        # time: their build directory and partial files are named by the process
+        with _MAKING, FileLock(str(template.state) + ".lock"):
             problem = template.problem(identity)
             if problem is None and _touch(template):
                 return template
@@ -242,8 +246,9 @@ class TemplateStore:
         if not template.state.exists():  # refused: memory_method() says "state" now
             return self.template(layout, image, boot_timeout)
         # the store grows here: states of older images, QEMU versions or layouts go
-        for old in self.prune():
-            log.info("removed a template guest state unused for %d days: %s", PRUNE_AFTER_DAYS, old)
+        with _MAKING:
+            for old in self.prune():
+                log.info("removed a template guest state unused for %d days: %s", PRUNE_AFTER_DAYS, old)
         return template
 
     def prune(self, older_than_days: float = PRUNE_AFTER_DAYS) -> list[Path]:
@@ -318,13 +323,7 @@ class TemplateStore:
             if machine is not None:
                 machine.shutdown()
             namespace.close()
-            partial.state.unlink(missing_ok=True)
-            if partial.memory is not None:
-                partial.memory.unlink(missing_ok=True)
-            if made_workdir:
-                for leftover in workdir.glob("*"):
-                    leftover.unlink()
-                workdir.rmdir()
+            _remove_build(partial, workdir if made_workdir else None)
 
     def _resume_once(self, layout: Layout, image: GuestImage, template: Template,
                      namespace: LabNamespace, workdir: Path) -> None:
@@ -361,6 +360,17 @@ class TemplateStore:
                 path.unlink()
                 removed.append(path)
         return removed
+
+
+def _remove_build(partial: Template, workdir: Path | None) -> None:
+    """Remove what making a template left: its partial files, and *workdir* if given."""
+    partial.state.unlink(missing_ok=True)
+    if partial.memory is not None:
+        partial.memory.unlink(missing_ok=True)
+    if workdir is not None:
+        for leftover in workdir.glob("*"):
+            leftover.unlink()
+        workdir.rmdir()
 
 
 def _refusal(what: str, exc: QemuError, machine: QemuMachine) -> _MemoryFileRefused | None:

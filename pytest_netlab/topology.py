@@ -126,6 +126,20 @@ class GuestSpec:
         for nic in self.nics:
             nic.validated()
         self.gateway = check_gateway(self.gateway, self.name)
+        self._check_image()
+        self._check_boot_files()
+        self._check_forwards()
+        if not self.network and (self.nics or self.forwards):
+            raise ConfigError(
+                f"{self.name}: network=False means no NIC at all: drop nics= and forwards=, "
+                "or keep the network"
+            )
+        if "\n" in self.append:
+            raise ConfigError(f"{self.name}: append={self.append!r} must be one line")
+        return self
+
+    def _check_image(self) -> None:
+        """``image=``: a package image, and what its kernel can drive."""
         if self.image is not None and not isinstance(self.image, GuestImage):
             raise ConfigError(
                 f"image={self.image!r} of {self.name!r} is not accepted: give an image from "
@@ -146,6 +160,9 @@ class GuestSpec:
                     f"{self.name}: shares need the generic kernel's 9p, and package images boot "
                     f"the {self.image.variant} kernel: copy the files with vm.put(), or drop image="
                 )
+
+    def _check_boot_files(self) -> None:
+        """A kernel of the user's own, its initrd, root file system and disks."""
         if self.initrd is not None and self.kernel is None:
             raise ConfigError(f"{self.name}: initrd={str(self.initrd)!r} needs kernel= as well")
         if self.rootfs is not None and self.kernel is None:
@@ -157,6 +174,8 @@ class GuestSpec:
                            *(("disk", d) for d in self.disks)):
             if path is not None:
                 readable_file(path, f"{what} of {self.name!r}")
+
+    def _check_forwards(self) -> None:
         for port in self.forwards:
             validation.int_in_range(port, 1, 65535, what=f"forwarded guest port of {self.name!r}")
             if port == 22 or self.forwards.count(port) > 1:
@@ -164,14 +183,6 @@ class GuestSpec:
                     f"{self.name}: guest port {port} is forwarded already: list each port once "
                     "(22, SSH, always is)"
                 )
-        if not self.network and (self.nics or self.forwards):
-            raise ConfigError(
-                f"{self.name}: network=False means no NIC at all: drop nics= and forwards=, "
-                "or keep the network"
-            )
-        if "\n" in self.append:
-            raise ConfigError(f"{self.name}: append={self.append!r} must be one line")
-        return self
 
 
 def readable_file(path: Path, what: str) -> Path:

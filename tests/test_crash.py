@@ -206,3 +206,44 @@ def test_boot_timeout_is_quick_clear_and_leaves_nothing(netlab):
 
     assert not (NETNS_RUN_DIR / netlab.name).exists()
     assert _gone(pid, within=5)
+
+
+def test_every_guest_that_fails_to_come_up_is_reported(netlab):
+    br = netlab.bridge("br1")
+    vms = [netlab.vm(name, nics=[br]) for name in ("h1", "h2", "h3")]
+    with pytest.raises(BootTimeout) as info:
+        netlab.start(timeout=0.05)
+    first_line, *rest = str(info.value).splitlines()
+    assert first_line == "3 guests failed to come up:"
+    for name in ("h1", "h2", "h3"):
+        assert any(line.startswith(f"- {name}: {name}: guest did not print NETLAB-READY") for line in rest)
+    pids = [vm.machine.pid for vm in vms]
+
+    netlab.close()
+
+    assert all(_gone(pid, within=5) for pid in pids)
+
+
+def test_a_start_interrupted_while_guests_boot_tears_down_at_once(netlab, monkeypatch):
+    from pytest_netlab.bringup import BringUp
+
+    def interrupted(futures):
+        # Ctrl-C as soon as every guest is launched: their threads still wait for them
+        while not all(vm.machine is not None and vm.machine.privileges for vm in netlab.vms.values()):
+            if any(f.done() for f in futures.values()):
+                break
+            time.sleep(0.01)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(BringUp, "wait", staticmethod(interrupted))
+    br = netlab.bridge("br1")
+    vms = [netlab.vm(name, nics=[br]) for name in ("h1", "h2")]
+    with pytest.raises(KeyboardInterrupt):
+        netlab.start(timeout=600)
+    pids = [vm.machine.pid for vm in vms]
+    started = time.monotonic()
+
+    netlab.close()
+
+    assert time.monotonic() - started < 30  # not the boot timeout of 600 s
+    assert all(_gone(pid, within=5) for pid in pids)

@@ -97,7 +97,7 @@ LAYERS = {
     "session and reporting": {
         "session", "artifacts", "keep", "access", "running", "detached", "doctor", "graph",
     },
-    "the lab core": {"lab", "guest", "bridge"},
+    "the lab core": {"lab", "guest", "bridge", "bringup", "labcontext"},
     "mechanisms": set(),
     "the pure model": {"topology", "addressing", "validation", "labspec", "builders", "nicmodels",
                        "guest_protocol", "constants", "errors", "impairment", "traffic"},
@@ -117,3 +117,11 @@ def _layer(module: str) -> int:
 def test_modules_import_only_their_own_layer_and_those_below():
     upward = {(a, b) for a, targets in import_graph().items() for b in targets if _layer(b) < _layer(a)}
     assert upward == UPWARD
+
+
+def test_every_module_is_placed_on_the_architecture_page():
+    page = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    package = Path(__file__).parents[1] / "pytest_netlab"
+    missing = [p.name for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")
+               and f"`{p.name}`" not in page]
+    assert missing == [], "add these to docs/architecture.md's table of layers"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab import ConfigError, validation
-from pytest_netlab.lab import drive_option
+from pytest_netlab.bringup import drive_option
 from pytest_netlab.labspec import Topology
 from pytest_netlab.qemu import find_qemu, option_value
 

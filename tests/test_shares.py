@@ -170,9 +170,9 @@ def test_guests_with_shares_run_the_generic_kernel(monkeypatch):
 
 
 def test_a_mount_that_fails_is_a_lab_error_naming_the_guest(netlab, tmp_path, monkeypatch):
-    import pytest_netlab.lab
+    import pytest_netlab.bringup
 
-    monkeypatch.setattr(pytest_netlab.lab, "mount_script", lambda _: "mount -t 9p nosuchtag /mnt")
+    monkeypatch.setattr(pytest_netlab.bringup, "mount_script", lambda _: "mount -t 9p nosuchtag /mnt")
     (tmp_path / "src").mkdir()  # tmp_path itself is 0700: QEMU's user may not read it
     netlab.vm("h1", shares={tmp_path / "src": "/mnt/src"})
     with pytest.raises(LabError, match=r"^h1: mounting its shares failed: .*mount -t 9p nosuchtag"):
