@@ -11,6 +11,7 @@ import pytest
 
 from pytest_netlab import LabError
 from pytest_netlab.guest import VM
+from pytest_netlab.lab import Lab
 from pytest_netlab.labspec import Topology
 
 TOPOLOGY = Path(__file__).parent / "topologies" / "link_properties.toml"
@@ -33,8 +34,9 @@ def python_lab(netlab) -> dict[str, VM]:
     return {"r1": r1, "h1": h1}
 
 
-def what_the_guest_has(vm: VM) -> dict[str, object]:
-    """Links (state, MTU, MAC of eth1), addresses, routes and qdiscs, read in the guest."""
+def what_the_guest_has(lab: Lab, vm: VM) -> dict[str, object]:
+    """Links (state, MTU, MAC of eth1), addresses, routes and qdiscs, read in the guest;
+    the MTU of its TAPs, read in *lab*'s namespace."""
     links = json.loads(vm.ssh("ip -j link show").stdout)
     addresses = json.loads(vm.ssh("ip -j addr show").stdout)
     return {
@@ -51,7 +53,7 @@ def what_the_guest_has(vm: VM) -> dict[str, object]:
         "qdisc": vm.ssh("tc qdisc show dev eth0 root").stdout.split(" root ")[1].split(),
         "forwarding": vm.ssh("sysctl -n net.ipv4.ip_forward").stdout,
         # the host side of each link: its TAP in the lab namespace
-        "taps": [json.loads(vm.lab.run(["ip", "-j", "link", "show", tap]).stdout)[0]["mtu"] for tap in vm.taps],
+        "taps": [json.loads(lab.run(["ip", "-j", "link", "show", tap]).stdout)[0]["mtu"] for tap in vm.taps],
         "motd": vm.ssh("cat /etc/motd 2>/dev/null || true").stdout,
     }
 
@@ -60,8 +62,8 @@ def test_a_topology_file_and_its_python_make_the_same_lab(netlab, netlab_factory
     from_file = Topology.from_toml(TOPOLOGY).apply(netlab)
     with netlab_factory() as other:
         from_python = python_lab(other)
-        python_side = {name: what_the_guest_has(vm) for name, vm in from_python.items()}
-    file_side = {name: what_the_guest_has(vm) for name, vm in from_file.items()}
+        python_side = {name: what_the_guest_has(other, vm) for name, vm in from_python.items()}
+    file_side = {name: what_the_guest_has(netlab, vm) for name, vm in from_file.items()}
     assert file_side == python_side
     # and it is what the file asked for
     r1 = file_side["r1"]
