@@ -8,11 +8,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# the package set of the example tests that need Debian software (OSPF with FRR, BGP with
-# BIRD, nftables, iperf3, WireGuard): one list, so CI builds one image for all of them
-# --8<-- [start:packages]
-PACKAGES = ["bird2", "frr", "iperf3", "nftables", "wireguard-tools"]
-# --8<-- [end:packages]
+# the package set of every example test that needs Debian software: one list, one image
+from guest_packages import PACKAGES
 
 FRR_CONF = """\
 frr defaults traditional

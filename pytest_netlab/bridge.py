@@ -33,12 +33,15 @@ class Bridge:
     def nic(
         self, *, model: str = DEFAULT_NIC_MODEL, mac: str | None = None, tap: str | None = None,
         queues: int = 1, vectors: int | None = None, address: str | Sequence[str] | None = None,
+        mtu: int | None = None, up: bool = True,
     ) -> NicSpec:
         """A NIC on this bridge with options, for ``nics=[...]``.
 
         *address* (with prefix length, or a list of one IPv4 and one IPv6 address) is
         set in the guest at start, instead of one from the bridge's subnet; on a bridge
-        with a subnet it must be inside it.
+        with a subnet it must be inside it. *mtu* (68 to 9000) is set on both ends of the
+        link, the TAP and the guest's ``ethN``, at start. ``up=False`` starts the NIC with
+        its cable pulled (the guest sees no carrier) until ``vm.set_link(nic, True)``.
 
         Raises:
             ConfigError: a bad option, or an address outside the bridge's subnet.
@@ -46,7 +49,9 @@ class Bridge:
         addresses = () if address is None else tuple(
             str(i) for i in explicit_addresses(address, self.name, self.subnets)
         )
-        return NicSpec(self.name, model, mac, tap, queues, vectors, addresses).validated()
+        return NicSpec(
+            self.name, model, mac, tap, queues, vectors, addresses, mtu=mtu, up=up
+        ).validated()
 
     def add_address(self, address: str) -> None:
         """Give the bridge an address in the lab namespace (a host-only network). The

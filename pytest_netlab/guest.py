@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shlex
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from .qemu import QemuMachine
 from .retry import retry_until
 from .ssh import DEFAULT_GET_LIMIT, CommandResult, SSHSession
 from .topology import GuestSpec
+from .traffic import IperfResult, parse_iperf
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -522,8 +524,11 @@ class VM:
     def impair(
         self, nic: Bridge | int | str = 0, *, delay_ms: float = 0, jitter_ms: float = 0,
         loss_percent: float = 0, rate_kbit: int | None = None, where: Where = "auto",
+        corrupt_percent: float = 0, duplicate_percent: float = 0, reorder_percent: float = 0,
     ) -> Impairment:
-        """Delay, jitter, drop or rate-limit the traffic of a lab NIC. Call it before
+        """Delay, jitter, drop, corrupt, duplicate, reorder or rate-limit the traffic of
+        a lab NIC (*reorder_percent* of the packets go at once, the rest are delayed, so
+        it needs a delay). Call it before
         ``start()`` to have it from the first packet, or any time after to change it;
         all defaults remove it.
 
@@ -531,7 +536,7 @@ class VM:
         suffers: ``"tap"``, on the NIC's TAP in the lab namespace, shapes the traffic
         going **to** the guest; ``"guest"``, a netem qdisc on ``ethN`` in the guest,
         the traffic coming **from** the guest; ``"auto"`` takes the TAP when the host
-        kernel has the qdisc needed (netem for delay, jitter and loss, tbf for a rate
+        kernel has the qdisc needed (netem for all but a rate, tbf for a rate
         alone), else the guest. The returned :class:`Impairment` says where it went.
 
         Raises:
@@ -541,7 +546,10 @@ class VM:
             CommandError: ``tc`` in the guest refused it.
         """
         index = self.nic_index(nic)
-        wanted = Impairment(delay_ms, jitter_ms, loss_percent, rate_kbit, where).validated()
+        wanted = Impairment(
+            delay_ms, jitter_ms, loss_percent, rate_kbit, where,
+            corrupt_percent, duplicate_percent, reorder_percent,
+        ).validated()
         impairment = wanted.placed(host_has_qdisc)
         previous = self.impairments.get(index)
         self.impairments[index] = impairment
@@ -580,6 +588,69 @@ class VM:
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name} of {self.lab.name}>"
 
+    def _apply_nic_settings(self) -> None:
+        """Set what ``bridge.nic(mtu=, up=)`` asked for, once the guest answers: the
+        MTU of ``ethN`` (its TAP got it when made) and the cables pulled at start."""
+        changed = [(guest_ifname(i), n) for i, n in enumerate(self.spec.nics) if n.mtu]
+        if changed:
+            self.ssh(" && ".join(f"ip link set {name} mtu {nic.mtu}" for name, nic in changed))
+            # some models (e1000) reset on an MTU change: the carrier is off when ip
+            # returns and back after a moment; wait until those that are up have it again
+            # (and the operational state, which lags it), so the test's first packet goes out
+            self.wait_until(" && ".join(
+                f"{{ ! ip -o link show {name} | grep -q '[<,]UP[,>]' || {{ grep -qx 1 "
+                f"/sys/class/net/{name}/carrier && grep -qx up /sys/class/net/{name}/operstate; }}; }}"
+                for name, nic in changed if nic.up
+            ) or "true", timeout=30)
+        for index, nic in enumerate(self.spec.nics):
+            if not nic.up:
+                self.set_link(index, False)
+                # the carrier goes at once, the operational state (ip's NO-CARRIER) up to
+                # a second later (the kernel's linkwatch): the test's first command sees it
+                self.wait_until(f"grep -qx down /sys/class/net/{guest_ifname(index)}/operstate", timeout=30)
+
+    def iperf(
+        self, to: VM | str, *, seconds: float = 3, udp: bool = False, bitrate: str | None = None,
+        reverse: bool = False, port: int = 5201, timeout: float | None = None,
+    ) -> IperfResult:
+        """Measure throughput from this guest to *to* (a guest, or an address) with
+        iperf3: its server runs on *to* (a guest) for this call only, as a daemon, and
+        is stopped after; the client's JSON report is parsed. *bitrate* (iperf3's
+        ``-b``, e.g. ``"10M"``) is for UDP mostly; *reverse* sends from *to* instead.
+
+        Raises:
+            ConfigError: iperf3 is missing in a guest (use a package image with it),
+                or a bad value.
+            LabError: iperf3 failed; the message has its error.
+        """
+        validation.int_in_range(port, 1, 65535, what="iperf3 port")
+        _number_in(seconds, 0.1, 3600, "seconds")
+        if bitrate is not None and not re.fullmatch(r"\d+(\.\d+)?[KMG]?", str(bitrate)):
+            raise ConfigError(
+                f"bitrate={bitrate!r} is not accepted: give iperf3's -b, e.g. '500K', '10M', '1G'"
+            )
+        guests = [self, to] if isinstance(to, VM) else [self]
+        for guest in guests:
+            if not guest.ssh("command -v iperf3", check=False).ok:
+                raise ConfigError(
+                    f"{guest.name}: iperf3 is not installed in the guest: run it on a package "
+                    "image with it, e.g. netlab.image(packages=['iperf3'])"
+                )
+        address = to.address() if isinstance(to, VM) else _host_or_address(to)
+        argv = ["iperf3", "-c", address, "-p", str(port), "-t", f"{seconds:g}", "-J"]
+        argv += (["-u"] if udp else []) + (["-b", bitrate] if bitrate else []) + (["-R"] if reverse else [])
+        name = f"iperf3-{port}"
+        if isinstance(to, VM):
+            to.daemon(f"iperf3 -s -p {port}", name=name)
+        try:
+            if isinstance(to, VM):
+                to.wait_until(f"ss -Hln 'sport = :{port}' | grep -q .")  # listening: no race
+            result = self.ssh(shlex.join(argv), check=False, timeout=timeout or seconds + 30)
+        finally:
+            if isinstance(to, VM):
+                to.stop_daemon(name)
+        return parse_iperf(result.stdout)
+
 
 class Router(VM):
     """A guest that routes between its NICs once forwarding is on (off at boot)."""
@@ -615,3 +686,9 @@ def _host_or_address(value: object) -> str:
     raise ConfigError(
         f"ping destination {value!r} is not accepted: give an IPv4/IPv6 address or a host name"
     )
+
+
+def _number_in(value: object, low: float, high: float, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise ConfigError(f"{what}={value!r} is not accepted: give a number from {low:g} to {high:g}")
+    return float(value)

@@ -1,4 +1,5 @@
-"""Link impairment: delay, jitter, loss and a rate limit on a guest NIC.
+"""Link impairment: delay, jitter, loss, corruption, duplication, reordering and a rate
+limit on a guest NIC.
 
 A qdisc shapes what a device *sends*, so where it sits decides which direction is
 impaired:
@@ -48,6 +49,9 @@ class Impairment:
     loss_percent: float = 0.0
     rate_kbit: int | None = None
     where: Where = "auto"
+    corrupt_percent: float = 0.0  # packets with a bit flipped
+    duplicate_percent: float = 0.0  # packets sent twice
+    reorder_percent: float = 0.0  # packets sent at once, ahead of the delayed others (needs a delay)
 
     def validated(self) -> Impairment:
         """Return self if every value is usable.
@@ -63,6 +67,13 @@ class Impairment:
         _number(self.delay_ms, "delay_ms", 0, 60_000, " ms")
         _number(self.jitter_ms, "jitter_ms", 0, 60_000, " ms")
         _number(self.loss_percent, "loss_percent", 0, 100, " %")
+        for name in ("corrupt_percent", "duplicate_percent", "reorder_percent"):
+            _number(getattr(self, name), name, 0, 100, " %")
+        if self.reorder_percent and not self.delay_ms:
+            raise ConfigError(
+                f"reorder_percent {self.reorder_percent:g} needs a delay: netem reorders by "
+                "sending some packets at once and delaying the rest, so give delay_ms above 0 too"
+            )
         if self.jitter_ms and not self.delay_ms:
             raise ConfigError(
                 f"jitter_ms {self.jitter_ms:g} needs a delay: netem varies the delay, "
@@ -85,13 +96,18 @@ class Impairment:
 
     @property
     def none(self) -> bool:
-        return not (self.delay_ms or self.loss_percent or self.rate_kbit)
+        return not (self.delay_ms or self.loss_percent or self.rate_kbit or self._netem_only)
+
+    @property
+    def _netem_only(self) -> bool:
+        """Corruption, duplication or reordering asked for: netem's alone."""
+        return bool(self.corrupt_percent or self.duplicate_percent or self.reorder_percent)
 
     @property
     def tap_qdisc_kind(self) -> str | None:
         """The qdisc that does this on a TAP: netem for delay/jitter/loss (with its own
         rate), tbf for a rate alone, None for nothing."""
-        if self.delay_ms or self.loss_percent:
+        if self.delay_ms or self.loss_percent or self._netem_only:
             return "netem"
         return "tbf" if self.rate_kbit else None
 
@@ -126,6 +142,10 @@ class Impairment:
                     parameters["jitter"] = round(self.jitter_ms * 1000)
             if self.loss_percent:
                 parameters["loss"] = self.loss_percent
+            for name, key in (("corrupt_percent", "prob_corrupt"), ("duplicate_percent", "duplicate"),
+                              ("reorder_percent", "prob_reorder")):
+                if getattr(self, name):
+                    parameters[key] = getattr(self, name)
             if self.rate_kbit:
                 parameters["rate"] = f"{self.rate_kbit}kbit"
             return kind, parameters
@@ -148,6 +168,10 @@ class Impairment:
                 argv += [f"{self.jitter_ms:g}ms"]
         if self.loss_percent:
             argv += ["loss", f"{self.loss_percent:g}%"]
+        for name, word in (("corrupt_percent", "corrupt"), ("duplicate_percent", "duplicate"),
+                           ("reorder_percent", "reorder")):
+            if getattr(self, name):
+                argv += [word, f"{getattr(self, name):g}%"]
         if self.rate_kbit:
             argv += ["rate", f"{self.rate_kbit}kbit"]
         argv += ["limit", str(NETEM_LIMIT)]

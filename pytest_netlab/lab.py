@@ -56,6 +56,7 @@ from .shares import share as checked_share
 from .ssh import SessionKey, SSHSession
 from .templates import Layout, NicLayout, TemplateStore
 from .topology import GuestSpec, NicSpec, lab_mac, tap_name
+from .traffic import PingMatrix, answered, ping_all_command
 from .untrusted import DEFAULT_OUTPUT_LIMIT
 
 log = logging.getLogger(__name__)
@@ -467,7 +468,7 @@ class Lab:
         tap_nics = [(nic, s) for nic, s in zip(config.nics, spec.nics, strict=True) if s.bridge is not None]
         for (nic, spec_nic), tap in zip(tap_nics, vm.taps, strict=True):
             assert spec_nic.bridge is not None
-            nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues)
+            nic.fds = self.namespace.add_tap(tap, spec_nic.bridge, spec_nic.queues, spec_nic.mtu)
         return config
 
     def _resume(self, vm: VM) -> None:
@@ -632,6 +633,7 @@ class Lab:
                         f"{vm.name}: setting the planned addresses failed (the guest needs "
                         f"iproute2's ip and sed): {exc}"
                     ) from exc
+            vm._apply_nic_settings()  # MTUs and pulled cables (bridge.nic(mtu=, up=))
             # impairments asked for before start() apply before the test's first command
             for index, impairment in vm.impairments.items():
                 if not impairment.none:
@@ -714,6 +716,42 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def ping_all(
+        self, vms: Sequence[VM] | None = None, *, count: int = 1, wait: float = 3,
+    ) -> PingMatrix:
+        """Ping from each guest every other one (its first lab address), like Mininet's
+        ``pingAll``: one SSH command per guest that pings all the others at once, the
+        guests in parallel. *vms*: those guests (default: every started guest that has
+        a lab address). Returns a :class:`~pytest_netlab.traffic.PingMatrix`.
+
+        Raises:
+            ConfigError: a bad *count* or *wait*.
+            LabError: fewer than two guests, or one of *vms* is not started or has no
+                lab address.
+        """
+        validation.int_in_range(count, 1, 100, what="ping count")
+        if isinstance(wait, bool) or not isinstance(wait, (int, float)) or not 0 < wait <= 60:
+            raise ConfigError(f"wait={wait!r} is not accepted: give the seconds to wait for a reply, 0 to 60")
+        guests = list(vms) if vms is not None else [
+            vm for vm in self.vms.values() if vm.started and vm.spec.network and vm.addresses
+        ]
+        if len(guests) < 2:
+            raise LabError(
+                f"ping_all needs two or more guests with lab addresses, found {len(guests)}: "
+                "give their bridges a subnet (or NICs an address), and start them"
+            )
+        addresses = {vm.name: vm.address() for vm in guests}
+
+        def row(vm: VM) -> dict[str, bool]:
+            others = [n for n in addresses if n != vm.name]
+            command = ping_all_command([addresses[n] for n in others], count=count, wait=wait)
+            ok = answered(vm.ssh(command, timeout=count * wait + 60).stdout)
+            return {n: addresses[n] in ok for n in others}
+
+        with ThreadPoolExecutor(max_workers=max(1, min(len(guests), 8))) as pool:
+            rows = list(pool.map(row, guests))
+        return PingMatrix({vm.name: r for vm, r in zip(guests, rows, strict=True)})
 
     def __repr__(self) -> str:
         return f"<Lab {self.name}: bridges {list(self.bridges)}, guests {list(self.vms)}>"

@@ -39,17 +39,19 @@ from __future__ import annotations
 import ipaddress
 import shlex
 import tomllib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import validation
 from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
 from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
-from .errors import ConfigError
+from .errors import CommandError, ConfigError, LabError
 from .guest_protocol import guest_ifname
+from .impairment import Impairment
 from .nicmodels import DEFAULT_NIC_MODEL
 
 if TYPE_CHECKING:
@@ -64,6 +66,12 @@ class LinkSpec:
     address: str | None = None  # with prefix length, e.g. 10.20.10.1/24
     mac: str | None = None
     model: str = DEFAULT_NIC_MODEL
+    mtu: int | None = None  # both ends; None: 1500
+    up: bool = True  # False: the cable pulled at start
+    impair: Impairment | None = None  # vm.impair()'s settings, from the first packet
+
+
+IMPAIR_KEYS = {f.name for f in fields(Impairment)}
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,8 @@ class NodeSpec:
     cpus: int = 1
     gateway: str | None = None  # "auto", a router's name or an address (address plan)
     packages: tuple[str, ...] | None = None  # Debian packages (a package image); None: the lab's
+    exec: tuple[str, ...] = ()  # shell commands run in order once the lab is up
+    files: tuple[tuple[str, Path], ...] = ()  # (guest path, local file) copied in before exec
 
 
 @dataclass(frozen=True)
@@ -99,11 +109,13 @@ class Topology:
     bridges: dict[str, BridgeSpec] = field(default_factory=dict)
     nodes: dict[str, NodeSpec] = field(default_factory=dict)
     packages: tuple[str, ...] = ()  # [lab] packages: of every node that names none itself
+    base: Path = field(default_factory=Path.cwd)  # where the nodes' relative ``files`` are
 
     # -- loading ----------------------------------------------------------------------
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Topology:
-        """Check and load a topology given as a dict (the TOML file's structure).
+    def from_dict(cls, data: Mapping[str, Any], base: Path | None = None) -> Topology:
+        """Check and load a topology given as a dict (the TOML file's structure); the
+        local paths of ``files`` are relative to *base* (default: the working directory).
 
         Raises:
             ConfigError: an unknown key, a link to an undeclared bridge, a bad name,
@@ -113,7 +125,7 @@ class Topology:
         lab = _table(data.get("lab", {}), "[lab]")  # read before [generate] makes the rest
         if "generate" in data:
             data = _generated(data)
-        topology = cls()
+        topology = cls(base=Path.cwd() if base is None else base)
         _keys(lab, {"packages"}, "[lab]")
         topology.packages = _packages(lab.get("packages"), "[lab]") or ()
         for name, raw_bridge in _table(data.get("bridges", {}), "bridges").items():
@@ -122,12 +134,14 @@ class Topology:
             validation.interface_name(name, "bridge name")
             address = bridge.get("address")
             if address is not None:
-                validation.ip_interface(address)
+                with _naming(f"bridge {name!r} address"):
+                    validation.ip_interface(address)
             subnets = () if bridge.get("subnet") is None else parse_subnets(bridge["subnet"], name)
             check_overlaps(name, subnets, {b: topology._subnets(b) for b in topology.bridges})
             topology.bridges[name] = BridgeSpec(name, address, tuple(str(n) for n in subnets))
         for name, raw in _table(data.get("nodes", {}), "nodes").items():
-            topology.nodes[name] = topology._node(name, _table(raw, f"node {name!r}"))
+            with _naming(f"node {name!r}"):
+                topology.nodes[name] = topology._node(name, _table(raw, f"node {name!r}"))
         for node in topology.nodes.values():
             if node.gateway not in (None, "auto", *topology.nodes) and not _is_address(node.gateway):
                 raise ConfigError(
@@ -141,32 +155,41 @@ class Topology:
 
     @classmethod
     def from_toml(cls, source: str | Path) -> Topology:
-        """Load a TOML file (a path) or TOML text (a string with a newline).
+        """Load a TOML file (a path) or TOML text (a string with a newline). A node's
+        ``files`` are relative to the file's directory (to the working directory for text).
 
         Raises:
-            ConfigError: the TOML does not parse, or see :meth:`from_dict`.
+            ConfigError: the TOML does not parse, or see :meth:`from_dict`; the message
+                starts with the file's name.
         """
+        is_file = isinstance(source, Path) or "\n" not in source
         try:
-            if isinstance(source, Path) or "\n" not in source:
+            if is_file:
                 with open(source, "rb") as handle:
                     data = tomllib.load(handle)
             else:
-                data = tomllib.loads(source)
+                data = tomllib.loads(str(source))
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise ConfigError(f"topology {str(source)[:60]!r} cannot be read: {exc}") from None
-        return cls.from_dict(data)
+        if not is_file:
+            return cls.from_dict(data)
+        try:
+            return cls.from_dict(data, Path(source).resolve().parent)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
 
     def _node(self, name: str, raw: Mapping[str, Any]) -> NodeSpec:
         where = f"node {name!r}"
-        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus", "gateway", "packages"}, where)
+        _keys(raw, {"role", "links", "routes", "forwarding", "memory", "cpus", "gateway", "packages",
+                    "exec", "files"}, where)
         validation.guest_name(name)
         role = raw.get("role", "host")
         if role not in ROLES:
             raise ConfigError(f"{where}: role {role!r} is not accepted: use one of {', '.join(ROLES)}")
         links: list[LinkSpec] = []
-        for raw_link in _list(raw.get("links", []), f"{where} links"):
+        for number, raw_link in enumerate(_list(raw.get("links", []), f"{where} links")):
             link = _table(raw_link, f"{where} link")
-            _keys(link, {"bridge", "address", "mac", "model"}, f"{where} link")
+            _keys(link, {"bridge", "address", "mac", "model", "mtu", "up", "impair"}, f"{where} link")
             bridge = link.get("bridge")
             if bridge not in self.bridges:
                 raise ConfigError(
@@ -178,7 +201,10 @@ class Topology:
             if link.get("mac") is not None:
                 validation.mac_address(link["mac"])
             model = validation.nic_model(link.get("model", DEFAULT_NIC_MODEL))
-            links.append(LinkSpec(bridge, link.get("address"), link.get("mac"), model))
+            links.append(LinkSpec(
+                bridge, link.get("address"), link.get("mac"), model,
+                *_link_state(link, f"{where} links[{number}]"),
+            ))
         routes: list[RouteSpec] = []
         for raw_route in _list(raw.get("routes", []), f"{where} routes"):
             route = _table(raw_route, f"{where} route")
@@ -205,7 +231,29 @@ class Topology:
             validation.int_in_range(raw.get("cpus", 1), *GUEST_CPU_RANGE, "cpus"),
             check_gateway(raw.get("gateway"), name),
             _packages(raw.get("packages"), where),
+            _commands(raw.get("exec", []), where),
+            self._files(raw.get("files", {}), where),
         )
+
+    def _files(self, value: object, where: str) -> tuple[tuple[str, Path], ...]:
+        """A node's ``files``: guest path -> local file, relative to the topology's base."""
+        files = []
+        for remote, local in _table(value, f"{where} files").items():
+            if not isinstance(remote, str) or not remote.startswith("/") or "\0" in remote \
+                    or ".." in remote.split("/"):
+                raise ConfigError(
+                    f"{where} files: guest path {remote!r} is not accepted: give an absolute path"
+                )
+            if not isinstance(local, str) or not local:
+                raise ConfigError(f"{where} files: {remote!r} = {local!r} is not accepted: give a local path")
+            path = self.base / local
+            if not path.is_file():
+                raise ConfigError(
+                    f"{where} files: {remote!r} = {local!r}: {str(path)!r} is not a file "
+                    "(local paths are relative to the topology file's directory)"
+                )
+            files.append((remote, path))
+        return tuple(files)
 
     # -- building ---------------------------------------------------------------------
     def apply(self, lab: Lab, *, start: bool = True, timeout: float | None = None) -> dict[str, VM]:
@@ -233,7 +281,7 @@ class Topology:
             node.name: lab.vm(
                 node.name,
                 [bridges[link.bridge].nic(
-                    mac=link.mac, model=link.model,
+                    mac=link.mac, model=link.model, mtu=link.mtu, up=link.up,
                     address=link.address if link.bridge in planned else None,
                 ) for link in node.links],
                 role=node.role, memory=node.memory, cpus=node.cpus, gateway=node.gateway,
@@ -241,6 +289,10 @@ class Topology:
             )
             for node in self.nodes.values()
         }
+        for node in self.nodes.values():
+            for index, link in enumerate(node.links):
+                if link.impair is not None:
+                    vms[node.name].impair(index, **_impair_arguments(link.impair))
         if start:
             lab.start(timeout)
             scripts = {n.name: s for n in self.nodes.values() if (s := self.guest_script(n, planned))}
@@ -248,6 +300,10 @@ class Topology:
             with ThreadPoolExecutor(max_workers=max(1, min(len(scripts), 16))) as pool:
                 for future in [pool.submit(vms[name].ssh, script) for name, script in scripts.items()]:
                     future.result()
+            busy = [n for n in self.nodes.values() if n.files or n.exec]
+            with ThreadPoolExecutor(max_workers=max(1, min(len(busy), 16))) as pool:
+                for done in [pool.submit(_start_up, vms[n.name], n) for n in busy]:
+                    done.result()
         return vms
 
     def node_packages(self, node: NodeSpec) -> tuple[str, ...]:
@@ -290,6 +346,71 @@ class Topology:
                 label = guest_ifname(index) + (f" {link.address}" if link.address else "")
                 lines.append(f'    {_id(node.name)} ---|"{label}"| {_id(link.bridge)}')
         return "\n".join(lines) + "\n"
+
+
+@contextmanager
+def _naming(where: str) -> Iterator[None]:
+    """Start the message of a ConfigError raised inside with *where* (the table), unless
+    it does already."""
+    try:
+        yield
+    except ConfigError as exc:
+        if str(exc).startswith(where):
+            raise
+        raise ConfigError(f"{where}: {exc}") from None
+
+
+def _link_state(link: Mapping[str, Any], where: str) -> tuple[int | None, bool, Impairment | None]:
+    """A link's ``mtu``, ``up`` and ``impair`` keys, checked."""
+    mtu = link.get("mtu")
+    if mtu is not None:
+        from .topology import MTU_RANGE
+
+        validation.int_in_range(mtu, *MTU_RANGE, what=f"{where} mtu")
+    up = link.get("up", True)
+    if not isinstance(up, bool):
+        raise ConfigError(f"{where}: up {up!r} is not accepted: give true or false")
+    impair = None
+    if "impair" in link:
+        table = _table(link["impair"], f"{where} impair")
+        _keys(table, IMPAIR_KEYS, f"{where} impair")
+        try:
+            impair = Impairment(**table).validated()
+        except ConfigError as exc:
+            raise ConfigError(f"{where} impair: {exc}") from None
+    return mtu, up, impair
+
+
+def _impair_arguments(impairment: Impairment) -> dict[str, Any]:
+    return {f.name: getattr(impairment, f.name) for f in fields(impairment)}
+
+
+def _commands(value: object, where: str) -> tuple[str, ...]:
+    commands = _list(value, f"{where} exec")
+    for command in commands:
+        if not isinstance(command, str) or not command.strip():
+            raise ConfigError(f"{where} exec: {command!r} is not accepted: give shell commands (strings)")
+    return tuple(commands)
+
+
+def _start_up(vm: VM, node: NodeSpec) -> None:
+    """Copy *node*'s files into *vm*, then run its ``exec`` commands in order.
+
+    Raises:
+        LabError: a command failed; the message names the node, the command, its exit
+            status and output.
+    """
+    for remote, local in node.files:
+        vm.put(local, remote)
+    for command in node.exec:
+        try:
+            vm.ssh(command)
+        except CommandError as exc:
+            output = (exc.stdout + exc.stderr).strip()[-500:]
+            raise LabError(
+                f"node {node.name!r}: exec command {command!r} exited with status "
+                f"{exc.status}: {output or 'no output'}"
+            ) from exc
 
 
 def _packages(value: object, where: str) -> tuple[str, ...] | None:

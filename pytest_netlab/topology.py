@@ -17,6 +17,7 @@ from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .shares import Share
 
 QUEUE_RANGE = (1, 16)
+MTU_RANGE = (68, 9000)  # IPv4's least, a jumbo frame's most; IPv6 needs 1280 or more
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,8 @@ class NicSpec:
     addresses: tuple[str, ...] = ()  # given with bridge.nic(address=...), checked there
     host_ports: tuple[int, ...] = ()  # NAT only: host loopback ports the guest may reach
     outside: bool = False  # NAT only: not restricted (the guest reaches what the host does)
+    mtu: int | None = None  # on both ends (the TAP and ethN); None: the kernel's 1500
+    up: bool = True  # False: the cable is pulled at start (QMP set_link), vm.set_link plugs it
 
     @property
     def nat(self) -> bool:
@@ -64,6 +67,12 @@ class NicSpec:
             )
         if self.vectors is not None:
             validation.int_in_range(self.vectors, 1, 1024, what="MSI-X vector count")
+        if self.mtu is not None:
+            validation.int_in_range(self.mtu, *MTU_RANGE, what="MTU")
+        if not isinstance(self.up, bool):
+            raise ConfigError(f"up={self.up!r} is not accepted: give True or False")
+        if self.nat and (self.mtu is not None or not self.up):
+            raise ConfigError("mtu= and up= are for NICs on lab bridges, not the NAT NIC")
         return self
 
     def _validate_nat(self) -> None:

@@ -22,6 +22,22 @@ def test_settings_become_one_netem_command():
     assert Impairment().tc_argv("eth0") == ["tc", "qdisc", "del", "dev", "eth0", "root"]
 
 
+def test_corruption_duplication_and_reordering_are_netem_s():
+    impairment = Impairment(
+        delay_ms=20, corrupt_percent=1, duplicate_percent=2.5, reorder_percent=25
+    ).validated()
+    assert impairment.tc_argv("eth0")[7:] == [
+        "delay", "20ms", "corrupt", "1%", "duplicate", "2.5%", "reorder", "25%", "limit", "10000",
+    ]
+    assert impairment.tap_qdisc() == ("netem", {
+        "limit": 10000, "delay": 20000, "prob_corrupt": 1, "duplicate": 2.5, "prob_reorder": 25,
+    })
+    # corruption alone is an impairment (netem's), not a removal
+    alone = Impairment(corrupt_percent=1).validated()
+    assert not alone.none and alone.tap_qdisc_kind == "netem"
+    assert alone.placed(_host("tbf")).where == "guest"
+
+
 def _host(*kinds):
     return lambda kind: kind in kinds
 
@@ -106,6 +122,9 @@ def test_the_tap_gets_one_root_qdisc_replaced_in_place_and_removed_by_its_parent
         ({"delay_ms": 10, "jitter_ms": 20}, "jitter_ms 20 is larger than delay_ms 10"),
         ({"rate_kbit": 0}, "rate_kbit 0 is not accepted"),
         ({"rate_kbit": 1.5}, "rate_kbit 1.5 is not accepted"),
+        ({"corrupt_percent": 120}, "corrupt_percent 120 is not accepted: give a number from 0 to 100 %"),
+        ({"duplicate_percent": True}, "duplicate_percent True is not accepted"),
+        ({"reorder_percent": 10}, "reorder_percent 10 needs a delay"),
     ],
 )
 def test_bad_settings_are_refused_with_the_value_named(kwargs, message):

@@ -100,7 +100,7 @@ LAYERS = {
     "the lab core": {"lab", "guest", "bridge"},
     "mechanisms": set(),
     "the pure model": {"topology", "addressing", "validation", "labspec", "builders", "nicmodels",
-                       "guest_protocol", "constants", "errors"},
+                       "guest_protocol", "constants", "errors", "impairment", "traffic"},
 }
 #: load-time imports against the layering, each for a reason
 UPWARD = {

@@ -97,3 +97,60 @@ def test_the_address_plan_file_loads_and_leaves_the_planned_links_to_the_lab():
 def test_bad_address_plans_are_refused_with_the_value_named(data, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
         Topology.from_dict(data)
+
+
+LINK = {"bridges": {"br1": {}}}
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ({"links": [{"bridge": "br1", "mtu": 20}]}, "node 'h1' links[0] mtu 20 is out of range"),
+        ({"links": [{"bridge": "br1", "up": "no"}]}, "node 'h1' links[0]: up 'no' is not accepted"),
+        ({"links": [{"bridge": "br1", "impair": {"delay": 5}}]},
+         "node 'h1' links[0] impair: unknown key 'delay'"),
+        ({"links": [{"bridge": "br1", "impair": {"reorder_percent": 5}}]},
+         "node 'h1' links[0] impair: reorder_percent 5 needs a delay"),
+        ({"links": [{"bridge": "br1", "speed": 5}]}, "node 'h1' link: unknown key 'speed'"),
+        ({"exec": "ip a"}, "node 'h1' exec: 'ip a' is not accepted: give a list"),
+        ({"exec": [""]}, "node 'h1' exec: '' is not accepted"),
+        ({"files": {"etc/x": "x"}}, "node 'h1' files: guest path 'etc/x' is not accepted"),
+        ({"files": {"/etc/x": "no-such-file"}}, "node 'h1' files: '/etc/x' = 'no-such-file'"),
+    ],
+)
+def test_bad_link_and_start_up_fields_are_refused_naming_table_and_key(node, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Topology.from_dict({**LINK, "nodes": {"h1": node}})
+
+
+def test_a_bad_field_in_a_file_names_the_file(tmp_path):
+    path = tmp_path / "lab.toml"
+    path.write_text('[bridges.br1]\n[nodes.h1]\nlinks = [{ bridge = "br1", mtu = "big" }]\n')
+    with pytest.raises(ConfigError, match=re.escape(f"{path}: ")) as refused:
+        Topology.from_toml(path)
+    assert "\n" not in str(refused.value)
+
+
+def test_files_are_relative_to_the_topology_file_and_exec_keeps_its_order(tmp_path):
+    (tmp_path / "x.conf").write_text("x\n")
+    (tmp_path / "lab.toml").write_text(
+        '[nodes.h1]\nfiles = { "/etc/x.conf" = "x.conf" }\nexec = ["b", "a"]\n'
+    )
+    node = Topology.from_toml(tmp_path / "lab.toml").nodes["h1"]
+    assert node.files == (("/etc/x.conf", tmp_path / "x.conf"),) and node.exec == ("b", "a")
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"nodes": {"h1": {"memory": 64}}}, "node 'h1': memory 64 is out of range"),
+        ({**LINK, "nodes": {"h1": {"links": [{"bridge": "br1", "mac": "zz"}]}}}, "node 'h1': "),
+        ({**LINK, "nodes": {"h1": {"links": [{"bridge": "br1", "model": "ne3000"}]}}}, "node 'h1': "),
+        ({"nodes": {"h1": {"routes": [{"to": "default", "via": "nowhere"}]}}}, "node 'h1': "),
+        ({"bridges": {"br1": {"address": "10.0.0.1"}}}, "bridge 'br1' address: "),
+    ],
+)
+def test_every_refusal_names_its_table(data, message):
+    with pytest.raises(ConfigError, match=re.escape(message)) as refused:
+        Topology.from_dict(data)
+    assert "\n" not in str(refused.value)

@@ -164,7 +164,7 @@ def test_image_list_shows_each_package_image_with_its_size_and_last_use(
 
 
 # the example tests' package set: its image is built (or found) once per machine
-EXAMPLE_PACKAGES = "bird2,frr,iperf3,nftables,wireguard-tools"
+EXAMPLE_PACKAGES = "bird2,frr,iperf3,netcat-openbsd,nftables,traceroute,wireguard-tools"
 
 
 def test_the_packages_option_gives_every_guest_the_package_image(pytester: pytest.Pytester):
