@@ -96,6 +96,11 @@ depmod -b "$ROOT/usr" "$KVER" || die "depmod on the guest modules failed"
 
 log "adding the netlab init"
 install -m 0755 "$HERE/init" "$ROOT/init"
+mkdir -p "$ROOT/usr/lib/netlab"
+# the CRNG reseed helper /init runs in copies resumed from a template (as build.sh makes it)
+cc -nostdlib -static -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables -Os -s \
+	-Wall -Werror -o "$ROOT/usr/lib/netlab/reseed" "$HERE/reseed.c" 2> "$WORK/cc.log" ||
+	die "cc images/reseed.c failed: $(tr '\n' ' ' < "$WORK/cc.log")"
 GDEV=$ROOT/usr/lib/netlab/dev
 mkdir -p "$GDEV/pts" "$GDEV/shm" "$GDEV/net" "$ROOT/var/log/netlab" "$ROOT/etc/dropbear" "$ROOT/etc/udhcpc"
 mknod -m 666 "$GDEV/net/tun" c 10 200 2> /dev/null || true

@@ -58,6 +58,7 @@ need mksquashfs squashfs-tools
 need xz xz-utils
 need od coreutils
 need grep grep
+need cc gcc
 case "$COMPRESS" in
 gzip) need gzip gzip ;;
 lz4) need lz4 lz4 ;;
@@ -250,6 +251,11 @@ install -m 0755 "$HERE/udhcpc.script" "$ST/etc/udhcpc/default.script"
 mkdir -p "$ST/usr/share/udhcpc"
 ln -s /etc/udhcpc/default.script "$ST/usr/share/udhcpc/default.script"
 install -m 0755 "$HERE/init" "$ST/init"
+# reseed: /init of a copy resumed from a template runs it to rekey the kernel's CRNG
+# (see reseed.c); no libc, about 9 KB
+cc -nostdlib -static -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables -Os -s \
+	-Wall -Werror -o "$ST/usr/lib/netlab/reseed" "$HERE/reseed.c" 2> "$WORK/cc.log" ||
+	die "cc images/reseed.c failed: $(tr '\n' ' ' < "$WORK/cc.log")"
 
 # --- kernel -----------------------------------------------------------------
 mkdir -p "$WORK/deb"
@@ -395,6 +401,7 @@ echo "$KVER" > "$OUT/kernel-version"
 	echo "extra_uncompressed_bytes=$(du -sb "$EX" | cut -f1)"
 	echo "extra_bytes=$(stat -c %s "$WORK/part1/usr/lib/netlab/extra.sqfs")"
 	echo "initrd_bytes=$(stat -c %s "$OUT/initrd.img")"
+	echo "reseed=$(stat -c '%A %s' "$ST/usr/lib/netlab/reseed")"
 	echo "modules=$(cd "$MT" && find . -name '*.ko' | sed 's|.*/||; s|\.ko$||' | LC_ALL=C sort | tr '\n' ' ')"
 } > "$OUT/manifest.txt"
 log "done: $OUT (initramfs $(du -sh "$OUT/initrd.img" | cut -f1), kernel $KVER)"

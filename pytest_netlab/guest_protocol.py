@@ -57,9 +57,19 @@ copy resumed from a template, once: ``NETLAB-CONFIG name= nics= keytype= key= ho
 hostpub= aslr= seed= time=``: the guest takes the name, the MACs (set on ``eth<i>``), the
 authorised key, its own host key (made by the host, :class:`GuestHostKey`: ``hostkey`` is
 dropbear's private key file in base64, ``hostpub`` the public blob), ASLR, a random seed
-for its RNG and the wall clock; then it starts SSH and prints the ready mark. It is typed
-only after the template mark, which the guest prints only once the console's echo is off
-(the line holds a private key).
+(``seed=``, 64 hex digits) and the wall clock; then it starts SSH and prints the ready mark.
+It is typed only after the template mark, which the guest prints only once the console's
+echo is off (the line holds a private key).
+
+**The seed.** Every copy of a template starts with the template's kernel CRNG state, so
+the copies would hand out the same random bytes (keys, nonces) until the kernel reseeds by
+itself. Before it starts SSH, the guest writes ``seed`` into
+``/dev/urandom`` (the input pool) and makes the kernel reseed its CRNG from that pool
+now: the ``RNDRESEEDCRNG`` ioctl on ``/dev/urandom`` (root; the default image's
+``/usr/lib/netlab/reseed``, ``images/reseed.c``), which also rekeys the per-CPU CRNGs. A
+guest that cannot (no ``seed``, the ioctl refused) prints ``NETLAB-ERROR`` and powers off
+instead of becoming ready. (QEMU's ``vmgenid`` device would do this for a kernel with
+``CONFIG_VMGENID``; Debian's cloud kernel has none.)
 
 **Host keys.** A cold-booted guest makes its own Ed25519 host key and prints it
 (``NETLAB-HOSTKEY``); a resumed copy gets one made on the host, which is pinned before the

@@ -138,6 +138,33 @@ def host_has_qdisc(kind: str) -> bool:
     return found
 
 
+def _create_netns(name: str) -> None:
+    """Create network namespace *name* (a bind mount under /run/netns), all or nothing.
+
+    Not ``pyroute2.netns.create``: that forks a child and waits for its answer only
+    ``pyroute2.config.default_communicate_timeout`` (2 s), which a loaded machine
+    exceeds (``no response from the child pid``), leaving what the killed child had
+    made. Here a short-lived thread of this process unshares its network namespace and
+    binds it (``netns.attach``); nothing waits on another process. What a failed
+    attempt made (the mount point file) is removed before the error is raised.
+    """
+
+    def body() -> None:
+        if _libc.unshare(CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
+        netns.attach(name, f"{os.getpid()}/task/{threading.get_native_id()}")
+
+    try:
+        _in_thread(body, f"netns-create-{name}")
+    except OSError as exc:
+        # EEXIST: the mount point is someone else's, made since the caller looked
+        if exc.errno != errno.EEXIST and (NETNS_RUN_DIR / name).exists():
+            with contextlib.suppress(OSError):
+                netns.remove(name)  # unmounts it if bound, and removes the file
+        raise
+
+
 def open_tap(ifname: str, queues: int = 1) -> list[int]:
     """Create TAP *ifname* in the calling thread's namespace; return one fd per queue.
 
@@ -198,7 +225,7 @@ class LabNamespace:
             raise NamespaceError(f"network namespace {self.name!r} exists already")
         self._write_owner_record()
         try:
-            netns.create(self.name)
+            _create_netns(self.name)
         except (OSError, NetlinkError) as exc:
             self._owner_record.unlink(missing_ok=True)
             raise NamespaceError(

@@ -52,7 +52,7 @@ _INFO = "netlab-image.json"
 _DISK = "rootfs.sqfs"
 _LOCK_TIMEOUT = 3600.0
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-_RECIPE_FILES = ("build-packages.sh", "harness.txt", "init", "udhcpc.script")
+_RECIPE_FILES = ("build-packages.sh", "harness.txt", "init", "reseed.c", "udhcpc.script")
 _APT_LISTS = Path("/var/lib/apt/lists")
 
 

@@ -285,3 +285,40 @@ def test_a_template_guest_whose_console_echo_stays_on_powers_off(netlab_config, 
     assert "cannot turn the console echo off: refusing to take the configuration line" in (
         machine.console_log.read_text(errors="replace")
     )
+
+
+def test_a_template_copy_that_cannot_reseed_its_crng_powers_off_instead_of_becoming_ready(
+    netlab_config, tmp_path
+):
+    """Fail closed: a copy whose CRNG would stay the template's never starts SSH."""
+    from pytest_netlab.errors import QemuError
+    from pytest_netlab.guest_protocol import READY_MARK, GuestHostKey, config_line
+    from pytest_netlab.qemu import QemuMachine
+    from pytest_netlab.templates import TEMPLATE_MARK, Layout
+
+    image = netlab_config.image
+    store = netlab_config.settings().templates
+    config = store.machine_config(Layout(128, 1, netlab_config.settings().accel, ()), image, "noreseed")
+    # an archive before the image's adds a first init that puts a reseed that fails as
+    # the kernel does without CAP_SYS_ADMIN (EPERM) in the helper's place
+    first = (
+        b"#!/usr/bin/busybox sh\n"
+        b"/usr/bin/busybox printf '#!/usr/bin/busybox sh\\nexit 1\\n' > /usr/lib/netlab/reseed\n"
+        b"exec /init\n"
+    )
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(_cpio([("netlab-noreseed-init", 0o100755, first)]) + image.initrd.read_bytes())
+    config.cmdline += " rdinit=/netlab-noreseed-init"
+    config.initrd = initrd
+    machine = QemuMachine(config, tmp_path / "noreseed")
+    machine.launch()
+    try:
+        machine.wait_console(TEMPLATE_MARK, netlab_config.settings().boot_timeout)
+        machine.write_console(config_line("h1", [], "ssh-ed25519", "AAAA", GuestHostKey.generate()))
+        with pytest.raises(QemuError, match=f"QEMU exited before the guest printed {READY_MARK}"):
+            machine.wait_console(READY_MARK, netlab_config.settings().boot_timeout)
+    finally:
+        machine.shutdown()
+    log = machine.console_log.read_text(errors="replace")
+    assert "NETLAB-ERROR cannot reseed the kernel CRNG (/usr/lib/netlab/reseed exit status 1)" in log
+    assert "powering off" in log

@@ -43,6 +43,14 @@ def test_the_configuration_line_has_the_keys_init_takes():
     assert values["hostpub"] == key.public_blob and values["aslr"] == "2"
     assert protocol.HOST_KEY_LINE.match(key.public_line)
     assert base64.b64decode(values["hostkey"]) == key.dropbear_file
+    # the seed: what init requires (32+ characters) and fresh for every copy
+    assert re.fullmatch(r"[0-9a-f]{64}", values["seed"]) and "[ ${#seed} -ge 32 ]" in INIT
+    again = protocol.config_line("h1", ["52:54:00:00:01:00"], "ssh-ed25519", "AAAA", key)
+    assert f"seed={values['seed']}" not in again
+    # init reseeds the CRNG from it before SSH starts, and gives up if it cannot
+    personalise = INIT[INIT.index("reseed_crng\n"):INIT.index("stage \"personalised\"")]
+    assert personalise.index("reseed_crng") < personalise.index("start_ssh")
+    assert '/usr/lib/netlab/reseed || refuse "' in INIT
 
 
 def test_the_console_marks_are_the_ones_init_prints():

@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -259,3 +260,17 @@ def test_a_cold_booted_guest_on_a_package_image_has_its_root_on_the_disk(netlab)
     assert "overlay / overlay" in mounts
     assert vm.ssh("command -v wg").stdout.strip() == "/usr/bin/wg"
     vm.ssh("ip link add wg0 type wireguard && ip link del wg0")  # the module loads from the disk
+
+
+def test_clones_of_a_package_image_template_make_different_keys_right_after_start(netlab):
+    # the symptom reported: `wg genkey` right after start() gave one key in three clones
+    image = netlab.image(EXAMPLE_PACKAGES)
+    br1 = netlab.bridge("br1")
+    vms = [netlab.vm(f"h{i}", nics=[br1], image=image) for i in (1, 2, 3)]
+    netlab.start()
+
+    check = "wg genkey; test -x /usr/lib/netlab/reseed && echo reseed-ok"
+    with ThreadPoolExecutor(len(vms)) as pool:
+        outputs = list(pool.map(lambda vm: vm.ssh(check).stdout.split(), vms))
+    assert all(len(out) == 2 and out[1] == "reseed-ok" for out in outputs), outputs
+    assert len({out[0] for out in outputs}) == len(vms), f"clones made the same key: {outputs}"
