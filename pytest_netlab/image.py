@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from .errors import ImageError
-from .locks import unless_locked
+from .locks import acquire_build_lock, unless_locked
 from .trust import trusted_directory, verify_debs
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,6 @@ SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "harness.txt"})
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
-_LOCK_TIMEOUT = 3600.0
 #: cached images of older recipes are removed once they are this old (pytest-netlab image clean: now)
 PRUNE_AFTER_DAYS = 7
 
@@ -297,17 +296,10 @@ def _get(variant: str, *, rebuild: bool, progress: Callable[[str], None] | None)
         return _load(final, variant, digest)
     _images_dir().mkdir(parents=True, exist_ok=True)
     lock = _lock(variant, digest)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        _say(progress, f"waiting for another process to build the {variant} guest image ({final})")
-        try:
-            lock.acquire(timeout=_LOCK_TIMEOUT)
-        except Timeout:
-            raise ImageError(
-                f"gave up after {_LOCK_TIMEOUT:.0f} s waiting for the lock {lock.lock_file} "
-                f"(another process building the image): remove it if no build is running"
-            ) from None
+    acquire_build_lock(
+        lock, f"waiting for another process to build the {variant} guest image ({final})",
+        lambda line: say(progress, line),
+    )
     try:
         if not rebuild and _is_complete(final):
             return _load(final, variant, digest)
@@ -318,7 +310,8 @@ def _get(variant: str, *, rebuild: bool, progress: Callable[[str], None] | None)
         lock.release()
 
 
-def _say(progress: Callable[[str], None] | None, message: str) -> None:
+def say(progress: Callable[[str], None] | None, message: str) -> None:
+    """Log a build step, and show it through *progress* if given."""
     log.info("%s", message)
     if progress is not None:
         progress(message)
@@ -342,7 +335,7 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     out = tmp / "image"
     command = ["bash", str(script), str(out)]
     env = dict(os.environ, PATH=path, NETLAB_KERNEL_PKG=VARIANTS[variant], NETLAB_DEB_CACHE=str(debs))
-    _say(progress, f"building the {variant} guest image {digest} (takes about a minute)")
+    say(progress, f"building the {variant} guest image {digest} (takes about a minute)")
     started = time.monotonic()
     tail: deque[str] = deque(maxlen=40)
     try:
@@ -387,7 +380,7 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
             final.rename(old / "image")
             shutil.rmtree(old, ignore_errors=True)
         out.rename(final)
-        _say(progress, f"built the {variant} guest image in {seconds:.0f} s: {final}")
+        say(progress, f"built the {variant} guest image in {seconds:.0f} s: {final}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -39,7 +39,17 @@ from filelock import FileLock, Timeout
 
 from .errors import ConfigError, ImageError
 from .guest_protocol import OVERLAY_ROOT
-from .image import PRUNE_AFTER_DAYS, GuestImage, cache_root, default_image, last_used, mark_used, recipe_dir
+from .image import (
+    PRUNE_AFTER_DAYS,
+    GuestImage,
+    cache_root,
+    default_image,
+    last_used,
+    mark_used,
+    recipe_dir,
+    say,
+)
+from .locks import acquire_build_lock
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +60,6 @@ PREFIX = "pkg-"
 _FORMAT = 1
 _INFO = "netlab-image.json"
 _DISK = "rootfs.sqfs"
-_LOCK_TIMEOUT = 3600.0
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _RECIPE_FILES = ("build-packages.sh", "harness.txt", "init", "reseed.c", "udhcpc.script")
 _APT_LISTS = Path("/var/lib/apt/lists")
@@ -170,7 +179,7 @@ def package_image(
     if known is not None and _is_complete(known):
         _prune_once()
         return _load(known, base)
-    _say(progress, f"resolving the Debian packages {' '.join(names)}")
+    say(progress, f"resolving the Debian packages {' '.join(names)}")
     image_id = _image_id(names, base, resolve(names))
     path = _images_dir() / f"{PREFIX}{image_id}"
     if not _is_complete(path):
@@ -188,17 +197,10 @@ def _build_locked(
 ) -> None:
     _images_dir().mkdir(parents=True, exist_ok=True)
     lock = _lock(image_id)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        _say(progress, f"waiting for another process to build the package image {path.name}")
-        try:
-            lock.acquire(timeout=_LOCK_TIMEOUT)
-        except Timeout:
-            raise ImageError(
-                f"gave up after {_LOCK_TIMEOUT:.0f} s waiting for the lock {lock.lock_file}: "
-                "remove it if no build is running"
-            ) from None
+    acquire_build_lock(
+        lock, f"waiting for another process to build the package image {path.name}",
+        lambda line: say(progress, line),
+    )
     try:
         if not _is_complete(path):
             _build(names, base, image_id, path, progress)
@@ -225,12 +227,6 @@ def _load(path: Path, base: GuestImage) -> GuestImage:
     )
 
 
-def _say(progress: Progress | None, message: str) -> None:
-    log.info("%s", message)
-    if progress is not None:
-        progress(message)
-
-
 def _build(
     names: tuple[str, ...], base: GuestImage, image_id: str, final: Path, progress: Progress | None
 ) -> None:
@@ -243,7 +239,7 @@ def _build(
     debs = cache_root() / "debs"
     command = ["bash", str(recipe_dir() / "build-packages.sh"), str(base.root), str(out), *names]
     env = dict(os.environ, NETLAB_DEB_CACHE=str(debs), NETLAB_APT_ARCHIVES=str(debs / "archives"))
-    _say(progress, f"building the package image {final.name} ({' '.join(names)}); takes a minute or two")
+    say(progress, f"building the package image {final.name} ({' '.join(names)}); takes a minute or two")
     started = time.monotonic()
     try:
         status, tail = _run(command, env, tmp, progress)
@@ -260,7 +256,7 @@ def _build(
         }
         (out / _INFO).write_text(json.dumps(info, indent=2) + "\n")
         out.rename(final)
-        _say(progress, f"built the package image in {seconds:.0f} s: {final}")
+        say(progress, f"built the package image in {seconds:.0f} s: {final}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -279,7 +275,7 @@ def _run(
             line = raw.rstrip("\n")
             tail.append(line)
             if line.startswith("build-packages.sh: "):
-                _say(progress, line)
+                say(progress, line)
             else:
                 log.debug("%s", line)
         return proc.wait(), list(tail)
