@@ -3,6 +3,14 @@
 A :class:`LabNamespace` owns one network namespace and everything made inside it. The
 TAP devices are not persistent: each is held open by file descriptors that are handed to
 QEMU, so a TAP disappears by itself when its QEMU process ends, however it ends.
+
+Two modes, one interface. As root, the namespace is bound under ``/run/netns/<name>``
+(``ip netns`` sees it) and sockets and TAPs are made by a short-lived thread that
+entered it. As an ordinary user (rootless), a holder process (:mod:`pytest_netlab.nsholder`)
+makes a user namespace owning the network namespace, and makes sockets and TAPs there
+on request; the namespace is found through the holder's ``/proc/PID/ns/``, and it goes
+when the holder and the last QEMU are gone. Either way the plugin then talks netlink
+(pyroute2) over a socket made inside, and runs commands inside with ``nsenter``.
 """
 
 from __future__ import annotations
@@ -16,26 +24,34 @@ import logging
 import os
 import shlex
 import signal
+import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from socket import socket as Socket
+from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError, netns
 
+from . import nsholder
 from .constants import NETNS_RUN_DIR
 from .errors import CommandError, CommandTimeout, NamespaceError
 from .owner import (
     Owner,
     die_with_parent,
     kill_netns_processes,
+    namespace_holder,
     owner_environment,
     owners_dir,
+    start_ticks,
 )
+from .privileges import rootless
 
 log = logging.getLogger(__name__)
 
@@ -101,14 +117,25 @@ _PROBE_PARAMETERS: dict[str, dict[str, object]] = {
 }
 
 
+def _probe_qdisc(ipr: IPRoute, kind: str) -> bool:
+    loopback = int(ipr.link_lookup(ifname="lo")[0])
+    try:
+        ipr.tc("add", kind, loopback, 0x10000, **_PROBE_PARAMETERS.get(kind, {}))
+    except NetlinkError as exc:
+        if exc.code in (errno.ENOENT, errno.EOPNOTSUPP):  # no such qdisc kind
+            return False
+        raise
+    return True
+
+
 @functools.cache
 def host_has_qdisc(kind: str) -> bool:
     """Whether the host kernel can make a *kind* qdisc (``netem``, ``tbf``), loading its
-    module if it has one.
+    module if it has one (as root).
 
-    Tried on the loopback of a network namespace that a short-lived thread makes for
-    itself (``unshare``), which goes away with the thread: nothing on the host changes
-    and nothing is left to remove.
+    Tried on the loopback of a network namespace made for the probe alone (by a
+    short-lived thread as root, by a holder process rootless), which goes away with it:
+    nothing on the host changes and nothing is left to remove.
 
     Raises:
         NamespaceError: the probe itself failed (no CAP_SYS_ADMIN, say).
@@ -119,23 +146,159 @@ def host_has_qdisc(kind: str) -> bool:
             err = ctypes.get_errno()
             raise OSError(err, f"unshare(CLONE_NEWNET): {os.strerror(err)}")
         with IPRoute() as ipr:
-            loopback = int(ipr.link_lookup(ifname="lo")[0])
-            try:
-                ipr.tc("add", kind, loopback, 0x10000, **_PROBE_PARAMETERS.get(kind, {}))
-            except NetlinkError as exc:
-                if exc.code in (errno.ENOENT, errno.EOPNOTSUPP):  # no such qdisc kind
-                    return False
-                raise
-        return True
+            return _probe_qdisc(ipr, kind)
+
+    def probe_rootless() -> bool:
+        with NamespaceHolder.start() as holder, IPRoute(fileno=holder.netlink().detach()) as ipr:
+            return _probe_qdisc(ipr, kind)
 
     try:
-        found = _in_thread(probe, f"qdisc-probe-{kind}")
+        found = probe_rootless() if rootless() else _in_thread(probe, f"qdisc-probe-{kind}")
     except (OSError, NetlinkError) as exc:
         raise NamespaceError(
             f"cannot find out whether the host kernel has the {kind} qdisc: {exc}"
         ) from exc
     log.debug("host kernel %s the %s qdisc", "has" if found else "lacks", kind)
     return found
+
+
+class NamespaceHolder:
+    """The plugin's end of a rootless lab's holder process (:mod:`pytest_netlab.nsholder`).
+
+    Safe to use from several threads; ``close()`` (or leaving a ``with`` block) ends the
+    holder, and so does this process's end, however it ends.
+    """
+
+    START_TIMEOUT = 30.0  # seconds: a Python start on a loaded machine
+
+    def __init__(self, proc: subprocess.Popen[bytes], control: Socket) -> None:
+        self.proc = proc
+        self._control = control
+        self._lock = threading.Lock()
+
+    @classmethod
+    def start(cls) -> NamespaceHolder:
+        """Start a holder and wait until its namespaces exist.
+
+        Raises:
+            NamespaceError: the user namespace cannot be made (the message says why
+                that may be and what to do).
+        """
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        source = Path(nsholder.__file__).read_text()
+        with ours, theirs:
+            # its own process group: a Ctrl-C at the terminal is the plugin's to handle
+            proc = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", source, str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=owner_environment(),
+                process_group=0,
+            )
+            theirs.close()
+            ours.settimeout(cls.START_TIMEOUT)
+            try:
+                answer = ours.recv(nsholder.MESSAGE_SIZE).decode(errors="replace")
+            except TimeoutError:
+                answer = f"error 0 no answer within {cls.START_TIMEOUT:.0f} s"
+            ours.settimeout(None)
+            if answer != "ready":
+                proc.kill()
+                proc.wait()
+                raise NamespaceError(_holder_failure(answer))
+            return cls(proc, ours.dup())
+
+    def _request(self, text: str, count: int) -> list[int]:
+        with self._lock:
+            self._control.send(text.encode())
+            message, ancillary, _, _ = self._control.recvmsg(
+                nsholder.MESSAGE_SIZE, socket.CMSG_SPACE(count * 4)
+            )
+        fds: list[int] = []
+        for level, kind, data in ancillary:
+            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
+                fds += list(struct.unpack(f"{len(data) // 4}i", data[: len(data) // 4 * 4]))
+        answer = message.decode(errors="replace")
+        if answer != "ok":
+            for fd in fds:
+                os.close(fd)
+            words = answer.split(" ", 2)
+            code = int(words[1]) if len(words) == 3 and words[1].isdigit() else 0
+            raise OSError(code, words[2] if len(words) == 3 else answer or "the holder is gone")
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        return fds
+
+    def socket(self, family: int, kind: int, proto: int = 0) -> Socket:
+        """A socket made in the holder's network namespace."""
+        return socket.socket(fileno=self._request(f"socket {family} {kind} {proto}", 1)[0])
+
+    def netlink(self) -> Socket:
+        """A netlink (rtnetlink) socket in the holder's network namespace."""
+        return self.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0)  # NETLINK_ROUTE
+
+    def tap(self, ifname: str, flags: int, queues: int) -> list[int]:
+        """Create TAP *ifname* in the holder's namespace; one fd per queue."""
+        return self._request(f"tap {ifname} {flags} {queues}", queues)
+
+    def close(self) -> None:
+        self._control.close()  # the holder's end reads its end and exits
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> NamespaceHolder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _holder_failure(answer: str) -> str:
+    words = answer.split(" ", 2)
+    why = words[2] if len(words) == 3 else answer or "it exited at once"
+    return (
+        f"cannot make a user namespace for a rootless lab ({why}): unprivileged user "
+        "namespaces may be off (sysctl user.max_user_namespaces=0, "
+        "kernel.unprivileged_userns_clone=0, or AppArmor's "
+        "kernel.apparmor_restrict_unprivileged_userns=1); 'pytest-netlab doctor' checks, "
+        "or run the tests as root"
+    )
+
+
+@dataclass(frozen=True)
+class NamespacePath:
+    """A lab's network namespace as other processes reach it: bound under /run/netns
+    (made as root), or through the ``/proc/PID/ns/`` of its holder (rootless)."""
+
+    name: str
+    holder: int | None = None
+
+    @property
+    def net(self) -> Path:
+        return Path(f"/proc/{self.holder}/ns/net") if self.holder else NETNS_RUN_DIR / self.name
+
+    def exists(self) -> bool:
+        return self.net.exists()
+
+    def enter(self, argv: Sequence[str]) -> list[str]:
+        """*argv* run inside the namespace (root inside, in a rootless lab's user namespace)."""
+        if self.holder is None:
+            return ["nsenter", f"--net={self.net}", "--", *argv]
+        return [
+            "nsenter", f"--user=/proc/{self.holder}/ns/user", f"--net={self.net}",
+            "--preserve-credentials", "--", *argv,
+        ]
+
+
+def find_namespace(runtime_base: Path, name: str) -> NamespacePath | None:
+    """Lab *name*'s namespace as its owner record and /run/netns give it; ``None`` if it
+    is not there (or its holder is gone)."""
+    holder = namespace_holder(runtime_base, name)
+    if holder is not None:
+        return NamespacePath(name, holder.pid) if holder.alive() else None
+    found = NamespacePath(name)
+    return found if found.exists() else None
 
 
 def _create_netns(name: str) -> None:
@@ -165,12 +328,26 @@ def _create_netns(name: str) -> None:
         raise
 
 
+def tap_flags(queues: int) -> int:
+    """``TUNSETIFF`` flags of a lab's TAP with *queues* queues."""
+    return IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
+
+
+def _tun_hint(exc: OSError) -> str:
+    if exc.errno not in (errno.EACCES, errno.EPERM) or not rootless():
+        return ""
+    return (
+        " (a rootless lab opens /dev/net/tun as you: it must be mode 0666, as Debian's "
+        "udev makes it; 'sudo chmod 0666 /dev/net/tun' (setup.sh does))"
+    )
+
+
 def open_tap(ifname: str, queues: int = 1) -> list[int]:
     """Create TAP *ifname* in the calling thread's namespace; return one fd per queue.
 
     The device lives as long as one of the returned descriptors is open.
     """
-    flags = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | (IFF_MULTI_QUEUE if queues > 1 else 0)
+    flags = tap_flags(queues)
     fds: list[int] = []
     try:
         for _ in range(queues):
@@ -182,6 +359,36 @@ def open_tap(ifname: str, queues: int = 1) -> list[int]:
             os.close(fd)
         raise
     return fds
+
+
+class _NetlinkThread:
+    """One IPRoute, used from a thread of its own whichever thread calls it.
+
+    pyroute2 (0.9) sets up a socket per calling thread: from a socket made elsewhere
+    (``fileno=``) it can make only the first, and from a namespace name it forks a
+    child per thread. One thread per lab serializes the lab's netlink requests, which
+    are short, and needs one socket.
+    """
+
+    def __init__(self, make: Callable[[], IPRoute], name: str) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"netlink-{name}")
+        try:
+            self._ipr = self._pool.submit(make).result()
+        except BaseException:
+            self._pool.shutdown()
+            raise
+
+    def __getattr__(self, attribute: str) -> Callable[..., Any]:
+        method = getattr(self._ipr, attribute)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return self._pool.submit(method, *args, **kwargs).result()
+
+        return call
+
+    def close(self) -> None:
+        self._pool.submit(self._ipr.close).result()
+        self._pool.shutdown()
 
 
 @dataclass
@@ -208,7 +415,8 @@ class LabNamespace:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._ipr: IPRoute | None = None
+        self._ipr: Any = None  # an IPRoute behind a _NetlinkThread
+        self._holder: NamespaceHolder | None = None
         self._daemons: list[tuple[str, subprocess.Popen[bytes]]] = []
         self._created = False
         self._closed = False
@@ -221,20 +429,29 @@ class LabNamespace:
         Raises:
             NamespaceError: the namespace exists already or cannot be made.
         """
-        if (NETNS_RUN_DIR / self.name).exists():
+        if (NETNS_RUN_DIR / self.name).exists() or self._owner_record.exists():
             raise NamespaceError(f"network namespace {self.name!r} exists already")
         self._write_owner_record()
         try:
-            _create_netns(self.name)
-        except (OSError, NetlinkError) as exc:
+            if rootless():
+                self._holder = NamespaceHolder.start()
+                self._write_owner_record(holder=self._holder.proc.pid)
+            else:
+                _create_netns(self.name)
+        except (OSError, NetlinkError, NamespaceError) as exc:
             self._owner_record.unlink(missing_ok=True)
+            if isinstance(exc, NamespaceError):
+                raise
             raise NamespaceError(
                 f"cannot create network namespace {self.name!r}: {exc} "
-                "(pytest-netlab needs root or CAP_SYS_ADMIN and CAP_NET_ADMIN)"
+                "(as root; an ordinary user's run makes rootless labs)"
             ) from exc
         self._created = True
         try:
-            self._ipr = IPRoute(netns=self.name)
+            self._ipr = _NetlinkThread(
+                lambda: IPRoute(fileno=self.socket(socket.AF_NETLINK, socket.SOCK_DGRAM).detach()),
+                self.name,
+            )
             self._ipr.link("set", index=self._index("lo"), state="up")
         except (OSError, NetlinkError) as exc:
             self.close()
@@ -246,14 +463,29 @@ class LabNamespace:
 
         return owners_dir(runtime_base()) / self.name
 
-    def _write_owner_record(self) -> None:
+    def _write_owner_record(self, holder: int | None = None) -> None:
         """Say who owns the namespace, before it exists: cleanup removes a namespace
-        named like ours only when its record names an owner that is gone."""
+        named like ours only when its record names an owner that is gone. A rootless
+        lab's record names its holder too, once it runs (:func:`find_namespace`)."""
         record = self._owner_record
         record.parent.mkdir(mode=0o755, exist_ok=True)
         fd = os.open(record, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
         with os.fdopen(fd, "w") as handle:
             handle.write(Owner.me().tag + "\n")
+            if holder is not None:
+                ticks = start_ticks(holder)
+                handle.write(f"holder {holder}-{ticks}\n")
+
+    @property
+    def path(self) -> NamespacePath:
+        """The namespace as other processes reach it (``nsenter``)."""
+        return NamespacePath(self.name, self._holder.proc.pid if self._holder else None)
+
+    def socket(self, family: int, kind: int, proto: int = 0) -> Socket:
+        """A socket made inside the namespace; it stays there, whichever thread uses it."""
+        if self._holder is not None:
+            return self._holder.socket(family, kind, proto)
+        return run_in_netns(self.name, lambda: socket.socket(family, kind, proto))
 
     def close(self) -> None:
         """Stop the daemons started here, kill what else runs in the namespace (what
@@ -268,24 +500,28 @@ class LabNamespace:
             self._ipr.close()
             self._ipr = None
         if self._created:
-            left = kill_netns_processes(NETNS_RUN_DIR / self.name)
+            left = kill_netns_processes(self.path.net)
             if left:
                 self.log.info("killed %d process(es) left in the namespace: %s", len(left), left)
-            try:
-                netns.remove(self.name)
-            except OSError as exc:
-                if exc.errno != errno.ENOENT:
-                    raise NamespaceError(
-                        f"cannot remove namespace {self.name!r}: {exc}"
-                    ) from exc
+            if self._holder is not None:
+                self._holder.close()  # the namespaces go with it (and the last QEMU)
+            else:
+                self._remove_bound()
             self._owner_record.unlink(missing_ok=True)
+
+    def _remove_bound(self) -> None:
+        try:
+            netns.remove(self.name)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise NamespaceError(f"cannot remove namespace {self.name!r}: {exc}") from exc
 
     @property
     def created(self) -> bool:
         return self._created and not self._closed
 
     @property
-    def ipr(self) -> IPRoute:
+    def ipr(self) -> Any:
         if self._ipr is None:
             raise NamespaceError(f"namespace {self.name!r} is not open")
         return self._ipr
@@ -312,10 +548,13 @@ class LabNamespace:
     def add_tap(self, ifname: str, bridge: str, queues: int = 1, mtu: int | None = None) -> list[int]:
         """Create TAP *ifname* enslaved to *bridge* and up; return its file descriptors."""
         try:
-            fds = run_in_netns(self.name, lambda: open_tap(ifname, queues))
+            if self._holder is not None:
+                fds = self._holder.tap(ifname, tap_flags(queues), queues)
+            else:
+                fds = run_in_netns(self.name, lambda: open_tap(ifname, queues))
         except OSError as exc:
             raise NamespaceError(
-                f"cannot create TAP {ifname!r} in {self.name!r}: {exc.strerror}"
+                f"cannot create TAP {ifname!r} in {self.name!r}: {exc.strerror}{_tun_hint(exc)}"
             ) from exc
         try:
             index = self._index(ifname)
@@ -381,8 +620,7 @@ class LabNamespace:
 
     # -- commands ---------------------------------------------------------------------
     def _argv(self, command: str | Sequence[str]) -> list[str]:
-        args = ["sh", "-c", command] if isinstance(command, str) else list(command)
-        return ["nsenter", f"--net={NETNS_RUN_DIR / self.name}", "--", *args]
+        return self.path.enter(["sh", "-c", command] if isinstance(command, str) else command)
 
     def run(
         self, command: str | Sequence[str], *, check: bool = True, timeout: float = 30.0

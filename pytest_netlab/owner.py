@@ -159,13 +159,32 @@ def kill_netns_processes(path: Path, rounds: int = 10) -> list[int]:
 
 
 def owners_dir(runtime_base: Path) -> Path:
-    """Where the owner record of each network namespace is: ``owners/<namespace>``."""
+    """Where the owner record of each network namespace is: ``owners/<namespace>``.
+
+    A record's first line is the owner's tag; a rootless lab's record has a second line,
+    ``holder <tag>``: the process holding its namespaces (:mod:`pytest_netlab.nsholder`).
+    """
     return runtime_base / "owners"
+
+
+def _record_lines(runtime_base: Path, name: str) -> list[str]:
+    try:
+        return (owners_dir(runtime_base) / name).read_text().splitlines()
+    except OSError:
+        return []
 
 
 def namespace_owner(runtime_base: Path, name: str) -> Owner | None:
     """The owner recorded for namespace *name*; ``None`` without a (readable) record."""
-    try:
-        return Owner.parse((owners_dir(runtime_base) / name).read_text())
-    except OSError:
-        return None
+    lines = _record_lines(runtime_base, name)
+    return Owner.parse(lines[0]) if lines else None
+
+
+def namespace_holder(runtime_base: Path, name: str) -> Owner | None:
+    """The process holding rootless lab *name*'s namespaces, as recorded; ``None`` for a
+    lab made as root (its namespace is bound under /run/netns) or without a record."""
+    for line in _record_lines(runtime_base, name)[1:]:
+        word, _, tag = line.partition(" ")
+        if word == "holder":
+            return Owner.parse(tag)
+    return None

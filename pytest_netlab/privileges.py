@@ -45,6 +45,13 @@ def sandbox_option(spawn: bool) -> str:
     return SANDBOX_SPAWN if spawn else SANDBOX
 
 
+def rootless() -> bool:
+    """Whether this run makes its labs without root: the tests run as an ordinary user,
+    and each lab's network namespace is owned by a user namespace of its own
+    (:mod:`pytest_netlab.nsholder`) instead of being bound under /run/netns."""
+    return os.geteuid() != 0
+
+
 @dataclass(frozen=True)
 class QemuIdentity:
     """The user and group QEMU runs as, and why them."""
