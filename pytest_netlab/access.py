@@ -14,7 +14,6 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from .constants import NETNS_RUN_DIR
 from .guest import VM, Router
 from .lab import Lab
 from .labcontext import LabContext
@@ -155,11 +154,13 @@ def describe(lab: Lab | LabContext, state: str = "") -> str:
     ``known_hosts``, ``ssh_config`` and ``inventory.yml`` files."""
     files = write_access_files(lab)
     known_hosts = files.known_hosts if _reachable(lab) else None
-    namespace = NETNS_RUN_DIR / lab.name
+    namespace = lab.namespace.path
+    enter = shlex.join(namespace.enter(["bash"]))
+    also = f"   (or: ip netns exec {lab.name} bash)" if namespace.holder is None else ""
     config = shlex.quote(str(files.ssh_config))
     lines = [
         f"lab {lab.name}{f' is {state}' if state else ''}; files in {lab.workdir}",
-        f"  lab namespace: nsenter --net={namespace} bash   (or: ip netns exec {lab.name} bash)",
+        f"  lab namespace: {enter}{also}",
         f"  by guest name: ssh -F {config} GUEST   (scp -F, rsync -e 'ssh -F {config}' too)",
         f"  ansible: ansible -i {shlex.quote(str(files.inventory))} all -m raw -a 'ip -br addr'",
     ]

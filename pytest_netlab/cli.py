@@ -10,8 +10,12 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from .errors import NetlabError
+
+if TYPE_CHECKING:
+    from .netns import NamespacePath
 
 
 def _cmd_cleanup(args: argparse.Namespace) -> int:
@@ -280,8 +284,8 @@ def _cmd_exec(args: argparse.Namespace) -> int:
 def _cmd_capture(args: argparse.Namespace) -> int:
     import os
 
-    from .constants import NETNS_RUN_DIR
     from .errors import ConfigError
+    from .netns import find_namespace
     from .running import find_running
     from .session import runtime_base
 
@@ -291,31 +295,30 @@ def _cmd_capture(args: argparse.Namespace) -> int:
             "or redirect it (> FILE.pcap)"
         )
     lab = find_running(runtime_base(), args.lab)
-    bridges = _bridges_of(lab.name)
+    namespace = find_namespace(runtime_base(), lab.name)
+    if namespace is None:
+        raise ConfigError(f"lab {lab.name} has no namespace any more: it is going down")
+    bridges = _bridges_of(namespace)
     if args.bridge not in bridges:
         raise ConfigError(
             f"lab {lab.name} has no bridge {args.bridge!r}: bridges are {', '.join(bridges) or 'none'}"
         )
-    argv = ["nsenter", f"--net={NETNS_RUN_DIR / lab.name}", "--",
-            "tcpdump", "-n", "-i", args.bridge, "--immediate-mode", "-U", "-s", "0", "-w", "-",
-            *args.filter]
+    argv = namespace.enter([
+        "tcpdump", "-n", "-i", args.bridge, "--immediate-mode", "-U", "-s", "0", "-w", "-",
+        *args.filter,
+    ])
     sys.stdout.flush()
     os.execvp(argv[0], argv)
 
 
-def _bridges_of(namespace: str) -> list[str]:
-    from pyroute2 import IPRoute
+def _bridges_of(namespace: NamespacePath) -> list[str]:
+    import subprocess
 
-    from .netns import run_in_netns
-
-    def bridges() -> list[str]:
-        with IPRoute() as ipr:
-            return sorted(
-                str(link.get("ifname")) for link in ipr.get_links()
-                if (info := link.get("linkinfo")) is not None and info.get("kind") == "bridge"
-            )
-
-    return run_in_netns(namespace, bridges)
+    out = subprocess.run(
+        namespace.enter(["ip", "-json", "link", "show", "type", "bridge"]),
+        capture_output=True, text=True, check=True,
+    ).stdout
+    return sorted(str(link["ifname"]) for link in json.loads(out or "[]"))
 
 
 def _cmd_graph(args: argparse.Namespace) -> int:

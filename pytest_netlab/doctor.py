@@ -5,11 +5,13 @@ cannot run (the command then exits non-zero); the others limit what it can do.""
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from .budget import QEMU_OVERHEAD_MIB
 from .constants import GUEST_MEMORY_DEFAULT, NAMESPACE_PREFIX
@@ -83,26 +85,61 @@ def _kvm() -> Check:
     )
 
 
+def _mode() -> Check:
+    from .privileges import rootless
+
+    if rootless():
+        return Check(
+            "mode", True,
+            f"rootless (uid {os.geteuid()}): each lab's namespace is owned by a user namespace "
+            "of its own; QEMU runs as you",
+        )
+    return Check("mode", True, "root: lab namespaces under /run/netns; QEMU runs as its own user")
+
+
+def _user_namespaces() -> list[str]:
+    """Why an ordinary user may not make user namespaces here, as the sysctls say."""
+    problems = []
+    for path, bad, why in (
+        ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
+        ("/proc/sys/kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
+        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
+         "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)"),
+    ):
+        with contextlib.suppress(OSError):
+            if Path(path).read_text().strip() == bad:
+                problems.append(why)
+    return problems
+
+
 def _tun() -> Check:
+    from .privileges import rootless
+
     try:
         fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
     except OSError as exc:
-        return Check(
-            "/dev/net/tun", False, f"cannot open: {exc.strerror}",
-            "modprobe tun (in a container: pass --device /dev/net/tun)",
-        )
+        fix = "modprobe tun (in a container: pass --device /dev/net/tun)"
+        if rootless() and exc.errno == errno.EACCES:
+            fix = "sudo chmod 0666 /dev/net/tun (Debian's udev default; setup.sh does)"
+        return Check("/dev/net/tun", False, f"cannot open: {exc.strerror}", fix)
     os.close(fd)
     return Check("/dev/net/tun", True, "can be opened")
 
 
 def _namespaces() -> Check:
     from .netns import LabNamespace
+    from .privileges import rootless
 
     namespace = LabNamespace(f"{NAMESPACE_PREFIX}{os.getpid()}-doctor")
     try:
         namespace.create()
         namespace.add_bridge("br-doctor")
     except NetlabError as exc:
+        if rootless():
+            why = "; ".join(_user_namespaces()) or "see the message"
+            return Check(
+                "namespaces", False, f"{exc} [{why}]", "allow unprivileged user namespaces, or run as root",
+            )
         return Check(
             "namespaces", False, str(exc),
             "run as root, or give CAP_SYS_ADMIN and CAP_NET_ADMIN (a container: --privileged)",
@@ -188,7 +225,7 @@ def _budget() -> Check:
 def checks(guests: int = 4) -> Iterator[Check]:
     """Every check, in order; each is run when the iterator reaches it."""
     steps: list[Callable[[], Check]] = [
-        _qemu, _qemu_user, _tun, _namespaces, _qdiscs, _kvm, _image,
+        _mode, _qemu, _qemu_user, _tun, _namespaces, _qdiscs, _kvm, _image,
         lambda: _program("nsenter", "util-linux", "runs commands in lab namespaces", True),
         lambda: _program("setpriv", "util-linux", "children die with their owner (--pdeathsig)", True),
         lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),

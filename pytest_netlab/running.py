@@ -18,7 +18,7 @@ from .constants import NETNS_RUN_DIR
 from .detached import detached_labs
 from .errors import ConfigError
 from .keep import kept_dir
-from .owner import command_line, namespace_owner
+from .owner import command_line, namespace_owner, owners_dir
 
 
 @dataclass(frozen=True)
@@ -100,8 +100,12 @@ def running_labs(runtime_base: Path) -> list[RunningLab]:
     }
     kept = kept_workdirs(runtime_base)
     labs = []
-    names = sorted(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.is_dir() else []
-    for name in names:
+    # bound under /run/netns (made as root) or held by a process (rootless): both have
+    # an owner record
+    names = set(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.is_dir() else set()
+    if owners_dir(runtime_base).is_dir():
+        names |= set(os.listdir(owners_dir(runtime_base)))
+    for name in sorted(names):
         match = _NS_NAME.match(name)
         if not match:
             continue

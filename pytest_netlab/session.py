@@ -34,11 +34,14 @@ log = logging.getLogger(__name__)
 
 
 def runtime_base() -> Path:
-    """Where private runtime directories go: /run/netlab as root, else the user's runtime dir."""
+    """Where private runtime directories go: /run/netlab as root, else the user's runtime
+    dir (``$XDG_RUNTIME_DIR/netlab``, or ``/tmp/netlab-<uid>`` where there is none)."""
     if os.geteuid() == 0:
         base = Path("/run/netlab")
+    elif os.environ.get("XDG_RUNTIME_DIR"):
+        base = Path(os.environ["XDG_RUNTIME_DIR"]) / "netlab"
     else:
-        base = Path(os.environ.get("XDG_RUNTIME_DIR") or tempfile.gettempdir()) / "netlab"
+        base = Path(tempfile.gettempdir()) / f"netlab-{os.geteuid()}"
     return trusted_directory(
         base, "the runtime directory",
         "remove it, or set XDG_RUNTIME_DIR to a directory that only you own and can write",

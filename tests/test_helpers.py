@@ -12,7 +12,7 @@ import time
 import pytest
 
 from pytest_netlab import CommandError, ConfigError, SSHError, TransferError, WaitTimeout
-from pytest_netlab.netns import host_has_qdisc, run_in_netns
+from pytest_netlab.netns import host_has_qdisc
 from pytest_netlab.pcap import read_pcap
 
 
@@ -172,7 +172,7 @@ def _seconds_to_send(netlab, vm, address: str, size: int) -> float:
     started = time.monotonic()
     deadline = started + 20
     while True:
-        sock = run_in_netns(netlab.name, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+        sock = netlab.namespace.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.settimeout(20)
         try:
             sock.connect((address, 5001))
