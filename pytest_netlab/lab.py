@@ -200,6 +200,9 @@ class Lab:
 
     def _tcpdump(self, bridge: str, path: Path, log_name: str) -> Any:
         """Start tcpdump on *bridge* writing *path*; return once it listens."""
+        self._ensure_namespace()
+        if (problem := self.namespace.capture_problem()) is not None:
+            raise LabError(problem)
         self.pcap_dir.mkdir(parents=True, exist_ok=True)
         proc = self.spawn(tcpdump_argv(bridge, path), name=log_name)
         wait_listening(self.workdir / f"{log_name}.log", proc)

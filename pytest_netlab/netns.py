@@ -22,7 +22,9 @@ import fcntl
 import functools
 import logging
 import os
+import pwd
 import shlex
+import shutil
 import signal
 import socket
 import struct
@@ -175,6 +177,9 @@ class NamespaceHolder:
         self.proc = proc
         self._control = control
         self._lock = threading.Lock()
+        # whether the user's subordinate ids are mapped too (else programs that change
+        # their user inside, such as tcpdump, cannot)
+        self.all_ids = False
 
     @classmethod
     def start(cls) -> NamespaceHolder:
@@ -197,6 +202,10 @@ class NamespaceHolder:
             ours.settimeout(cls.START_TIMEOUT)
             try:
                 answer = ours.recv(nsholder.MESSAGE_SIZE).decode(errors="replace")
+                mapped = answer == "unshared" and map_subordinate_ids(proc.pid)
+                if answer == "unshared":
+                    ours.send(b"mapped" if mapped else b"map-self")
+                    answer = ours.recv(nsholder.MESSAGE_SIZE).decode(errors="replace")
             except TimeoutError:
                 answer = f"error 0 no answer within {cls.START_TIMEOUT:.0f} s"
             ours.settimeout(None)
@@ -204,7 +213,9 @@ class NamespaceHolder:
                 proc.kill()
                 proc.wait()
                 raise NamespaceError(_holder_failure(answer))
-            return cls(proc, ours.dup())
+            holder = cls(proc, ours.dup())
+            holder.all_ids = mapped
+            return holder
 
     def _request(self, text: str, count: int) -> list[int]:
         with self._lock:
@@ -252,6 +263,42 @@ class NamespaceHolder:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def subordinate_ids(kind: str) -> tuple[int, int] | None:
+    """The first range of subordinate ids (*kind* ``uid`` or ``gid``) this user has in
+    /etc/subuid or /etc/subgid (both keyed by user), as (start, count); ``None``
+    without one."""
+    try:
+        names = {str(os.geteuid()), pwd.getpwuid(os.geteuid()).pw_name}
+        lines = Path(f"/etc/sub{kind}").read_text().splitlines()
+    except (OSError, KeyError):
+        return None
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in names and fields[1].isdigit() and fields[2].isdigit():
+            return int(fields[1]), int(fields[2])
+    return None
+
+
+def map_subordinate_ids(pid: int) -> bool:
+    """Map this user as root and the user's subordinate ids as the other users into
+    process *pid*'s fresh user namespace (``newuidmap``/``newgidmap``, from Debian's
+    ``uidmap``); whether that was done."""
+    uids, gids = subordinate_ids("uid"), subordinate_ids("gid")
+    if uids is None or gids is None or not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+        return False
+    for tool, me, (start, count) in (
+        ("newuidmap", os.geteuid(), uids), ("newgidmap", os.getegid(), gids),
+    ):
+        done = subprocess.run(
+            [tool, str(pid), "0", str(me), "1", "1", str(start), str(min(count, 65535))],
+            capture_output=True, text=True, check=False,
+        )
+        if done.returncode != 0:
+            log.info("%s failed (%s): the rootless lab maps your user alone", tool, done.stderr.strip())
+            return False
+    return True
 
 
 def _holder_failure(answer: str) -> str:
@@ -480,6 +527,19 @@ class LabNamespace:
     def path(self) -> NamespacePath:
         """The namespace as other processes reach it (``nsenter``)."""
         return NamespacePath(self.name, self._holder.proc.pid if self._holder else None)
+
+    def capture_problem(self) -> str | None:
+        """Why tcpdump cannot run in this namespace, or ``None``: inside a rootless lab
+        it changes its user, which needs the user's subordinate ids mapped."""
+        if self._holder is None or self._holder.all_ids:
+            return None
+        user = pwd.getpwuid(os.geteuid()).pw_name
+        return (
+            "packet capture in a rootless lab needs your subordinate ids (tcpdump changes "
+            "its user inside): apt-get install uidmap, and give "
+            f"{user} ranges in /etc/subuid and /etc/subgid (usermod --add-subuids "
+            f"100000-165535 --add-subgids 100000-165535 {user}; useradd gives new users them)"
+        )
 
     def socket(self, family: int, kind: int, proto: int = 0) -> Socket:
         """A socket made inside the namespace; it stays there, whichever thread uses it."""

@@ -13,8 +13,13 @@ there and may use them. Commands run inside with ``nsenter --user --net
 --preserve-credentials`` (:func:`pytest_netlab.netns.enter_argv`).
 
 Started as ``python3 -I -S -c SOURCE FD`` (this file's text; standard library only):
-FD is its end of a ``SOCK_SEQPACKET`` pair. It answers ``ready`` once the namespaces are
-made (or ``error ERRNO TEXT`` and exits), then one answer per request:
+FD is its end of a ``SOCK_SEQPACKET`` pair. It says ``unshared`` once the namespaces are
+made (or ``error ERRNO TEXT`` and exits); the plugin then maps the user's ids into the
+user namespace with ``newuidmap``/``newgidmap`` (the user as root, and the user's
+subordinate ids as the other users, so that programs that change their user, such as
+tcpdump, work inside) and answers ``mapped``, or, where that cannot be done, answers
+``map-self``: the holder maps the user as root alone, the only mapping a process may
+write for itself. The holder says ``ready``, then answers each request:
 
 - ``socket FAMILY TYPE PROTO`` -> ``ok`` with the socket's fd
 - ``tap NAME FLAGS QUEUES`` -> ``ok`` with one fd per queue
@@ -43,11 +48,14 @@ def _error(exc: OSError, what: str) -> bytes:
     return f"error {exc.errno or 0} {what}: {exc.strerror or exc}".encode()
 
 
-def _unshare(uid: int, gid: int) -> None:
+def _unshare() -> None:
     libc = ctypes.CDLL(None, use_errno=True)
     if libc.unshare(CLONE_NEWUSER | CLONE_NEWNET) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _map_self(uid: int, gid: int) -> None:
     # one line each: the only mapping an unprivileged process may write for itself
     with open("/proc/self/setgroups", "w") as handle:
         handle.write("deny")
@@ -104,11 +112,18 @@ def _serve(control: socket.socket) -> None:
 
 def main(fd: int) -> None:
     control = socket.socket(fileno=fd)
+    uid, gid = os.geteuid(), os.getegid()
     try:
-        _unshare(os.geteuid(), os.getegid())
+        _unshare()
     except OSError as exc:
         control.send(_error(exc, "unshare(CLONE_NEWUSER|CLONE_NEWNET)"))
         return
+    control.send(b"unshared")
+    answer = control.recv(MESSAGE_SIZE)
+    if answer == b"map-self":
+        _map_self(uid, gid)
+    elif answer != b"mapped":
+        return  # the plugin's end closed
     control.send(b"ready")
     _serve(control)
 
