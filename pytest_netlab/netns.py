@@ -756,3 +756,11 @@ def _stop_process(
             logger.warning("%s did not stop on SIGTERM within %.1f s; killing it", what, grace)
             proc.kill()
             proc.wait()
+
+
+def namespace_exists(name: str) -> bool:
+    """Whether lab *name*'s namespace is there: bound under /run/netns, or held by a
+    live holder (a rootless lab)."""
+    from .session import runtime_base
+
+    return find_namespace(runtime_base(), name) is not None

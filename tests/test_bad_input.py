@@ -9,8 +9,8 @@ from __future__ import annotations
 import pytest
 
 from pytest_netlab import ConfigError
-from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.lab import Lab
+from pytest_netlab.netns import namespace_exists
 
 pytest_plugins = ["pytester"]
 
@@ -26,7 +26,7 @@ def _assert_one_line(info: pytest.ExceptionInfo[ConfigError]) -> None:
 def _assert_nothing_made(lab: Lab, links: list[str] | None = None) -> None:
     """No namespace (or, once bridges exist, no new link in it) and no QEMU."""
     if links is None:
-        assert not (NETNS_RUN_DIR / lab.name).exists()
+        assert not namespace_exists(lab.name)
     else:
         assert sorted(lab.namespace.links()) == sorted(links)
     assert all(vm.machine is None for vm in lab.vms.values())

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab.cleanup import remove_leftovers
-from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.detached import DetachedLab, detached_labs, find, take_down
 from pytest_netlab.errors import ConfigError
+from pytest_netlab.netns import namespace_exists
 from pytest_netlab.session import runtime_base
 
 ONE_GUEST = """
@@ -51,7 +51,7 @@ def test_detached_lab_outlives_the_command_until_netlab_down(tmp_path):
         assert f"tear it down with: pytest-netlab down {lab}" in up.stdout
         state = DetachedLab.path_of(runtime_base(), lab)
         assert find(runtime_base(), lab).pid == owner and state.exists()
-        assert _running(owner) and (NETNS_RUN_DIR / lab).exists()
+        assert _running(owner) and namespace_exists(lab)
         # the printed command reaches the guest after `pytest-netlab up` has returned
         ssh = re.search(r"^  h1: (ssh .*)$", up.stdout, re.M).group(1)  # type: ignore[union-attr]
         shell = subprocess.run([*shlex.split(ssh), "-o", "BatchMode=yes", "ip -br addr show eth0"],
@@ -64,7 +64,7 @@ def test_detached_lab_outlives_the_command_until_netlab_down(tmp_path):
 
         assert (down.returncode, down.stdout) == (0, f"lab {lab} is down\n"), down.stderr
         assert not _running(owner)
-        assert not (NETNS_RUN_DIR / lab).exists()
+        assert not namespace_exists(lab)
         assert not state.exists()
         assert "lab " + lab + " is down" in (tmp_path / "lab" / "netlab-up.log").read_text()
     finally:

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.keep import kept_dir
+from pytest_netlab.netns import namespace_exists
 from pytest_netlab.session import runtime_base
 
 FAILING = """
@@ -92,7 +92,7 @@ def _stop(proc: subprocess.Popen[bytes], directory: Path) -> None:
 
 
 def _gone(lab: str, port: int) -> None:
-    assert not (NETNS_RUN_DIR / lab).exists()
+    assert not namespace_exists(lab)
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=1).close()
 
@@ -171,7 +171,7 @@ def test_enter_on_the_terminal_ends_the_pause(pytester: pytest.Pytester) -> None
         os.close(master)
         os.close(slave)
     assert not kept.exists()
-    assert not (NETNS_RUN_DIR / kept.stem).exists()
+    assert not namespace_exists(kept.stem)
 
 
 def test_pause_without_terminal_goes_on_after_the_timeout(pytester: pytest.Pytester) -> None:

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from pytest_netlab import CommandError, CommandTimeout, GuestGoneError, WaitTimeout
-from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.netns import namespace_exists
 from pytest_netlab.privileges import let_qemu_write, qemu_identity
 from pytest_netlab.templates import Layout, Template
 
@@ -153,7 +153,7 @@ def test_ssh_port_is_forwarded_on_loopback_only_and_gone_after_teardown(netlab):
     netlab.close()
 
     assert not _listening(port)
-    assert not (NETNS_RUN_DIR / namespace).exists()
+    assert not namespace_exists(namespace)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
     netlab.close()  # idempotent

@@ -11,9 +11,8 @@ from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 
 from pytest_netlab import netns as netlab_netns
-from pytest_netlab.constants import NETNS_RUN_DIR
 from pytest_netlab.errors import NamespaceError
-from pytest_netlab.netns import LabNamespace
+from pytest_netlab.netns import LabNamespace, namespace_exists
 
 
 @pytest.fixture
@@ -51,6 +50,6 @@ def test_a_failed_creation_leaves_no_mount_point_and_no_owner_record(
     monkeypatch.setattr(netlab_netns.netns, "attach", half_made)
     with pytest.raises(NamespaceError, match=rf"cannot create network namespace .{namespace.name}.*injected"):
         namespace.create()
-    assert not (NETNS_RUN_DIR / namespace.name).exists()
+    assert not namespace_exists(namespace.name)
     assert not namespace._owner_record.exists()
     assert not namespace.created

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.netns import namespace_exists
 
 pytest_plugins = ["pytester"]
 
@@ -56,7 +56,7 @@ def test_second(netlab):
 def _labs_are_gone(barrier: Path) -> list[str]:
     names = [p.name for p in (barrier / "up").iterdir()]
     assert len(names) == 2 and len(set(names)) == 2
-    return [name for name in names if (NETNS_RUN_DIR / name).exists()]
+    return [name for name in names if namespace_exists(name)]
 
 
 def test_two_xdist_workers_build_br1_at_once(pytester: pytest.Pytester, monkeypatch):

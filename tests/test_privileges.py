@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab import NAT_HOST, ConfigError, QemuError
-from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.netns import namespace_exists
 from pytest_netlab.privileges import (
     QEMU_USER,
     SANDBOX,
@@ -169,7 +169,7 @@ def test_a_lab_without_a_user_for_qemu_refuses_before_anything_is_made(netlab, m
     h1 = netlab.vm("h1")
     with pytest.raises(ConfigError, match="QEMU never runs as root"):
         netlab.start()
-    assert h1.machine is None and not (NETNS_RUN_DIR / netlab.name).exists()
+    assert h1.machine is None and not namespace_exists(netlab.name)
 
 
 def test_the_sandbox_starts_for_qemus_user():

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.netns import namespace_exists
 
 pytest_plugins = ["pytester"]
 
@@ -67,4 +67,4 @@ def test_module_and_session_labs_are_shared_isolated_and_torn_down(
     assert labs["test_a", "module"] != labs["test_b", "module"]
     every = {name for _, _, name in records}
     assert len(every) == 5  # 2 module labs, 1 session lab, 2 per-test labs
-    assert not [name for name in every if (NETNS_RUN_DIR / name).exists()]
+    assert not [name for name in every if namespace_exists(name)]

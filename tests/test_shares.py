@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab import ConfigError, LabError, give_to_qemu
-from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.netns import namespace_exists
 from pytest_netlab.privileges import qemu_identity
 from pytest_netlab.qemu import FsShare
 from pytest_netlab.shares import MAX_SHARES, Share, mount_script, share, shares_of
@@ -125,7 +125,7 @@ def test_lab_refuses_bad_shares_before_anything_starts(netlab, tmp_path):
     with pytest.raises(ConfigError, match=r"share guest path 'mnt' is not accepted"):
         netlab.share(tmp_path, "mnt")
     assert not netlab.vms
-    assert not (NETNS_RUN_DIR / netlab.name).exists()
+    assert not namespace_exists(netlab.name)
 
 
 def test_read_only_is_enforced_by_qemu_and_console_guests_mount_too(netlab, tmp_path):

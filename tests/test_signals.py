@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_netlab.constants import NETNS_RUN_DIR
+from pytest_netlab.netns import namespace_exists
 
 VICTIM = """
 import os, time
@@ -53,7 +53,7 @@ def test_sigterm_tears_the_lab_down_like_ctrl_c(pytester: pytest.Pytester, worke
     )
     try:
         namespace, daemon, background, runtime = _wait_for(pytester.path / "state", 60).split()
-        assert (NETNS_RUN_DIR / namespace).exists() and _alive(int(daemon))
+        assert namespace_exists(namespace) and _alive(int(daemon))
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
     finally:
@@ -61,7 +61,7 @@ def test_sigterm_tears_the_lab_down_like_ctrl_c(pytester: pytest.Pytester, worke
             proc.kill()
             proc.wait()
     assert "KeyboardInterrupt" in output and "SIGTERM" in output, output
-    assert not (NETNS_RUN_DIR / namespace).exists()
+    assert not namespace_exists(namespace)
     assert not _alive(int(daemon)) and not _alive(int(background))
     assert not Path(runtime).exists()
 

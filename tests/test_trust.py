@@ -32,6 +32,11 @@ def test_a_cache_writable_by_others_is_refused(tmp_path: Path, monkeypatch: pyte
     _refused(monkeypatch, cache, "writable by group and others")
 
 
+# chown to another user needs root; the ordinary user's run checks the same code's other paths
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="gives a directory to another user: root only")
+
+
+@needs_root
 def test_a_cache_under_a_directory_of_another_user_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ):
@@ -53,6 +58,7 @@ def test_a_symlink_to_a_writable_directory_is_refused(tmp_path: Path, monkeypatc
     _refused(monkeypatch, tmp_path / "link", "writable by group and others")
 
 
+@needs_root
 def test_a_sticky_parent_is_fine_only_when_root_owns_it(tmp_path: Path):
     sticky = tmp_path / "sticky"
     sticky.mkdir()
@@ -92,7 +98,8 @@ def test_a_runtime_base_others_can_write_is_refused_for_a_user(
     shared = tmp_path / "run"
     shared.mkdir()
     shared.chmod(0o777)
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)  # a run that is not root
+    if os.geteuid() == 0:
+        monkeypatch.setattr(os, "geteuid", lambda: 1000)  # a run that is not root
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(shared))
     with pytest.raises(ConfigError, match=r"runtime directory .* writable by group and others"):
         runtime_base()
