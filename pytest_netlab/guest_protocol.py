@@ -2,8 +2,10 @@
 
 The reference implementation is the default image's ``/init`` (``images/init``); an image
 made by someone else works with pytest-netlab when its first program does the same. The
-host side is :mod:`pytest_netlab.lab` (what it asks), :mod:`pytest_netlab.qemu` (what it
-reads on the console) and :mod:`pytest_netlab.templates` (saved states). Everything is
+host side is this module (what the console says: :class:`ConsoleMarks`, what is typed on
+it: :func:`config_line`, :class:`ConsoleCommand`), used by :mod:`pytest_netlab.bringup`
+(what it asks), :mod:`pytest_netlab.qemu` (which hands it the console's lines) and
+:mod:`pytest_netlab.templates` (saved states). Everything is
 plain text; nothing of the guest's answers is trusted beyond the shapes below.
 
 **Devices.** Lab NICs are PCI NICs of the models in :mod:`pytest_netlab.nicmodels`, in
