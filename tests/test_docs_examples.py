@@ -251,3 +251,5 @@ def test_a_file_and_the_python_api_set_the_same_addresses_routes_and_forwarding(
     assert rt2["forwarding"] == h2["forwarding"] == ["1", "1"] and h1["forwarding"] == ["0", "0"]
     assert "10.20.20.2\th2" in str(h1["hosts"])
     assert from_file["h1"].ping("10.20.20.2")
+    from_file["h1"].set_route("10.20.20.0/24", via="10.20.10.2")  # again: replaced, not refused
+    assert _what_the_guest_has(from_file["h1"]) == h1
