@@ -224,6 +224,8 @@ class ConsoleMarks:
     only if the host did not choose the key itself (:meth:`pin_host_key`); ``NETLAB-ERROR``
     lines are logged as warnings on *log*, escaped. Safe to use from several threads."""
 
+    ready_mark = READY_MARK  # what :attr:`ready` waits for, for messages
+
     def __init__(self, log: logging.Logger) -> None:
         self.log = log
         self.host_key: str | None = None  # the SSH host key to pin, fixed once ready

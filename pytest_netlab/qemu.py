@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .constants import NAT_HOST, Accelerator
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
-from .guest_protocol import MGMT_MAC, MGMT_NET, READY_MARK, ConsoleCommand, ConsoleMarks
+from .guest_protocol import MGMT_MAC, MGMT_NET, ConsoleCommand, ConsoleMarks
 from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .privileges import (
     ProcessPrivileges,
@@ -651,11 +651,10 @@ class QemuMachine:
             if not self.is_running():
                 raise self._died_error("QEMU exited before the guest was ready")
             raise BootTimeout(
-                    f"{self.name}: guest did not print {READY_MARK} (its SSH server is "
-                    f"listening) within {timeout:g} s (accelerator {self.config.accel}; "
-                    "raise it with --netlab-boot-timeout or the netlab_boot_timeout ini value); "
-                f"console log {self.console_log}, "
-                f"last lines:\n{self.console_tail()}"
+                f"{self.name}: guest did not print {self.marks.ready_mark} (its SSH server is "
+                f"listening) within {timeout:g} s (accelerator {self.config.accel}; "
+                "raise it with --netlab-boot-timeout or the netlab_boot_timeout ini value); "
+                f"console log {self.console_log}, last lines:\n{self.console_tail()}"
             )
         if self.marks.host_key is None:
             raise BootTimeout(f"{self.name}: guest was ready but printed no host key")
