@@ -142,7 +142,7 @@ def phases(bench: Bench, boot: str, declare: Callable[[Lab], list[VM]], label: s
         bench.add(f"{prefix}/QEMU CPU time to SSH up, per guest",
                   statistics.mean(cpu_seconds(m.pid) for m in machines))
         bench.add(f"{prefix}/spawn", max(m.launched_at for m in machines) - started)
-        bench.add(f"{prefix}/console READY", max(m.ready_at for m in machines) - started)
+        bench.add(f"{prefix}/console READY", max(m.marks.ready_at for m in machines) - started)
         bench.add(f"{prefix}/SSH up", ssh_up - started)
         for vm in vms:
             vm.ssh("true")

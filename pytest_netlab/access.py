@@ -29,7 +29,9 @@ def known_hosts_path(lab: Lab | LabContext) -> Path:
 def write_known_hosts(lab: Lab | LabContext) -> Path | None:
     """Write the host key each guest printed at boot as a ``known_hosts`` file; ``None``
     when no guest has one (no guest with network is started)."""
-    lines = [f"[127.0.0.1]:{vm.host_port(22)} {vm.machine.host_key}" for vm in _reachable(lab) if vm.machine]
+    lines = [
+        f"[127.0.0.1]:{vm.host_port(22)} {vm.machine.marks.host_key}" for vm in _reachable(lab) if vm.machine
+    ]
     if not lines:
         return None
     path = known_hosts_path(lab)
@@ -50,7 +52,8 @@ def _reachable(lab: Lab | LabContext) -> list[VM]:
     """The guests SSH reaches now: started with network, their QEMU running."""
     return [
         vm for vm in lab.vms.values()
-        if vm.spec.network and vm.machine is not None and vm.machine.host_key and vm.machine.is_running()
+        if vm.spec.network and vm.machine is not None and vm.machine.marks.host_key
+        and vm.machine.is_running()
     ]
 
 

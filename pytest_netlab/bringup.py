@@ -133,7 +133,7 @@ class Resumed:
         machine = self._resume(vm, machine, runner)
         host_key = GuestHostKey.generate()
         # the key the host made is the one pinned: nothing the guest prints changes it
-        machine.expect_host_key(host_key.public_line)
+        machine.marks.pin_host_key(host_key.public_line)
         key = self.context.key
         machine.write_console(config_line(vm.name, vm.macs, key.keytype, key.blob, host_key,
                                           aslr=vm.spec.aslr))
@@ -266,9 +266,10 @@ class BringUp:
 
     def _connect(self, vm: VM, machine: QemuMachine) -> int:
         """Connect SSH to *vm* with its pinned host key; return the host port."""
-        assert machine.host_key is not None
+        host_key = machine.marks.host_key
+        assert host_key is not None
         port = vm.host_port(22)
-        session = SSHSession(vm.name, port, self.context.key, machine.host_key,
+        session = SSHSession(vm.name, port, self.context.key, host_key,
                              output_limit=self.context.settings.output_limit)
         # the boot timeout is how long a guest may take to answer SSH: the handshake
         # gets what is left of it (at least a few seconds, once the guest said ready)

@@ -608,6 +608,65 @@ class VM:
             self.ssh(shlex.join(Impairment().tc_argv(guest_ifname(index))) + " 2>/dev/null || true")
         self._impaired_at.pop(index, None)
 
+    # -- routing ----------------------------------------------------------------------
+    def interface_up(self, nic: Bridge | int | str) -> None:
+        """Bring the guest's interface of lab NIC *nic* up (``ip link set ethN up``), e.g.
+        a NIC without an address, which the lab leaves down::
+
+            h1.interface_up("eth1")  # or a bridge, its name, an index, a TAP name
+
+        The interface, not the cable: :meth:`set_link` pulls and plugs that.
+
+        Raises:
+            ConfigError: no such NIC.
+            CommandError: the guest refused.
+        """
+        self.ssh(f"ip link set {guest_ifname(self.nic_index(nic))} up")
+
+    def set_route(self, to: str, via: str) -> None:
+        """Route *to* (a network, or ``"default"``) through *via*, a neighbour's address::
+
+            h1.set_route("10.20.20.0/24", via="10.20.10.2")
+
+        A route to the same network with the same metric is replaced (one the address
+        plan set, say). IPv6 when *via* is an IPv6 address.
+
+        Raises:
+            ConfigError: a malformed network or address, or of two IP versions.
+            CommandError: the guest refused it (e.g. *via* is on none of its links).
+        """
+        gateway = validation.ip_address(via)
+        if to != "default":
+            network = validation.ip_network(to, "route to")
+            if network.version != gateway.version:
+                raise ConfigError(
+                    f"route to {to!r} via {via!r} is not accepted: give a next hop of the "
+                    f"network's IP version (IPv{network.version})"
+                )
+            to = str(network)
+        six = "-6 " if gateway.version == 6 else ""
+        self.ssh(f"ip {six}route replace {to} via {gateway}")
+
+    def enable_forwarding(self, *, ipv4: bool = True, ipv6: bool = False) -> None:
+        """Have the guest forward packets between its interfaces (IPv4, and IPv6 with
+        *ipv6*); off at boot. Any guest may, routers usually do (see :class:`Router`).
+
+        Raises:
+            CommandError: the guest refused.
+        """
+        self._forwarding(1, ipv4, ipv6)
+
+    def disable_forwarding(self, *, ipv4: bool = True, ipv6: bool = False) -> None:
+        """Stop forwarding (IPv4, and IPv6 with *ipv6*)."""
+        self._forwarding(0, ipv4, ipv6)
+
+    def _forwarding(self, value: int, ipv4: bool, ipv6: bool) -> None:
+        keys = (["net.ipv4.ip_forward"] if ipv4 else []) + (
+            ["net.ipv6.conf.all.forwarding"] if ipv6 else []
+        )
+        if keys:
+            self.ssh("sysctl -qw " + " ".join(f"{k}={value}" for k in keys))
+
     def set_sysctl(self, key: str, value: str | int) -> None:
         if not key.replace(".", "").replace("_", "").replace("/", "").replace("-", "").isalnum():
             raise ConfigError(f"sysctl key {key!r} is not accepted: use letters, digits, '.', '_', '-', '/'")
@@ -681,20 +740,9 @@ class VM:
 
 
 class Router(VM):
-    """A guest that routes between its NICs once forwarding is on (off at boot)."""
-
-    def enable_forwarding(self, *, ipv4: bool = True, ipv6: bool = False) -> None:
-        self._forwarding(1, ipv4, ipv6)
-
-    def disable_forwarding(self, *, ipv4: bool = True, ipv6: bool = False) -> None:
-        self._forwarding(0, ipv4, ipv6)
-
-    def _forwarding(self, value: int, ipv4: bool, ipv6: bool) -> None:
-        keys = (["net.ipv4.ip_forward"] if ipv4 else []) + (
-            ["net.ipv6.conf.all.forwarding"] if ipv6 else []
-        )
-        if keys:
-            self.ssh("sysctl -qw " + " ".join(f"{k}={value}" for k in keys))
+    """A guest that routes between its NICs once forwarding is on (off at boot). The
+    address plan takes routers first, gives them routes to the subnets behind other
+    routers, and points ``gateway="auto"`` at them (see :mod:`pytest_netlab.addressing`)."""
 
 
 def _check_daemon_name(name: object) -> None:

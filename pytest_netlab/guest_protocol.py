@@ -2,8 +2,10 @@
 
 The reference implementation is the default image's ``/init`` (``images/init``); an image
 made by someone else works with pytest-netlab when its first program does the same. The
-host side is :mod:`pytest_netlab.lab` (what it asks), :mod:`pytest_netlab.qemu` (what it
-reads on the console) and :mod:`pytest_netlab.templates` (saved states). Everything is
+host side is this module (what the console says: :class:`ConsoleMarks`, what is typed on
+it: :func:`config_line`, :class:`ConsoleCommand`), used by :mod:`pytest_netlab.bringup`
+(what it asks), :mod:`pytest_netlab.qemu` (which hands it the console's lines) and
+:mod:`pytest_netlab.templates` (saved states). Everything is
 plain text; nothing of the guest's answers is trusted beyond the shapes below.
 
 **Devices.** Lab NICs are PCI NICs of the models in :mod:`pytest_netlab.nicmodels`, in
@@ -40,7 +42,8 @@ the host reaches the guest's TCP port 22 through a forward on 127.0.0.1). The se
     a package image: DEV is a read-only root disk (squashfs); mount it under a writable
     tmpfs overlay and switch to it (:data:`OVERLAY_ROOT`, :mod:`pytest_netlab.package_image`).
 
-**Console marks**, each a whole line on ``ttyS0`` (:mod:`pytest_netlab.qemu` reads them):
+**Console marks**, each a whole line on ``ttyS0`` (:class:`ConsoleMarks` reads them; the
+machine, :class:`pytest_netlab.qemu.QemuMachine`, hands it every console line):
 
 ``NETLAB-ERROR <message>`` (:data:`ERROR_MARK`)
     something failed; logged as a warning, the boot goes on.
@@ -51,6 +54,13 @@ the host reaches the guest's TCP port 22 through a forward on 127.0.0.1). The se
 ``NETLAB-TEMPLATE`` (:data:`TEMPLATE_MARK`)
     with ``netlab.template=1``: booted, console echo off, waiting for a configuration
     line. The host saves the guest's state here and resumes copies of it.
+
+**The console shell.** Once ready, a root ``/bin/sh`` reads ``ttyS0`` (the default
+image's ``inittab``: ``ttyS0::respawn:/bin/sh``): the command channel of a guest without
+network (``vm.console_run``). The host types ``stty -echo; PS1=''; PS2=''`` and a probe
+line until the probe comes back, then each command framed by ``NETLAB-BEGIN-<token>`` and
+``NETLAB-END-<token> <status>`` lines that ``printf`` prints (so the typed text never
+contains them): :class:`ConsoleCommand`.
 
 **The configuration line** (:func:`config_line`), typed by the host on the console of a
 copy resumed from a template, once: ``NETLAB-CONFIG name= nics= keytype= key= hostkey=
@@ -79,15 +89,18 @@ line is typed. SSH accepts no other key.
 from __future__ import annotations
 
 import base64
+import logging
 import re
 import secrets
 import struct
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .nicmodels import NIC_MODELS
+from .untrusted import printable
 
 if TYPE_CHECKING:
     from .image import GuestImage
@@ -202,3 +215,100 @@ def config_line(
         f"aslr={2 if aslr else 0} "
         f"seed={secrets.token_hex(32)} time={int(time.time())}\n"
     )
+
+
+class ConsoleMarks:
+    """What a guest said in the console marks, read one console line at a time
+    (:meth:`feed`, by the thread that reads the console): the host key to pin and when
+    the guest was ready. A ``NETLAB-HOSTKEY`` line counts only while the guest boots and
+    only if the host did not choose the key itself (:meth:`pin_host_key`); ``NETLAB-ERROR``
+    lines are logged as warnings on *log*, escaped. Safe to use from several threads."""
+
+    ready_mark = READY_MARK  # what :attr:`ready` waits for, for messages
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.host_key: str | None = None  # the SSH host key to pin, fixed once ready
+        self.ready_at = 0.0  # time.monotonic() when the ready mark came; 0: not yet
+        self._host_key_fixed = False
+        self._lock = threading.Lock()
+
+    @property
+    def ready(self) -> bool:
+        """Whether the guest printed :data:`READY_MARK`: its SSH server listens."""
+        return self.ready_at > 0
+
+    def feed(self, line: str) -> None:
+        """Read one console *line* (without its newline)."""
+        with self._lock:
+            if line.startswith(HOSTKEY_MARK):
+                self._printed_host_key(line[len(HOSTKEY_MARK):].strip())
+            elif line.startswith(ERROR_MARK):
+                self.log.warning("guest reported: %s", printable(line[len(ERROR_MARK):]))
+            elif line.strip() == READY_MARK and not self.ready_at:
+                self.ready_at = time.monotonic()
+                self._host_key_fixed = True  # what the guest prints later is not its boot
+
+    def _printed_host_key(self, key: str) -> None:
+        if self._host_key_fixed:
+            if key != self.host_key:
+                self.log.warning("ignored a NETLAB-HOSTKEY line printed after boot: %s", printable(key[:80]))
+        elif HOST_KEY_LINE.match(key):
+            self.host_key = key
+        else:
+            self.log.warning("ignored a malformed NETLAB-HOSTKEY line: %s", printable(key[:80]))
+
+    def pin_host_key(self, public_line: str) -> None:
+        """Pin *public_line* (``ssh-ed25519 AAAA...``, a key the host made and gave the
+        guest in its configuration line) as its SSH host key; no line changes it afterwards."""
+        with self._lock:
+            self.host_key = public_line
+            self._host_key_fixed = True
+
+
+@dataclass(frozen=True)
+class ConsoleCommand:
+    """One command for the console shell, with the text to type and how to read its
+    framed output (see "The console shell" above)."""
+
+    command: str
+    token: str = field(default_factory=lambda: secrets.token_hex(6))
+
+    @property
+    def shell_ready(self) -> str:
+        """The line that says the shell took :attr:`shell_setup`: echo and prompts off."""
+        return f"NETLAB-SHELL-{self.token}"
+
+    @property
+    def shell_setup(self) -> str:
+        """Typed (again, until :attr:`shell_ready` shows) before the first command: the
+        shell starts after the ready mark, and what is typed before it opened the port is lost."""
+        return f"stty -echo; PS1=''; PS2=''; printf '%s\\n' NETLAB-SHELL-{self.token}\n"
+
+    @property
+    def typed(self) -> str:
+        """The command, framed; in a subshell: ``exit`` or ``cd`` in it must not touch the
+        console's shell."""
+        return (
+            f"printf '%s\\n' NETLAB-BEGIN-{self.token}; ( {self.command}\n) < /dev/null 2>&1; "
+            f"printf '\\nNETLAB-END-%s %d\\n' {self.token} $?\n"
+        )
+
+    @property
+    def _end(self) -> str:
+        return f"NETLAB-END-{self.token} "
+
+    def finished(self, lines: Sequence[str]) -> bool:
+        """Whether *lines* (the console's since the command was typed) hold its end."""
+        return any(line.startswith(self._end) for line in lines)
+
+    def result(self, lines: Sequence[str]) -> tuple[int, str]:
+        """The exit status and output (stdout and stderr together) of the finished
+        command in *lines*; the console's echo of the typed text, if any, is skipped."""
+        done = next(line for line in reversed(lines) if line.startswith(self._end))
+        begin = f"NETLAB-BEGIN-{self.token}"
+        first = next((i + 1 for i, line in enumerate(lines) if line.endswith(begin)), 0)
+        output = "".join(f"{line}\n" for line in lines[first:lines.index(done)])
+        # the end mark starts on a new line of its own: drop that extra newline
+        output = output[:-1] if output.endswith("\n") else output
+        return int(done[len(self._end):].strip() or 255), output

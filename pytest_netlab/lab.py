@@ -433,7 +433,7 @@ class Lab:
         return package_image(packages, base=self.default_image, progress=self.settings.progress)
 
     def router(self, name: str, nics: Sequence[Bridge | NicSpec] = (), **options: Any) -> Router:
-        """Declare a guest that routes (see :meth:`Router.enable_forwarding`)."""
+        """Declare a guest that routes (see :class:`Router`, :meth:`VM.enable_forwarding`)."""
         vm = self.vm(name, nics, role="router", **options)
         assert isinstance(vm, Router)
         return vm

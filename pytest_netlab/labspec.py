@@ -37,9 +37,8 @@ default route through the router on its first bridge::
 from __future__ import annotations
 
 import ipaddress
-import shlex
 import tomllib
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -257,12 +256,16 @@ class Topology:
 
     # -- building ---------------------------------------------------------------------
     def apply(self, lab: Lab, *, start: bool = True, timeout: float | None = None) -> dict[str, VM]:
-        """Create the bridges and guests in *lab*; with *start*, boot them and set the
-        addresses, routes and forwarding. Returns the guests by name. *timeout*: how
-        long the guests may take to answer SSH (see :meth:`Lab.start`).
+        """Create the bridges and guests in *lab* with the lab's own API, as a test would
+        write it: the links' addresses are the NICs' (``bridge.nic(address=...)``), so
+        the lab sets them when it starts, with its ``/etc/hosts`` names. With *start*,
+        boot the guests and give them their routes (:meth:`VM.set_route`), forwarding
+        (:meth:`VM.enable_forwarding`), files and ``exec`` commands, all guests at once.
+        Returns the guests by name. *timeout*: how long the guests may take to answer
+        SSH (see :meth:`Lab.start`).
 
         Raises:
-            ConfigError: a name already used in *lab*.
+            ConfigError: a name already used in *lab*, an address used twice.
             LabError, CommandError: booting or configuring failed.
         """
         lab.diagram = self.mermaid()  # the evidence of a failure includes the picture
@@ -272,7 +275,6 @@ class Topology:
         for spec in self.bridges.values():
             if spec.address:
                 bridges[spec.name].add_address(spec.address)
-        planned = {name for name, spec in self.bridges.items() if spec.subnet}
         images = {
             packages: lab.image(packages) for packages in {self.node_packages(n) for n in self.nodes.values()}
             if packages
@@ -281,8 +283,7 @@ class Topology:
             node.name: lab.vm(
                 node.name,
                 [bridges[link.bridge].nic(
-                    mac=link.mac, model=link.model, mtu=link.mtu, up=link.up,
-                    address=link.address if link.bridge in planned else None,
+                    mac=link.mac, model=link.model, mtu=link.mtu, up=link.up, address=link.address,
                 ) for link in node.links],
                 role=node.role, memory=node.memory, cpus=node.cpus, gateway=node.gateway,
                 image=images.get(self.node_packages(node)),
@@ -295,39 +296,17 @@ class Topology:
                     vms[node.name].impair(index, **_impair_arguments(link.impair))
         if start:
             lab.start(timeout)
-            scripts = {n.name: s for n in self.nodes.values() if (s := self.guest_script(n, planned))}
-            # one round trip per guest, all at once: a 32-guest fabric has 8 routers to set
-            with ThreadPoolExecutor(max_workers=max(1, min(len(scripts), 16))) as pool:
-                for future in [pool.submit(vms[name].ssh, script) for name, script in scripts.items()]:
-                    future.result()
-            busy = [n for n in self.nodes.values() if n.files or n.exec]
-            with ThreadPoolExecutor(max_workers=max(1, min(len(busy), 16))) as pool:
-                for done in [pool.submit(_start_up, vms[n.name], n) for n in busy]:
-                    done.result()
+            unplanned = {name for name, spec in self.bridges.items() if not spec.subnet}
+            # every guest at once (a 32-guest fabric has 8 routers to set), then, once
+            # the whole lab routes, the start-up files and commands
+            _each(self.nodes.values(), lambda node: _configure(vms[node.name], node, unplanned))
+            _each([n for n in self.nodes.values() if n.files or n.exec], lambda n: _start_up(vms[n.name], n))
         return vms
 
     def node_packages(self, node: NodeSpec) -> tuple[str, ...]:
         """The Debian packages of *node*'s image: its own list (empty: the default
         image), else the lab's."""
         return self.packages if node.packages is None else node.packages
-
-    @staticmethod
-    def guest_script(node: NodeSpec, planned: Collection[str] = ()) -> str:
-        """The shell commands that give *node* its addresses, routes and forwarding;
-        links to the *planned* bridges (those with a subnet) are left to the lab."""
-        commands: list[str] = []
-        for index, link in enumerate(node.links):
-            if link.bridge in planned:
-                continue
-            if link.address:
-                commands.append(f"ip addr add {shlex.quote(link.address)} dev {guest_ifname(index)}")
-            commands.append(f"ip link set {guest_ifname(index)} up")
-        for route in node.routes:
-            six = "-6 " if ":" in route.via else ""
-            commands.append(f"ip {six}route add {shlex.quote(route.to)} via {shlex.quote(route.via)}")
-        if node.forwarding:
-            commands.append("sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1")
-        return " && ".join(commands)
 
     # -- drawing ----------------------------------------------------------------------
     def mermaid(self) -> str:
@@ -391,6 +370,27 @@ def _commands(value: object, where: str) -> tuple[str, ...]:
         if not isinstance(command, str) or not command.strip():
             raise ConfigError(f"{where} exec: {command!r} is not accepted: give shell commands (strings)")
     return tuple(commands)
+
+
+def _each(nodes: Iterable[NodeSpec], work: Callable[[NodeSpec], None]) -> None:
+    """Do *work* for every node of *nodes*, in threads (a guest's commands are round
+    trips that wait on the guest); raise the first failure, in the order of *nodes*."""
+    nodes = list(nodes)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(nodes), 16))) as pool:
+        for done in [pool.submit(work, node) for node in nodes]:
+            done.result()
+
+
+def _configure(vm: VM, node: NodeSpec, unplanned: Collection[str]) -> None:
+    """Give *vm* what the lab does not: its links without an address on the *unplanned*
+    bridges (no subnet) up, *node*'s routes and forwarding."""
+    for index, link in enumerate(node.links):
+        if link.address is None and link.bridge in unplanned:
+            vm.interface_up(index)
+    for route in node.routes:
+        vm.set_route(route.to, route.via)
+    if node.forwarding:
+        vm.enable_forwarding(ipv4=True, ipv6=True)
 
 
 def _start_up(vm: VM, node: NodeSpec) -> None:

@@ -16,7 +16,6 @@ import functools
 import logging
 import os
 import re
-import secrets
 import shlex
 import shutil
 import socket
@@ -33,7 +32,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .constants import NAT_HOST, Accelerator
 from .errors import BootTimeout, CommandTimeout, ConfigError, GuestGoneError, QemuError, StateLoadError
-from .guest_protocol import ERROR_MARK, HOST_KEY_LINE, HOSTKEY_MARK, MGMT_MAC, MGMT_NET, READY_MARK
+from .guest_protocol import MGMT_MAC, MGMT_NET, ConsoleCommand, ConsoleMarks
 from .nicmodels import DEFAULT_NIC_MODEL, NIC_MODELS
 from .privileges import (
     ProcessPrivileges,
@@ -276,9 +275,11 @@ class QemuMachine:
     """One running QEMU process.
 
     Attributes give the guest's last console lines as they arrive (``console_lines``,
-    the last :data:`CONSOLE_LINES_KEPT`; ``console_seen`` counts all of them), the host
-    key it printed at boot (``host_key``, fixed once the guest is ready) and the path of
-    its logs. ``console.log`` keeps at most *console_limit* bytes, then a note.
+    the last :data:`CONSOLE_LINES_KEPT`; ``console_seen`` counts all of them), what they
+    said in the guest protocol's marks (``marks``, a
+    :class:`~pytest_netlab.guest_protocol.ConsoleMarks` that every line is handed to: the
+    host key to pin, readiness) and the path of its logs. ``console.log`` keeps at most
+    *console_limit* bytes, then a note.
     """
 
     def __init__(
@@ -294,8 +295,7 @@ class QemuMachine:
         self.qemu_log = workdir / "qemu.log"
         self.log = log.getChild(config.name)
         self.argv: list[str] = []
-        self.host_key: str | None = None
-        self._host_key_fixed = False
+        self.marks = ConsoleMarks(self.log)  # the guest protocol reads the console lines
         self.console_limit = console_limit
         self.console_lines: deque[str] = deque(maxlen=CONSOLE_LINES_KEPT)
         self.console_seen = 0
@@ -310,7 +310,6 @@ class QemuMachine:
         self._quit_asked = False
         self._console_shell = False
         self.launched_at = 0.0
-        self.ready_at = 0.0
         self.identity: QemuIdentity | None = None  # who QEMU runs as (set by launch)
         self.privileges: ProcessPrivileges | None = None  # read from /proc once it runs
         self.files: dict[Path, int] = {}  # files QEMU inherits, by their descriptor in it
@@ -573,32 +572,8 @@ class QemuMachine:
         with self._console_changed:
             self.console_lines.append(line)
             self.console_seen += 1
-            if line.startswith(HOSTKEY_MARK):
-                self._printed_host_key(line[len(HOSTKEY_MARK):].strip())
-            elif line.startswith(ERROR_MARK):
-                self.log.warning("guest reported: %s", printable(line[len(ERROR_MARK):]))
-            elif line.strip() == READY_MARK and not self.ready_at:
-                self.ready_at = time.monotonic()
-                self._host_key_fixed = True  # what the guest prints later is not its boot
+            self.marks.feed(line)
             self._console_changed.notify_all()
-
-    def _printed_host_key(self, key: str) -> None:
-        """A ``NETLAB-HOSTKEY`` line: the key SSH will accept, if the guest is still
-        booting and the host did not choose the key itself (see :meth:`expect_host_key`)."""
-        if self._host_key_fixed:
-            if key != self.host_key:
-                self.log.warning("ignored a NETLAB-HOSTKEY line printed after boot: %s", printable(key[:80]))
-        elif HOST_KEY_LINE.match(key):
-            self.host_key = key
-        else:
-            self.log.warning("ignored a malformed NETLAB-HOSTKEY line: %s", printable(key[:80]))
-
-    def expect_host_key(self, public_line: str) -> None:
-        """Pin *public_line* (``ssh-ed25519 AAAA...``, a key the host made and gave the
-        guest) as its SSH host key; no console line changes it afterwards."""
-        with self._console_changed:
-            self.host_key = public_line
-            self._host_key_fixed = True
 
     def _console_shows(self, line: str) -> bool:
         """Whether *line* is among the console lines kept (read under the lock: the
@@ -663,26 +638,25 @@ class QemuMachine:
         )
 
     def wait_ready(self, timeout: float, since: float | None = None) -> None:
-        """Wait until the guest printed its ready mark (its SSH server is listening),
-        at most *timeout* seconds from *since* (a ``time.monotonic()`` value; now if not
-        given).
+        """Wait until the guest protocol's marks say the guest is ready (its SSH server
+        is listening) and gave its host key, at most *timeout* seconds from *since* (a
+        ``time.monotonic()`` value; now if not given).
 
         Raises:
             QemuError: QEMU exited first.
             BootTimeout: no ready mark within *timeout* seconds.
         """
         deadline = (time.monotonic() if since is None else since) + timeout
-        if not self._await_console(lambda _: self.ready_at > 0, deadline):
+        if not self._await_console(lambda _: self.marks.ready, deadline):
             if not self.is_running():
                 raise self._died_error("QEMU exited before the guest was ready")
             raise BootTimeout(
-                    f"{self.name}: guest did not print {READY_MARK} (its SSH server is "
-                    f"listening) within {timeout:g} s (accelerator {self.config.accel}; "
-                    "raise it with --netlab-boot-timeout or the netlab_boot_timeout ini value); "
-                f"console log {self.console_log}, "
-                f"last lines:\n{self.console_tail()}"
+                f"{self.name}: guest did not print {self.marks.ready_mark} (its SSH server is "
+                f"listening) within {timeout:g} s (accelerator {self.config.accel}; "
+                "raise it with --netlab-boot-timeout or the netlab_boot_timeout ini value); "
+                f"console log {self.console_log}, last lines:\n{self.console_tail()}"
             )
-        if self.host_key is None:
+        if self.marks.host_key is None:
             raise BootTimeout(f"{self.name}: guest was ready but printed no host key")
 
     def wait_console(self, mark: str, timeout: float) -> None:
@@ -860,47 +834,30 @@ class QemuMachine:
 
     # -- serial console commands ------------------------------------------------------
     def console_run(self, command: str, timeout: float) -> tuple[int, str]:
-        """Run *command* in the root shell on the guest's serial console (see the image's
-        inittab); return its exit status and its output (stdout and stderr together).
-
-        The output is framed by marker lines that the typed text itself never contains
-        (they are made by ``printf``), so the console's echo of the command is skipped.
+        """Run *command* in the root shell on the guest's serial console; return its
+        exit status and its output (stdout and stderr together). What is typed and how
+        the output is framed is the guest protocol's console shell
+        (:class:`~pytest_netlab.guest_protocol.ConsoleCommand`).
 
         Raises:
             CommandTimeout: no end marker within *timeout* seconds.
             GuestGoneError: QEMU is not running.
         """
-        token = secrets.token_hex(6)
+        run = ConsoleCommand(command)
         deadline = time.monotonic() + timeout
         if not self._console_shell:
-            # the shell starts after the ready mark; typing before it opened the port is lost
-            probe = f"NETLAB-SHELL-{token}"
-            while not self._console_shows(probe):
+            while not self._console_shows(run.shell_ready):
                 self._check_console_alive(command, timeout, deadline, "")
-                # no echo and no prompts: the console then shows only what commands print
-                self.write_console(f"stty -echo; PS1=''; PS2=''; printf '%s\\n' NETLAB-SHELL-{token}\n")
+                self.write_console(run.shell_setup)
                 self._await_console(
-                    lambda lines: probe in lines, min(deadline, time.monotonic() + 0.5)
+                    lambda lines: run.shell_ready in lines, min(deadline, time.monotonic() + 0.5)
                 )
             self._console_shell = True
-        begin, end = f"NETLAB-BEGIN-{token}", f"NETLAB-END-{token} "
         start = self.console_seen
-        self.write_console(
-            # a subshell: `exit` or `cd` in the command must not touch the console's shell
-            f"printf '%s\\n' NETLAB-BEGIN-{token}; ( {command}\n) < /dev/null 2>&1; "
-            f"printf '\\nNETLAB-END-%s %d\\n' {token} $?\n"
-        )
-        if not self._await_console(
-            lambda _: any(line.startswith(end) for line in self.console_since(start)), deadline
-        ):
+        self.write_console(run.typed)
+        if not self._await_console(lambda _: run.finished(self.console_since(start)), deadline):
             self._check_console_alive(command, timeout, deadline, "\n".join(self.console_since(start)))
-        lines = self.console_since(start)
-        done = next(line for line in reversed(lines) if line.startswith(end))
-        first = next((i + 1 for i, line in enumerate(lines) if line.endswith(begin)), 0)
-        output = "".join(f"{line}\n" for line in lines[first:lines.index(done)])
-        # the end mark starts on a new line of its own: drop that extra newline
-        output = output[:-1] if output.endswith("\n") else output
-        return int(done[len(end):].strip() or 255), output
+        return run.result(self.console_since(start))
 
     def _check_console_alive(self, command: str, timeout: float, deadline: float, output: str) -> None:
         if not self.is_running():

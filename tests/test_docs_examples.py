@@ -7,6 +7,7 @@ covers the helpers; the impairment example adds a second of two.
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -181,3 +182,74 @@ def test_every_code_example_in_the_docs_is_included_from_a_file_that_runs(langua
         assert all(line.startswith("--8<-- ") for line in lines), (
             f"docs/{page} has a {language} example written by hand, not included from a test:\n{block}"
         )
+
+
+FILE_LAB = """
+[bridges.br1]
+[bridges.br2]
+[bridges.br3]
+
+[nodes.h1]
+links = [{ bridge = "br1", address = "10.20.10.1/24" }, { bridge = "br3" }]
+routes = [{ to = "10.20.20.0/24", via = "10.20.10.2" }]
+
+[nodes.rt2]
+role = "router"
+forwarding = true
+links = [{ bridge = "br1", address = "10.20.10.2/24" }, { bridge = "br2", address = "10.20.20.1/24" }]
+
+[nodes.h2]
+forwarding = true
+links = [{ bridge = "br2", address = "10.20.20.2/24" }]
+routes = [{ to = "default", via = "10.20.20.1" }]
+"""
+
+
+def routes_by_hand(netlab):
+    # --8<-- [start:routes]
+    br1, br2, br3 = netlab.bridge("br1"), netlab.bridge("br2"), netlab.bridge("br3")  # no subnets
+    h1 = netlab.vm("h1", nics=[br1.nic(address="10.20.10.1/24"), br3])
+    rt2 = netlab.router("rt2", nics=[br1.nic(address="10.20.10.2/24"), br2.nic(address="10.20.20.1/24")])
+    h2 = netlab.vm("h2", nics=[br2.nic(address="10.20.20.2/24")])
+    netlab.start()  # the addresses are set, and the names in /etc/hosts
+    h1.interface_up(br3)  # no address: the lab left it down
+    h1.set_route("10.20.20.0/24", via="10.20.10.2")
+    h2.set_route("default", via="10.20.20.1")  # replaces a route to the same network
+    rt2.enable_forwarding(ipv6=True)  # IPv4 always, IPv6 if asked
+    h2.enable_forwarding(ipv6=True)  # any guest may forward
+    assert h1.ping("h2")  # through rt2
+    # --8<-- [end:routes]
+    return {"h1": h1, "rt2": rt2, "h2": h2}
+
+
+def _what_the_guest_has(vm) -> dict[str, object]:
+    links = json.loads(vm.ssh("ip -j link show").stdout)
+    addresses = json.loads(vm.ssh("ip -j addr show").stdout)
+    return {
+        "up": sorted((k["ifname"], "UP" in k["flags"]) for k in links if k["ifname"].startswith("eth")),
+        "addresses": sorted(
+            (a["ifname"], i["local"], i["prefixlen"])
+            for a in addresses if a["ifname"] != "mgmt0" for i in a["addr_info"] if i["scope"] != "link"
+        ),
+        "routes": sorted(r for r in vm.ssh("ip route show").stdout.splitlines() if "mgmt0" not in r),
+        "forwarding": vm.ssh("sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding").stdout.split(),
+        "hosts": vm.ssh("sed -n '/# netlab/,$p' /etc/hosts").stdout,
+    }
+
+
+def test_a_file_and_the_python_api_set_the_same_addresses_routes_and_forwarding(netlab, netlab_factory):
+    from_file = Topology.from_toml(FILE_LAB).apply(netlab)
+    with netlab_factory() as other:
+        by_hand = {name: _what_the_guest_has(vm) for name, vm in routes_by_hand(other).items()}
+    file_side = {name: _what_the_guest_has(vm) for name, vm in from_file.items()}
+    assert file_side == by_hand
+    h1, rt2, h2 = file_side["h1"], file_side["rt2"], file_side["h2"]
+    assert h1["up"] == [("eth0", True), ("eth1", True)]  # eth1: no address, up all the same
+    assert ("eth0", "10.20.10.1", 24) in h1["addresses"]
+    assert any(r.startswith("10.20.20.0/24 via 10.20.10.2 dev eth0") for r in h1["routes"])
+    assert any(r.startswith("default via 10.20.20.1 dev eth0") for r in h2["routes"])
+    assert rt2["forwarding"] == h2["forwarding"] == ["1", "1"] and h1["forwarding"] == ["0", "0"]
+    assert "10.20.20.2\th2" in str(h1["hosts"])
+    assert from_file["h1"].ping("10.20.20.2")
+    from_file["h1"].set_route("10.20.20.0/24", via="10.20.10.2")  # again: replaced, not refused
+    assert _what_the_guest_has(from_file["h1"]) == h1

@@ -157,14 +157,14 @@ def test_get_is_bounded_by_max_bytes_and_one_deadline(lab, tmp_path):
 @pytest.mark.parametrize("name", ["h1", "h2"])
 def test_a_host_key_printed_after_boot_is_ignored(lab, netlab_config, name):
     vm = lab.vms[name]
-    pinned = vm.machine.host_key
+    pinned = vm.machine.marks.host_key
     assert vm.ssh("cat /etc/dropbear/dropbear_ed25519_host_key.pub").stdout.strip() == pinned
     fake = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHostileHostileHostileHostileHostileHostile"
     vm.console_run(f"echo 'NETLAB-HOSTKEY {fake}'")  # in a command's output on the console
     vm.ssh(f"echo 'NETLAB-HOSTKEY {fake}' > /dev/ttyS0; echo 'NETLAB-READY' > /dev/ttyS0")
     vm.console_run("true")  # the lines above were read before this command's end
-    assert vm.machine.host_key == pinned
-    session = SSHSession(vm.name, vm.host_port(22), netlab_config.key, vm.machine.host_key)
+    assert vm.machine.marks.host_key == pinned
+    session = SSHSession(vm.name, vm.host_port(22), netlab_config.key, vm.machine.marks.host_key)
     session.connect(timeout=20)
     session.close()
 

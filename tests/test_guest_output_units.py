@@ -17,6 +17,7 @@ import pytest
 from pytest_netlab import CommandError, ConfigError
 from pytest_netlab.artifacts import _write, split_sections
 from pytest_netlab.cleanup import remove_leftovers
+from pytest_netlab.guest_protocol import ConsoleMarks
 from pytest_netlab.owner import OWNER_ENV
 from pytest_netlab.pcap import read_pcap
 from pytest_netlab.qemu import CONSOLE_LINE_MAX, MachineConfig, QemuMachine, _split_lines
@@ -74,19 +75,31 @@ def test_console_output_without_newlines_is_cut_into_bounded_lines():
     assert buffer == b"z" * 5
 
 
-def test_host_key_lines_are_checked_and_frozen_at_readiness(tmp_path, caplog):
-    machine = QemuMachine(MachineConfig("h1", Path("k"), None, ""), tmp_path)
-    machine._console_line("NETLAB-HOSTKEY ssh-ed25519 AAAA\x1b[2J")
-    assert machine.host_key is None  # malformed: ignored, and the warning is escaped
+def test_host_key_lines_are_checked_and_frozen_at_readiness(caplog):
+    marks = ConsoleMarks(logging.getLogger("pytest_netlab.qemu.h1"))
+    marks.feed("NETLAB-HOSTKEY ssh-ed25519 AAAA\x1b[2J")
+    assert marks.host_key is None  # malformed: ignored, and the warning is escaped
     assert "\x1b" not in caplog.text and "AAAA\\x1b[2J" in caplog.text
-    machine._console_line("NETLAB-HOSTKEY ssh-ed25519 AAAAfirst")
-    machine._console_line("NETLAB-READY")
-    machine._console_line("NETLAB-HOSTKEY ssh-ed25519 AAAAlater")
-    assert machine.host_key == "ssh-ed25519 AAAAfirst"
-    resumed = QemuMachine(MachineConfig("h2", Path("k"), None, ""), tmp_path)
-    resumed.expect_host_key("ssh-ed25519 AAAAhost")
-    resumed._console_line("NETLAB-HOSTKEY ssh-ed25519 AAAAguest")
+    marks.feed("NETLAB-HOSTKEY ssh-ed25519 AAAAfirst")
+    assert not marks.ready
+    marks.feed("NETLAB-READY")
+    marks.feed("NETLAB-HOSTKEY ssh-ed25519 AAAAlater")
+    assert marks.host_key == "ssh-ed25519 AAAAfirst" and marks.ready
+    marks.feed(f"NETLAB-ERROR {ESCAPES}")
+    assert "guest reported: \\x1b]0;pwned" in caplog.text and "\x07" not in caplog.text
+    resumed = ConsoleMarks(logging.getLogger("pytest_netlab.qemu.h2"))
+    resumed.pin_host_key("ssh-ed25519 AAAAhost")
+    resumed.feed("NETLAB-HOSTKEY ssh-ed25519 AAAAguest")
     assert resumed.host_key == "ssh-ed25519 AAAAhost"
+
+
+def test_the_machine_hands_every_console_line_to_the_guest_protocol(tmp_path):
+    machine = QemuMachine(MachineConfig("h1", Path("k"), None, ""), tmp_path)
+    for line in ("booting", "NETLAB-HOSTKEY ssh-ed25519 AAAAfirst", "NETLAB-READY"):
+        machine._console_line(line)
+    assert list(machine.console_lines) == ["booting", "NETLAB-HOSTKEY ssh-ed25519 AAAAfirst", "NETLAB-READY"]
+    assert machine.marks.ready and machine.marks.host_key == "ssh-ed25519 AAAAfirst"
+    machine.wait_ready(0)  # ready already: returns without waiting
 
 
 def test_only_the_plugins_section_names_start_a_section():

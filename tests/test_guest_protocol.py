@@ -73,3 +73,19 @@ def test_the_package_spells_guest_interface_names_in_one_place():
     others = [p for p in package.glob("*.py") if p.name != "guest_protocol.py"]
     spelled = [p.name for p in others if "eth{" in p.read_text()]
     assert spelled == [], "use guest_protocol.guest_ifname()"
+
+
+def test_a_console_command_is_framed_so_its_echo_and_prompt_are_skipped():
+    run = protocol.ConsoleCommand("cat /etc/x; exit 3", token="t0")
+    # no typed line, echoed, is a mark line: printf makes them
+    typed = (run.typed + run.shell_setup).splitlines()
+    assert run.shell_ready not in typed and not run.finished(typed)
+    assert not any(line.endswith("NETLAB-BEGIN-t0") for line in typed)
+    assert run.shell_setup.startswith("stty -echo; PS1=''; PS2=''; ") and run.shell_setup.endswith("\n")
+    echoed = run.typed.splitlines()  # a console that still echoes shows the typed lines first
+    lines = [*echoed, "# NETLAB-BEGIN-t0", "line 1", "line 2", ""]
+    assert not run.finished(lines)
+    lines.append("NETLAB-END-t0 3")
+    assert run.finished(lines) and run.result(lines) == (3, "line 1\nline 2\n")  # as printed
+    assert run.result(["NETLAB-BEGIN-t0", "", "NETLAB-END-t0 0"]) == (0, "")
+    assert protocol.ConsoleCommand("true").token != protocol.ConsoleCommand("true").token

@@ -270,3 +270,16 @@ def test_capture_shows_what_crossed_a_bridge(netlab):
     assert not any(p.dst_ip == "10.20.10.9" for p in read_pcap(netlab.pcap_dir / "br2.pcap"))
     with pytest.raises(ConfigError, match="bridge 'br9' is not in this lab"), netlab.capture("br9"):
         pass
+
+
+def test_bad_routes_and_nics_are_refused_before_the_guest_is_asked(netlab):
+    h1 = netlab.vm("h1", nics=[netlab.bridge("br1")])  # not started: nothing reaches a guest
+    for to, via, message in [
+        ("10.20.20.0/24", "fd00::1", "route to '10.20.20.0/24' via 'fd00::1' is not accepted"),
+        ("10.20.20.1/24", "10.20.10.2", "route to '10.20.20.1/24' is not accepted"),
+        ("default", "nowhere", "address 'nowhere' is not accepted"),
+    ]:
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+            h1.set_route(to, via=via)
+    with pytest.raises(ConfigError, match="NIC 'eth3' of 'h1' is not accepted"):
+        h1.interface_up("eth3")

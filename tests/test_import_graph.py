@@ -105,6 +105,7 @@ LAYERS = {
 #: load-time imports against the layering, each for a reason
 UPWARD = {
     ("errors", "untrusted"),  # an error's evidence (guest output) is escaped when shown
+    ("guest_protocol", "untrusted"),  # what a guest prints in a mark is escaped when logged
     ("topology", "shares"),  # a guest's spec holds the checked Share values
     ("topology", "image"),  # a guest's spec holds the GuestImage it boots (checked by type)
 }

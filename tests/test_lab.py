@@ -30,7 +30,7 @@ def test_clones_of_one_template_have_their_own_host_key_and_randomness(netlab):
     keys = [vm.ssh("cat /etc/dropbear/dropbear_ed25519_host_key.pub").stdout.split()[:2] for vm in (h1, h2)]
     assert keys[0] != keys[1]
     # what SSH was pinned to is the key each guest serves
-    assert [" ".join(k) for k in keys] == [h1.machine.host_key, h2.machine.host_key]
+    assert [" ".join(k) for k in keys] == [h1.machine.marks.host_key, h2.machine.marks.host_key]
     randomness = {vm.ssh("head -c 16 /dev/urandom | od -An -tx1").stdout for vm in (h1, h2)}
     assert len(randomness) == 2
 

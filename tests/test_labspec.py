@@ -8,25 +8,23 @@ from pathlib import Path
 import pytest
 
 from pytest_netlab import ConfigError
-from pytest_netlab.labspec import Topology
+from pytest_netlab.labspec import RouteSpec, Topology
 
 THREE = Path(__file__).parent.parent / "example_tests" / "topologies" / "three_machines.toml"
 
 
-def test_the_three_machine_file_loads_and_makes_the_guest_commands():
+def test_the_three_machine_file_loads_with_addresses_routes_and_forwarding():
     topology = Topology.from_toml(THREE)
     assert list(topology.bridges) == ["br1", "br2"]
     assert [(n.name, n.role) for n in topology.nodes.values()] == [
         ("h1", "host"), ("rt2", "router"), ("h2", "host"),
     ]
-    assert Topology.guest_script(topology.nodes["rt2"]) == (
-        "ip addr add 10.20.10.2/24 dev eth0 && ip link set eth0 up && "
-        "ip addr add 10.20.20.1/24 dev eth1 && ip link set eth1 up && "
-        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
-    )
-    assert Topology.guest_script(topology.nodes["h1"]).endswith(
-        "ip route add 10.20.20.0/24 via 10.20.10.2"
-    )
+    rt2, h1 = topology.nodes["rt2"], topology.nodes["h1"]
+    assert [(link.bridge, link.address) for link in rt2.links] == [
+        ("br1", "10.20.10.2/24"), ("br2", "10.20.20.1/24"),
+    ]
+    assert rt2.forwarding and not h1.forwarding and rt2.routes == ()
+    assert h1.routes == (RouteSpec("10.20.20.0/24", "10.20.10.2"),)
 
 
 def test_mermaid_draws_nodes_bridges_and_labelled_links():
@@ -72,11 +70,7 @@ def test_the_address_plan_file_loads_and_leaves_the_planned_links_to_the_lab():
     topology = Topology.from_toml(AUTO)
     assert topology.bridges["br1"].subnet == ("10.20.10.0/24",)
     assert topology.nodes["h1"].gateway == "auto"
-    planned = {"br1", "br2"}
-    assert Topology.guest_script(topology.nodes["h1"], planned) == ""
-    assert Topology.guest_script(topology.nodes["rt2"], planned) == (
-        "sysctl -qw net.ipv4.ip_forward=1 net.ipv6.conf.all.forwarding=1"
-    )
+    assert [link.address for node in topology.nodes.values() for link in node.links] == [None] * 4
     assert '    n_br1(("br1<br/>10.20.10.0/24"))' in topology.mermaid()
 
 
