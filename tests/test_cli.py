@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pytest_netlab.netns import namespace_exists
+
 THREE = Path(__file__).parent.parent / "example_tests" / "topologies" / "three_machines.toml"
 
 
@@ -22,12 +24,16 @@ def test_up_prints_how_to_reach_each_guest_and_tears_down(tmp_path):
     out = proc.stdout
     name = re.search(r"lab (netlab-\d+-\d+) is up", out)
     assert name, out
-    assert f"  lab namespace: nsenter --net=/run/netns/{name.group(1)}" in out
+    if os.geteuid() == 0:
+        assert f"  lab namespace: nsenter --net=/run/netns/{name.group(1)} -- bash" in out
+    else:  # a rootless lab: its holder's user and network namespaces
+        assert re.search(r"^  lab namespace: nsenter --user=/proc/\d+/ns/user --net=/proc/\d+/ns/net "
+                         r"--preserve-credentials -- bash$", out, re.M), out
     for guest in ("h1", "rt2", "h2"):
         assert re.search(rf"^  {guest}: ssh -i \S+id_ed25519 -p \d+ .* root@127\.0\.0\.1$", out, re.M), out
     assert '    n_rt2{{"rt2 (router)<br/>forwarding"}}' in out
     assert out.rstrip().endswith(f"lab {name.group(1)} is down")
-    assert not Path(f"/run/netns/{name.group(1)}").exists()
+    assert not namespace_exists(name.group(1))
     assert (tmp_path / "h1" / "console.log").exists()
     # the tools' files, by guest name: ssh -F, ansible -i (docs/access.md)
     assert f"  by guest name: ssh -F {tmp_path}/ssh_config GUEST" in out

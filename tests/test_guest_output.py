@@ -96,7 +96,8 @@ def test_an_endless_flood_costs_its_timeout_and_the_limit_only(lab):
     assert len(str(caught.value)) < 20000  # the message shows a tail of the kept output
     # a background writer on the command's channel does not hold the next command
     h1.ssh("(head -c 2000000 /dev/urandom | base64 &)")
-    assert h1.ssh("echo next", timeout=30).stdout.endswith("next\n")
+    # what it prints while the next command runs is that command's (docs/helpers.md)
+    assert "next\n" in h1.ssh("echo next", timeout=30).stdout
     assert _rss_kib() - before < 50 * 1024
 
 

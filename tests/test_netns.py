@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import socket
 from collections.abc import Iterator
 
 import pytest
@@ -38,6 +39,7 @@ def test_creation_does_not_wait_on_pyroute2s_child_which_times_out_under_load(
     assert namespace.run("cat /proc/net/dev").ok
 
 
+@pytest.mark.skipif(os.geteuid() != 0, reason="binds under /run/netns: root only (a rootless lab binds none)")
 def test_a_failed_creation_leaves_no_mount_point_and_no_owner_record(
     namespace: LabNamespace, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -53,3 +55,41 @@ def test_a_failed_creation_leaves_no_mount_point_and_no_owner_record(
     assert not namespace_exists(namespace.name)
     assert not namespace._owner_record.exists()
     assert not namespace.created
+
+
+rootless_only = pytest.mark.skipif(os.geteuid() == 0, reason="a rootless lab: an ordinary user's run")
+
+
+@rootless_only
+def test_a_rootless_holder_that_cannot_start_leaves_no_owner_record(
+    namespace: LabNamespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refused() -> None:
+        raise NamespaceError("cannot make a user namespace for a rootless lab (injected)")
+
+    monkeypatch.setattr(netlab_netns.NamespaceHolder, "start", refused)
+    with pytest.raises(NamespaceError, match="injected"):
+        namespace.create()
+    assert not namespace._owner_record.exists() and not namespace.created
+
+
+@rootless_only
+def test_a_rootless_lab_is_root_in_a_user_namespace_of_its_own_which_goes_with_it(
+    namespace: LabNamespace,
+) -> None:
+    namespace.create()
+    namespace.add_bridge("br1")
+    holder = namespace.path.holder
+    assert holder is not None
+    inside = namespace.run("id -u; readlink /proc/self/ns/user /proc/self/ns/net").stdout.split()
+    assert inside[0] == "0"  # root inside: ip, tc, sysctl and tcpdump work there
+    assert inside[1:] == [os.readlink(f"/proc/{holder}/ns/user"), os.readlink(f"/proc/{holder}/ns/net")]
+    assert inside[1] != os.readlink("/proc/self/ns/user") and inside[2] != os.readlink("/proc/self/ns/net")
+    # a socket made inside, used here: the host's port is free there
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as host_sock:
+        host_sock.bind(("127.0.0.1", 0))
+        with namespace.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(host_sock.getsockname())
+    namespace.close()
+    assert not namespace_exists(namespace.name) and not os.path.exists(f"/proc/{holder}")
+

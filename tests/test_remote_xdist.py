@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -25,6 +26,8 @@ from pytest_netlab.constants import NAMESPACE_PREFIX, NETNS_RUN_DIR
 from pytest_netlab.image import cache_root
 
 REPO = Path(__file__).resolve().parent.parent
+# the worker logs in as the user running the tests (root, or the ordinary user of a rootless run)
+USER = pwd.getpwuid(os.geteuid()).pw_name
 SSHD = Path("/usr/sbin/sshd")
 # the privilege separation directory compiled into Debian's sshd (its service makes it)
 SSHD_PRIVSEP_DIR = Path("/run/sshd")
@@ -84,7 +87,8 @@ class LoopbackSshd:
 
     def start(self, timeout: float = 30.0) -> None:
         self._write_keys_and_configs()
-        SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
+        if os.geteuid() == 0:  # sshd run by an ordinary user needs none
+            SSHD_PRIVSEP_DIR.mkdir(mode=0o755, exist_ok=True)
         self.process = subprocess.Popen(
             [str(SSHD), "-D", "-f", str(self.directory / "sshd_config"), "-p", str(self.port),
              "-E", str(self.log)],
@@ -106,12 +110,13 @@ class LoopbackSshd:
         (d / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host_key}\n")
         (d / "sshd_config").write_text(
             f"ListenAddress 127.0.0.1\nHostKey {d / 'host_key'}\nAuthorizedKeysFile {d / 'authorized_keys'}\n"
-            "PidFile none\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\nAllowUsers root\n"
+            "PidFile none\nStrictModes no\nUsePAM no\nPermitRootLogin prohibit-password\n"
+            f"AllowUsers {USER}\n"
             "PasswordAuthentication no\nKbdInteractiveAuthentication no\nLogLevel INFO\n"
             "AcceptEnv NETLAB_CACHE_DIR\n"
         )
         self.ssh_config.write_text(
-            f"Host 127.0.0.1\n  Port {self.port}\n  User root\n  IdentityFile {d / 'client_key'}\n"
+            f"Host 127.0.0.1\n  Port {self.port}\n  User {USER}\n  IdentityFile {d / 'client_key'}\n"
             f"  IdentitiesOnly yes\n  UserKnownHostsFile {d / 'known_hosts'}\n"
             "  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking yes\n  BatchMode yes\n"
             # ssh carries no environment: the worker's guest image cache is named for it
@@ -175,7 +180,7 @@ def _run_over_ssh(sshd: LoopbackSshd, tmp_path: Path, testrunuid: str) -> subpro
     controller.mkdir()
     (controller / "remote_probe.py").write_text(_PROBE)
     # --8<-- [start:tx]
-    tx = f"ssh=root@127.0.0.1//ssh_config={sshd.ssh_config}//python={sys.executable}//chdir={checkout}"
+    tx = f"ssh={USER}@127.0.0.1//ssh_config={sshd.ssh_config}//python={sys.executable}//chdir={checkout}"
     # no test paths: a path the controller sees must lie under an rsync root (deprecated
     # in xdist 3.x); the worker collects its checkout's testpaths, -k selects
     command = [
@@ -196,7 +201,7 @@ def test_xdist_tx_ssh_runs_the_example_suite_on_a_loopback_machine(loopback_sshd
 
     output = result.stdout + result.stderr
     assert result.returncode == 1 and "1 failed, 1 passed" in output, output
-    assert "Accepted publickey for root" in loopback_sshd.log.read_text()  # the worker came over ssh
+    assert f"Accepted publickey for {USER}" in loopback_sshd.log.read_text()  # the worker came over ssh
     # the remote worker: xdist's identity, artifacts under the run's --netlab-artifacts
     # resolved in the worker's checkout (on its own machine), its own header line
     checkout = tmp_path / "checkout"

@@ -26,7 +26,7 @@ pytest-netlab ssh "$LAB" r1 hostname
 pytest-netlab capture "$LAB" br1 icmp > "$OUT/br1.pcap" 2> "$OUT/capture.log" &
 capture=$!
 # tcpdump says when it listens
-until grep -q "listening on" "$OUT/capture.log"; do kill -0 "$capture" && sleep 0.1; done
+until grep -q "listening on" "$OUT/capture.log"; do kill -0 "$capture" || exit 1; sleep 0.1; done
 pytest-netlab exec "$LAB" h1 ping -c 2 -W 5 10.41.0.1 > /dev/null
 kill "$capture"; wait "$capture" || true
 tcpdump -n -r "$OUT/br1.pcap" 2> /dev/null
