@@ -55,7 +55,7 @@ VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 #: recipe files of package images only (pytest_netlab.package_image): not in the default image's hash
-PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "harness.txt"})
+PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "package-hook.sh", "harness.txt"})
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
 #: cached images of older recipes are removed once they are this old (pytest-netlab image clean: now)

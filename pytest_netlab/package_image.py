@@ -61,7 +61,9 @@ _FORMAT = 1
 _INFO = "netlab-image.json"
 _DISK = "rootfs.sqfs"
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-_RECIPE_FILES = ("build-packages.sh", "harness.txt", "init", "reseed.c", "udhcpc.script")
+_RECIPE_FILES = (
+    "build-packages.sh", "package-hook.sh", "harness.txt", "init", "reseed.c", "udhcpc.script",
+)
 _APT_LISTS = Path("/var/lib/apt/lists")
 
 
