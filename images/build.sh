@@ -429,7 +429,7 @@ echo "$KVER" > "$OUT/kernel-version"
 	echo "squashfs_compression=$SQFS_COMP"
 	echo "core_uncompressed_bytes=$(stat -c %s "$WORK/core.cpio")"
 	echo "core_bytes=$(stat -c %s "$WORK/core.cpio.z")"
-	echo "extra_uncompressed_bytes=$(du -sb "$EX" | cut -f1)"
+	echo "extra_uncompressed_bytes=$(find "$EX" -type f -printf "%s\n" | awk "{s += \$1} END {print s}")" # files only: directory sizes differ between file systems
 	echo "extra_bytes=$(stat -c %s "$WORK/part1/usr/lib/netlab/extra.sqfs")"
 	echo "initrd_bytes=$(stat -c %s "$OUT/initrd.img")"
 	echo "reseed=$(stat -c '%A %s' "$ST/usr/lib/netlab/reseed")"

@@ -50,6 +50,7 @@ from .image import (
     say,
 )
 from .locks import acquire_build_lock
+from .subids import current_user, unshare_missing
 
 log = logging.getLogger(__name__)
 
@@ -185,6 +186,7 @@ def package_image(
     image_id = _image_id(names, base, resolve(names))
     path = _images_dir() / f"{PREFIX}{image_id}"
     if not _is_complete(path):
+        _refuse_unbuildable(names)
         _build_locked(names, base, image_id, path, progress)
     index.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{index.name}.", suffix=".tmp", dir=index.parent)
@@ -192,6 +194,20 @@ def package_image(
         handle.write(path.name + "\n")
     os.replace(tmp, index)
     return _load(path, base)
+
+
+def _refuse_unbuildable(names: tuple[str, ...]) -> None:
+    """Fail at once, saying what to do, where an ordinary user's build cannot run.
+
+    Raises:
+        ImageError: the user lacks what mmdebstrap's unshare mode needs.
+    """
+    missing = unshare_missing()
+    if missing is not None:
+        raise ImageError(
+            f"cannot build the package image ({' '.join(names)}) as {current_user()} (not root, "
+            f"so with mmdebstrap's unshare mode): {missing.message()}"
+        )
 
 
 def _build_locked(
