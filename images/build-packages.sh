@@ -102,17 +102,39 @@ HARNESS_OPTS=(--customize-hook="mkdir -p \"\$1$S\""
 		"$S/out" "$S/work")\"\$1\""
 	--customize-hook="$(printf 'copy-out %q %q %q' "$S/out/packages.txt" "$S/out/modules.txt" "$OUT")"
 	--customize-hook="rm -rf \"\$1$S\"")
+# unshare mode (not root): the tree is made in mmdebstrap's directory under TMPDIR by a
+# subordinate id, which must be able to enter every directory above it (/tmp: yes;
+# a private TMPDIR, mode 0700: no, so /tmp then)
+MM_TMPDIR=${TMPDIR:-/tmp}
+others_can_enter() {
+	local d
+	d=$(realpath "$1") || return 1
+	while :; do
+		[ -n "$(find "$d" -maxdepth 0 -perm -o+x)" ] || return 1
+		[ "$d" = / ] && return 0
+		d=$(dirname "$d")
+	done
+}
+if [ "$(id -u)" -ne 0 ] && ! others_can_enter "$MM_TMPDIR"; then
+	others_can_enter /tmp || die "TMPDIR=$MM_TMPDIR and /tmp: a subordinate id cannot enter them (mmdebstrap's unshare mode needs it): give TMPDIR a directory others may enter (o+x)"
+	log "TMPDIR=$MM_TMPDIR is private: mmdebstrap works in /tmp"
+	MM_TMPDIR=/tmp
+fi
 log "installing $* and the harness with mmdebstrap ($SUITE, sources $SOURCES)"
-# the tree goes to sqfstar as a tar stream: owners and modes as mmdebstrap made them
+# the tree goes to sqfstar as a tar stream: owners and modes as mmdebstrap made them.
+# sqfstar gives the root directory its own uid and gid (4.5.1 ignores -root-uid): as a
+# user, it runs as root of a user namespace of its own (the file is still the user's).
+AS_ROOT=()
+[ "$(id -u)" -eq 0 ] || AS_ROOT=(unshare --map-root-user)
 status=0
-mmdebstrap --variant=essential --include="$INCLUDE" --format=tar -q \
+TMPDIR=$MM_TMPDIR mmdebstrap --variant=essential --include="$INCLUDE" --format=tar -q \
 	--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
 	--aptopt='APT::Install-Recommends "false"' --dpkgopt=force-unsafe-io \
 	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
 	"${LISTS_OPTS[@]}" "${CACHE_OPTS[@]}" "${HARNESS_OPTS[@]}" \
 	"$SUITE" - "$SOURCES" 2> "$WORK/mmdebstrap.log" |
-	sqfstar -comp "$COMP" -no-xattrs -root-uid 0 -root-gid 0 -root-mode 0755 -quiet -no-progress "$OUT/rootfs.sqfs.tmp" > "$WORK/sqfstar.log" 2>&1 ||
+	"${AS_ROOT[@]}" sqfstar -comp "$COMP" -no-xattrs -root-mode 0755 -quiet -no-progress "$OUT/rootfs.sqfs.tmp" > "$WORK/sqfstar.log" 2>&1 ||
 	status=("${PIPESTATUS[@]}")
 [ "${status[0]}" -eq 0 ] || die "mmdebstrap failed: $(reasons "$WORK/mmdebstrap.log")"
 [ "${status[1]:-0}" -eq 0 ] || die "sqfstar failed: $(reasons "$WORK/sqfstar.log")"
