@@ -16,13 +16,15 @@ apt-get update -q
 # openssh-server: its sshd binary only; tests/test_remote_xdist.py starts its own on the
 # loopback, with its own config and keys, as the second machine of `--tx ssh=` (where
 # systemd runs, Debian also enables the ssh service on install: that is the system's)
+# uidmap: newuidmap/newgidmap, for mmdebstrap's unshare mode (package images built by an
+# ordinary user: docs/install.md)
 # Debian's chromium and chromium-driver (Ubuntu has them only as snaps: there the docs site's
 # browser test skips, saying so)
 browser=""
 if apt-cache show chromium-driver >/dev/null 2>&1; then browser="chromium chromium-driver"; fi
 # shellcheck disable=SC2046,SC2086
 apt-get install -y -q --no-install-recommends \
-    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux openssh-client openssh-server $browser \
+    qemu-system-x86 qemu-utils python3 python3-venv python3-pip util-linux uidmap openssh-client openssh-server $browser \
     $(grep -v '^[[:space:]]*#' images/packages.txt)
 # QEMU never runs as root: a system user of its own (docs/security.md, "QEMU's
 # privileges"), in the kvm group where there is one so that KVM stays usable

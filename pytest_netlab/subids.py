@@ -136,6 +136,7 @@ def describe() -> str:
     if uid == 0:
         return "as root: mmdebstrap's root mode"
     user = current_user()
-    first = ranges(SUBUID, user, uid)[0][0] if ranges(SUBUID, user, uid) else 0
-    return f"as {user}: mmdebstrap's unshare mode (subordinate ids from {first}, newuidmap)"
+    found = ranges(SUBUID, user, uid)
+    ids = f" (subordinate ids from {found[0][0]}, newuidmap)" if found else ""
+    return f"as {user}: mmdebstrap's unshare mode{ids}"
 
