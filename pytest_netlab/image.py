@@ -36,6 +36,7 @@ from filelock import FileLock
 
 from .errors import ImageError
 from .locks import acquire_build_lock, unless_locked
+from .subids import current_user
 from .trust import trusted_directory, verify_debs
 
 log = logging.getLogger(__name__)
@@ -200,6 +201,26 @@ def _images_dir() -> Path:
     return cache_root() / "images"
 
 
+def writable_images_dir() -> Path:
+    """The images directory of the cache, made if missing, before a build writes to it.
+
+    Raises:
+        ImageError: the running user cannot write there (a cache another user made).
+    """
+    images = _images_dir()
+    try:
+        images.mkdir(parents=True, exist_ok=True)
+        writable = os.access(images, os.W_OK | os.X_OK)
+    except OSError as exc:
+        writable, images = False, Path(exc.filename or images)
+    if not writable:
+        raise ImageError(
+            f"cannot build a guest image: {images} is not writable by {current_user()}: set "
+            "NETLAB_CACHE_DIR to a directory of yours (the default is ~/.cache/pytest-netlab)"
+        )
+    return images
+
+
 def _image_dir(variant: str, digest: str) -> Path:
     return _images_dir() / f"{variant}-{digest}"
 
@@ -294,7 +315,7 @@ def _get(variant: str, *, rebuild: bool, progress: Callable[[str], None] | None)
     final = _image_dir(variant, digest)
     if not rebuild and _is_complete(final):
         return _load(final, variant, digest)
-    _images_dir().mkdir(parents=True, exist_ok=True)
+    writable_images_dir()
     lock = _lock(variant, digest)
     acquire_build_lock(
         lock, f"waiting for another process to build the {variant} guest image ({final})",

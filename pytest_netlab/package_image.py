@@ -48,6 +48,7 @@ from .image import (
     mark_used,
     recipe_dir,
     say,
+    writable_images_dir,
 )
 from .locks import acquire_build_lock
 from .subids import current_user, unshare_missing
@@ -213,7 +214,7 @@ def _refuse_unbuildable(names: tuple[str, ...]) -> None:
 def _build_locked(
     names: tuple[str, ...], base: GuestImage, image_id: str, path: Path, progress: Progress | None
 ) -> None:
-    _images_dir().mkdir(parents=True, exist_ok=True)
+    writable_images_dir()
     lock = _lock(image_id)
     acquire_build_lock(
         lock, f"waiting for another process to build the package image {path.name}",

@@ -134,6 +134,20 @@ def test_a_package_build_the_user_cannot_run_is_refused_before_anything_is_built
     assert not list((tmp_path / "cache" / "images").glob("*pkg-*"))
 
 
+def test_a_cache_the_user_cannot_write_is_refused_with_the_fix(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NETLAB_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(image, "current_user", lambda: "alice")
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for another user's cache
+    with pytest.raises(ImageError) as error:
+        image.writable_images_dir()
+    assert str(error.value) == (
+        f"cannot build a guest image: {tmp_path / 'cache' / 'images'} is not writable by alice: set "
+        "NETLAB_CACHE_DIR to a directory of yours (the default is ~/.cache/pytest-netlab)"
+    )
+
+
 # -- real builds as a throwaway user ------------------------------------------------------
 
 
