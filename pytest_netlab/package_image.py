@@ -52,6 +52,7 @@ from .image import (
 )
 from .locks import acquire_build_lock
 from .subids import current_user, unshare_missing
+from .trust import verify_debs
 
 log = logging.getLogger(__name__)
 
@@ -256,6 +257,8 @@ def _build(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{image_id}-", dir=images))
     out = tmp / "image"
     debs = cache_root() / "debs"
+    if debs.is_dir():
+        verify_debs(debs)  # the kernel package the modules come from, as for the default image
     command = ["bash", str(recipe_dir() / "build-packages.sh"), str(base.root), str(out), *names]
     env = dict(os.environ, NETLAB_DEB_CACHE=str(debs), NETLAB_APT_ARCHIVES=str(debs / "archives"))
     say(progress, f"building the package image {final.name} ({' '.join(names)}); takes a minute or two")

@@ -134,6 +134,26 @@ def test_a_package_build_the_user_cannot_run_is_refused_before_anything_is_built
     assert not list((tmp_path / "cache" / "images").glob("*pkg-*"))
 
 
+def test_a_package_build_checks_the_cached_kernel_package_against_apt(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NETLAB_CACHE_DIR", str(tmp_path / "cache"))
+    debs = tmp_path / "cache" / "debs"
+    debs.mkdir(parents=True)
+    planted = debs / "linux-image-9.9.9-cloud-amd64_9.9.9-1_amd64.deb"  # apt knows no such package
+    planted.write_bytes(b"a kernel nobody vouches for")
+    ran: list[list[str]] = []
+    monkeypatch.setattr(pi, "_run", lambda command, *args: (ran.append(command), (1, ["error: stop"]))[1])
+    (tmp_path / "cache" / "images").mkdir()
+    base = GuestImage(
+        kernel=planted, initrd=planted, cmdline="", root=tmp_path, variant="cloud", hash="h",
+        kernel_version="9.9.9", modules=frozenset(),
+    )
+    with pytest.raises(ImageError, match="error: stop"):
+        pi._build(("iperf3",), base, "abc", tmp_path / "cache" / "images" / "pkg-abc", None)
+    assert ran and not planted.exists()
+
+
 def test_a_cache_the_user_cannot_write_is_refused_with_the_fix(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
