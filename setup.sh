@@ -39,6 +39,8 @@ apt-get update -q
 # openssh-server: its sshd binary only; tests/test_remote_xdist.py starts its own on the
 # loopback, with its own config and keys, as the second machine of `--tx ssh=` (where
 # systemd runs, Debian also enables the ssh service on install: that is the system's)
+# uidmap: newuidmap/newgidmap, for mmdebstrap's unshare mode (package images built by an
+# ordinary user: docs/install.md)
 # Debian's chromium and chromium-driver (Ubuntu has them only as snaps: there the docs site's
 # browser test skips, saying so)
 browser=""

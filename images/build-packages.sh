@@ -10,6 +10,11 @@
 #
 # The packages are installed by mmdebstrap (dpkg with maintainer scripts, as on a real
 # Debian machine) from the host's own apt sources; nothing else is downloaded.
+# images/package-hook.sh adds the harness (kernel modules, the netlab init...) as
+# mmdebstrap's customize hook, and the tree leaves mmdebstrap as a tar stream that sqfstar
+# packs: so the same steps work for root (mmdebstrap's root mode) and for an ordinary
+# user (unshare mode: a user namespace that maps the user's subordinate ids, whose tree
+# the user could not read directly), and no step makes a device node.
 #
 # Environment:
 #   NETLAB_APT_SOURCES   the sources file handed to mmdebstrap (default: the host's
@@ -21,12 +26,17 @@
 #                        to read under TCG)
 set -eEuo pipefail
 unset LD_PRELOAD LD_LIBRARY_PATH
+umask 022
 
 die() {
 	echo "build-packages.sh: error: $*" >&2
 	exit 1
 }
 log() { echo "build-packages.sh: [${SECONDS}s] $*" >&2; }
+# reasons LOG: its error lines (its last lines if none), on one line
+reasons() {
+	{ grep -E '^(E:|W:)|error:' "$1" || tail -n 3 "$1"; } | head -n 4 | tr '\n' ' '
+}
 trap 'echo "build-packages.sh: error: line $LINENO: \`$BASH_COMMAND\` failed" >&2' ERR
 
 [ $# -ge 3 ] || die "usage: $0 BASEDIR OUTDIR PACKAGE..."
@@ -39,7 +49,7 @@ COMP=${NETLAB_ROOTFS_COMPRESS:-lz4}
 HARNESS=$(grep -v -e '^#' -e '^[[:space:]]*$' "$HERE/harness.txt")
 
 command -v mmdebstrap > /dev/null 2>&1 || die "'mmdebstrap' not found: apt-get install mmdebstrap"
-command -v mksquashfs > /dev/null 2>&1 || die "'mksquashfs' not found: apt-get install squashfs-tools"
+command -v sqfstar > /dev/null 2>&1 || die "'sqfstar' not found: apt-get install squashfs-tools (4.5 or later)"
 SOURCES=${NETLAB_APT_SOURCES:-}
 if [ -z "$SOURCES" ]; then
 	for f in /etc/apt/sources.list.d/debian.sources /etc/apt/sources.list; do
@@ -56,7 +66,13 @@ DEB="${NETLAB_DEB_CACHE:-/nonexistent}/${KPKG}_${KVERSION//:/%3a}_amd64.deb"
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/netlab-pkgbuild.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
-ROOT=$WORK/root
+
+if [ ! -s "$DEB" ]; then
+	log "downloading $KPKG $KVERSION"
+	(cd "$WORK" && apt-get download -q "$KPKG=$KVERSION" > "$WORK/apt.log" 2>&1) ||
+		die "apt-get download $KPKG=$KVERSION failed: $(tail -n 2 "$WORK/apt.log" | tr '\n' ' ')"
+	DEB=$(ls "$WORK"/"${KPKG}"_*.deb)
+fi
 
 INCLUDE=$(echo $HARNESS "$@" | tr ' ' ',')
 ARCHIVES=${NETLAB_APT_ARCHIVES:-}
@@ -69,88 +85,59 @@ if [ -n "$ARCHIVES" ]; then
 		--customize-hook="sync-out /var/cache/apt/archives '$ARCHIVES'")
 fi
 # apt's package lists are the host's own (the ones the packages were resolved with):
-# no `apt-get update` in the build, so it downloads only .debs missing from the cache
-LISTS_OPTS=(--skip=update --setup-hook="mkdir -p \"\$1\"/var/lib/apt/lists"
-	--setup-hook="sync-in /var/lib/apt/lists /var/lib/apt/lists/")
+# no `apt-get update` in the build, so it downloads only .debs missing from the cache.
+# Hooks run as root, which in unshare mode is a subordinate id: it can read what is
+# world-readable (the lists), not the user's own files, nor its working directory.
+LISTS_OPTS=(--skip=update --setup-hook="cd \"\$1\" && mkdir -p var/lib/apt/lists && find /var/lib/apt/lists \
+-maxdepth 1 -type f -name '*_*' -exec cp -p -t var/lib/apt/lists/ {} +")
 # (another sources file than the host's needs lists of its own)
 [ -n "${NETLAB_APT_SOURCES:-}${NETLAB_APT_UPDATE:-}" ] && LISTS_OPTS=()
+# The harness: the recipe and the kernel package go in with copy-in (which reads them as
+# the user), package-hook.sh adds the harness from there, copy-out brings its lists out.
+mkdir -p "$OUT"
+S=/tmp/netlab-build
+HARNESS_OPTS=(--customize-hook="mkdir -p \"\$1$S\""
+	--customize-hook="$(printf 'copy-in %q %q %s' "$HERE" "$DEB" "$S")"
+	--customize-hook="cd \"\$1\" && $(printf '%q ' ".$S/images/package-hook.sh" "$S/${DEB##*/}" "$KVER" \
+		"$S/out" "$S/work")\"\$1\""
+	--customize-hook="$(printf 'copy-out %q %q %q' "$S/out/packages.txt" "$S/out/modules.txt" "$OUT")"
+	--customize-hook="rm -rf \"\$1$S\"")
+# unshare mode (not root): the tree is made in mmdebstrap's directory under TMPDIR by a
+# subordinate id, which must be able to enter every directory above it (/tmp: yes;
+# a private TMPDIR, mode 0700: no, so /tmp then)
+MM_TMPDIR=${TMPDIR:-/tmp}
+others_can_enter() {
+	local d
+	d=$(realpath "$1") || return 1
+	while :; do
+		[ -n "$(find "$d" -maxdepth 0 -perm -o+x)" ] || return 1
+		[ "$d" = / ] && return 0
+		d=$(dirname "$d")
+	done
+}
+if [ "$(id -u)" -ne 0 ] && ! others_can_enter "$MM_TMPDIR"; then
+	others_can_enter /tmp || die "TMPDIR=$MM_TMPDIR and /tmp: a subordinate id cannot enter them (mmdebstrap's unshare mode needs it): give TMPDIR a directory others may enter (o+x)"
+	log "TMPDIR=$MM_TMPDIR is private: mmdebstrap works in /tmp"
+	MM_TMPDIR=/tmp
+fi
 log "installing $* and the harness with mmdebstrap ($SUITE, sources $SOURCES)"
-mmdebstrap --variant=essential --include="$INCLUDE" --format=directory -q \
+# the tree goes to sqfstar as a tar stream: owners and modes as mmdebstrap made them.
+# sqfstar gives the root directory its own uid and gid (4.5.1 ignores -root-uid): as a
+# user, it runs as root of a user namespace of its own (the file is still the user's).
+AS_ROOT=()
+[ "$(id -u)" -eq 0 ] || AS_ROOT=(unshare --map-root-user)
+status=0
+TMPDIR=$MM_TMPDIR mmdebstrap --variant=essential --include="$INCLUDE" --format=tar -q \
 	--hook-dir=/usr/share/mmdebstrap/hooks/merged-usr \
 	--aptopt='APT::Install-Recommends "false"' --dpkgopt=force-unsafe-io \
 	--dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
 	--dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
-	"${LISTS_OPTS[@]}" "${CACHE_OPTS[@]}" "$SUITE" "$ROOT" "$SOURCES" > "$WORK/mmdebstrap.log" 2>&1 ||
-	die "mmdebstrap failed: $(grep -E '^(E:|W:)' "$WORK/mmdebstrap.log" | head -n 3 | tr '\n' ' ')$(tail -n 3 "$WORK/mmdebstrap.log" | tr '\n' ' ')"
-
-log "adding the kernel modules of $KVER"
-if [ ! -s "$DEB" ]; then
-	(cd "$WORK" && apt-get download -q "$KPKG=$KVERSION" > "$WORK/apt.log" 2>&1) ||
-		die "apt-get download $KPKG=$KVERSION failed: $(tail -n 2 "$WORK/apt.log" | tr '\n' ' ')"
-	DEB=$(ls "$WORK"/"${KPKG}"_*.deb)
-fi
-dpkg-deb -x "$DEB" "$WORK/kernel"
-mkdir -p "$ROOT/usr/lib/modules"
-cp -a "$WORK/kernel/lib/modules/$KVER" "$ROOT/usr/lib/modules/"
-depmod -b "$ROOT/usr" "$KVER" || die "depmod on the guest modules failed"
-
-log "adding the netlab init"
-install -m 0755 "$HERE/init" "$ROOT/init"
-mkdir -p "$ROOT/usr/lib/netlab"
-# the CRNG reseed helper /init runs in copies resumed from a template (as build.sh makes it)
-cc -nostdlib -static -ffreestanding -fno-stack-protector -fno-asynchronous-unwind-tables -Os -s \
-	-Wall -Werror -o "$ROOT/usr/lib/netlab/reseed" "$HERE/reseed.c" 2> "$WORK/cc.log" ||
-	die "cc images/reseed.c failed: $(tr '\n' ' ' < "$WORK/cc.log")"
-GDEV=$ROOT/usr/lib/netlab/dev
-mkdir -p "$GDEV/pts" "$GDEV/shm" "$GDEV/net" "$ROOT/var/log/netlab" "$ROOT/etc/dropbear" "$ROOT/etc/udhcpc"
-mknod -m 666 "$GDEV/net/tun" c 10 200 2> /dev/null || true
-ln -sf /proc/self/fd "$GDEV/fd"
-ln -sf /proc/self/fd/0 "$GDEV/stdin"
-ln -sf /proc/self/fd/1 "$GDEV/stdout"
-ln -sf /proc/self/fd/2 "$GDEV/stderr"
-mkdir -p -m 0700 "$ROOT/root/.ssh"
-# root's shell is dash, as in the default image: SSH commands run the same there
-sed -i 's|^root:\([^:]*\):0:0:\([^:]*\):\([^:]*\):.*$|root:\1:0:0:\2:\3:/bin/sh|' "$ROOT/etc/passwd"
-cat > "$ROOT/etc/fstab" << 'EOF'
-# mounted by /init with `mount -a` (devtmpfs on /dev is mounted before)
-proc /proc proc nosuid,nodev,noexec 0 0
-sysfs /sys sysfs nosuid,nodev,noexec 0 0
-devpts /dev/pts devpts nosuid,noexec,gid=5,mode=620,ptmxmode=666 0 0
-tmpfs /run tmpfs nosuid,nodev,mode=0755 0 0
-tmpfs /tmp tmpfs nosuid,nodev,mode=1777 0 0
-tmpfs /dev/shm tmpfs nosuid,nodev,mode=1777 0 0
-EOF
-cat > "$ROOT/etc/inittab" << 'EOF'
-# busybox init after /init: reaps orphans, keeps a root shell on the serial console
-ttyS0::respawn:/bin/sh
-::ctrlaltdel:/sbin/reboot -f
-::shutdown:/bin/sync
-EOF
-mkdir -p "$ROOT/etc/network"
-[ -e "$ROOT/etc/network/interfaces" ] || printf 'auto lo\niface lo inet loopback\n' > "$ROOT/etc/network/interfaces"
-install -m 0755 "$HERE/udhcpc.script" "$ROOT/etc/udhcpc/default.script"
-: > "$ROOT/etc/resolv.conf"
-# busybox applets (init, switch_root, usleep, ...) under every name no package took
-"$ROOT/usr/bin/busybox" --list-full | while read -r applet; do
-	a=${applet##*/}
-	case "$applet" in
-	sbin/* | usr/sbin/*) d=/usr/sbin ;;
-	*) d=/usr/bin ;;
-	esac
-	[ "$a" = busybox ] && continue
-	for p in /usr/bin /usr/sbin /bin /sbin; do
-		[ -e "$ROOT$p/$a" ] || [ -L "$ROOT$p/$a" ] && continue 2
-	done
-	ln -s /usr/bin/busybox "$ROOT$d/$a"
-done
-rm -rf "$ROOT"/var/cache/apt/* "$ROOT"/var/lib/apt/lists/* "$ROOT"/var/log/apt "$ROOT/etc/machine-id"
-: > "$ROOT/etc/machine-id"
-
-log "packing the root file system (squashfs $COMP)"
-mkdir -p "$OUT"
-dpkg-query --admindir="$ROOT/var/lib/dpkg" -W -f '${Package}=${Version}\n' | LC_ALL=C sort > "$OUT/packages.txt"
-(cd "$ROOT/usr/lib/modules/$KVER" && find . -name '*.ko*' | sed 's|.*/||; s|\.ko.*$||' | LC_ALL=C sort) > "$OUT/modules.txt"
-mksquashfs "$ROOT" "$OUT/rootfs.sqfs.tmp" -comp "$COMP" -noappend -no-xattrs -quiet -no-progress \
-	> "$WORK/mksquashfs.log" 2>&1 || die "mksquashfs failed: $(tail -n 3 "$WORK/mksquashfs.log" | tr '\n' ' ')"
+	"${LISTS_OPTS[@]}" "${CACHE_OPTS[@]}" "${HARNESS_OPTS[@]}" \
+	"$SUITE" - "$SOURCES" 2> "$WORK/mmdebstrap.log" |
+	"${AS_ROOT[@]}" sqfstar -comp "$COMP" -no-xattrs -root-mode 0755 -quiet -no-progress "$OUT/rootfs.sqfs.tmp" > "$WORK/sqfstar.log" 2>&1 ||
+	status=("${PIPESTATUS[@]}")
+[ "${status[0]}" -eq 0 ] || die "mmdebstrap failed: $(reasons "$WORK/mmdebstrap.log")"
+[ "${status[1]:-0}" -eq 0 ] || die "sqfstar failed: $(reasons "$WORK/sqfstar.log")"
+log "packed the root file system (squashfs $COMP)"
 mv "$OUT/rootfs.sqfs.tmp" "$OUT/rootfs.sqfs"
 log "done: $OUT ($(du -sh "$OUT/rootfs.sqfs" | cut -f1), $(wc -l < "$OUT/packages.txt") packages)"

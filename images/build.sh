@@ -18,8 +18,14 @@
 #   NETLAB_DEB_CACHE       directory where downloaded .deb files are kept and reused
 #   NETLAB_INITRD_COMPRESS gzip | lz4 | zstd | none: the core cpio (default: lz4)
 #   NETLAB_SQUASHFS_COMPRESS  squashfs compressor of the extra tier (default: zstd)
+#
+# Root is not needed, and root and an ordinary user make the same bytes: every file in
+# the archives is owned by root (cpio -R 0:0, mksquashfs -all-root), the device nodes are
+# written into the cpio as gen_init_cpio does (no mknod), and every timestamp is the
+# kernel package's (a reproducible build: the same recipe and packages give the same image).
 set -eEuo pipefail
-unset LD_PRELOAD LD_LIBRARY_PATH
+unset LD_PRELOAD LD_LIBRARY_PATH SOURCE_DATE_EPOCH
+umask 022 # modes in the image do not depend on the builder's umask
 
 die() {
 	echo "build.sh: error: $*" >&2
@@ -94,12 +100,12 @@ mkdir -p -m 0700 "$ST/root" "$ST/root/.ssh"
 ln -s ../run "$ST/var/run"
 ln -s ../tmp "$ST/var/tmp"
 chmod 1777 "$ST/tmp"
-# the kernel opens /dev/console for /init before anything is mounted
-mknod -m 600 "$ST/dev/console" c 5 1 2> /dev/null || log "warning: cannot mknod (not root?): /init runs without a console until it mounts devtmpfs"
 # copied over the devtmpfs by /init in one command
 GDEV=$ST/usr/lib/netlab/dev
 mkdir -p "$GDEV/pts" "$GDEV/shm" "$GDEV/net"
-mknod -m 666 "$GDEV/net/tun" c 10 200 2> /dev/null || true # else /init makes it
+# The device nodes (/dev/console, which the kernel opens for /init before anything is
+# mounted, and $GDEV/net/tun) are not made here: mknod needs root. They are entries of
+# a cpio archive of their own, written at packing time (newc_node below).
 ln -s /proc/self/fd "$GDEV/fd"
 ln -s /proc/self/fd/0 "$GDEV/stdin"
 ln -s /proc/self/fd/1 "$GDEV/stdout"
@@ -366,17 +372,42 @@ extract_vmlinux() {
 extract_vmlinux "$VMLINUZ" "$WORK/vmlinux" || die "cannot extract vmlinux from $VMLINUZ (apt-get install xz-utils lz4 zstd)"
 
 # --- pack -------------------------------------------------------------------
+# every timestamp in the image: the kernel's, as its package has it
+EPOCH=$(stat -c %Y "$VMLINUZ")
 log "packing extra tier (squashfs $SQFS_COMP)"
 mkdir -p "$OUT"
 mkdir -p "$WORK/part1/usr/lib/netlab"
 mksquashfs "$EX" "$WORK/part1/usr/lib/netlab/extra.sqfs" -comp "$SQFS_COMP" -all-root -no-xattrs \
-	-noappend -quiet -no-progress > "$WORK/mksquashfs.log" 2>&1 ||
+	-all-time "$EPOCH" -mkfs-time "$EPOCH" -noappend -quiet -no-progress > "$WORK/mksquashfs.log" 2>&1 ||
 	die "mksquashfs failed: $(tail -n 3 "$WORK/mksquashfs.log" | tr '\n' ' ')"
 log "packing initramfs ($COMPRESS)"
+find "$ST" "$WORK/part1" -exec touch -h -d "@$EPOCH" {} +
+# pack_tree DIR: a cpio (newc) of everything under DIR, owned by root, in a fixed order
+pack_tree() {
+	(cd "$1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --reproducible --quiet)
+}
+# newc_node NAME MODE MAJOR MINOR: a cpio (newc) entry for a character device, as the
+# kernel's usr/gen_init_cpio writes one (MODE in octal, 0 0 0 0 for NAME=TRAILER!!!)
+NEWC_INO=1
+newc_node() {
+	local name=$1 mode=$((8#$2)) size=$((${#1} + 1))
+	[ "$mode" -ne 0 ] && mode=$((mode | 8#020000))
+	printf '070701%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X%08X' \
+		"$NEWC_INO" "$mode" 0 0 1 "$EPOCH" 0 0 0 "$3" "$4" "$size" 0
+	printf '%s\0' "$1"
+	head -c $(((4 - (110 + size) % 4) % 4)) /dev/zero # header and name end on 4 bytes
+	NEWC_INO=$((NEWC_INO + 1))
+}
 # part 1: uncompressed cpio with the squashfs (already compressed);
-# part 2: the core tree, compressed. The kernel unpacks both in turn.
-(cd "$WORK/part1" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) > "$WORK/part1.cpio"
-(cd "$ST" && find . -mindepth 1 | LC_ALL=C sort | cpio -o -H newc -R 0:0 --quiet) > "$WORK/core.cpio"
+# part 2: the core tree, then its device nodes (their directories exist by then), compressed.
+# The kernel unpacks them in turn.
+pack_tree "$WORK/part1" > "$WORK/part1.cpio"
+{
+	pack_tree "$ST"
+	newc_node dev/console 600 5 1
+	newc_node usr/lib/netlab/dev/net/tun 666 10 200
+	newc_node 'TRAILER!!!' 0 0 0
+} > "$WORK/core.cpio"
 case "$COMPRESS" in
 gzip) gzip -9 -n < "$WORK/core.cpio" > "$WORK/core.cpio.z" ;;
 lz4) lz4 -l -9 -q < "$WORK/core.cpio" > "$WORK/core.cpio.z" ;;
@@ -398,7 +429,7 @@ echo "$KVER" > "$OUT/kernel-version"
 	echo "squashfs_compression=$SQFS_COMP"
 	echo "core_uncompressed_bytes=$(stat -c %s "$WORK/core.cpio")"
 	echo "core_bytes=$(stat -c %s "$WORK/core.cpio.z")"
-	echo "extra_uncompressed_bytes=$(du -sb "$EX" | cut -f1)"
+	echo "extra_uncompressed_bytes=$(find "$EX" -type f -printf "%s\n" | awk "{s += \$1} END {print s}")" # files only: directory sizes differ between file systems
 	echo "extra_bytes=$(stat -c %s "$WORK/part1/usr/lib/netlab/extra.sqfs")"
 	echo "initrd_bytes=$(stat -c %s "$OUT/initrd.img")"
 	echo "reseed=$(stat -c '%A %s' "$ST/usr/lib/netlab/reseed")"

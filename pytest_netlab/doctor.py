@@ -189,6 +189,18 @@ def _image() -> Check:
     return Check("guest image", True, f"built: {info['path']} ({total:.1f} MiB)")
 
 
+def _package_builds() -> Check:
+    """Whether package images can be built by this user (root, or mmdebstrap's unshare mode)."""
+    from .subids import describe, unshare_missing
+
+    missing = unshare_missing()
+    if missing is None:
+        return Check("package image builds", True, describe(), required=False)
+    return Check(
+        "package image builds", False, f"{describe()}, but {missing.why}", missing.fix, required=False,
+    )
+
+
 def _program(name: str, package: str, use: str, required: bool) -> Check:
     path = shutil.which(name)
     if path is None:
@@ -225,7 +237,7 @@ def _budget() -> Check:
 def checks(guests: int = 4) -> Iterator[Check]:
     """Every check, in order; each is run when the iterator reaches it."""
     steps: list[Callable[[], Check]] = [
-        _mode, _qemu, _qemu_user, _tun, _namespaces, _qdiscs, _kvm, _image,
+        _mode, _qemu, _qemu_user, _tun, _namespaces, _qdiscs, _kvm, _image, _package_builds,
         lambda: _program("nsenter", "util-linux", "runs commands in lab namespaces", True),
         lambda: _program("setpriv", "util-linux", "children die with their owner (--pdeathsig)", True),
         lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),

@@ -36,6 +36,7 @@ from filelock import FileLock
 
 from .errors import ImageError
 from .locks import acquire_build_lock, unless_locked
+from .subids import current_user
 from .trust import trusted_directory, verify_debs
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
 SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 #: recipe files of package images only (pytest_netlab.package_image): not in the default image's hash
-PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "harness.txt"})
+PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "package-hook.sh", "harness.txt"})
 _INFO_FILE = "netlab-image.json"
 _REQUIRED_FILES = ("vmlinux", "initrd.img", "cmdline", "kernel-version", "manifest.txt")
 #: cached images of older recipes are removed once they are this old (pytest-netlab image clean: now)
@@ -200,6 +201,26 @@ def _images_dir() -> Path:
     return cache_root() / "images"
 
 
+def writable_images_dir() -> Path:
+    """The images directory of the cache, made if missing, before a build writes to it.
+
+    Raises:
+        ImageError: the running user cannot write there (a cache another user made).
+    """
+    images = _images_dir()
+    try:
+        images.mkdir(parents=True, exist_ok=True)
+        writable = os.access(images, os.W_OK | os.X_OK)
+    except OSError as exc:
+        writable, images = False, Path(exc.filename or images)
+    if not writable:
+        raise ImageError(
+            f"cannot build a guest image: {images} is not writable by {current_user()}: set "
+            "NETLAB_CACHE_DIR to a directory of yours (the default is ~/.cache/pytest-netlab)"
+        )
+    return images
+
+
 def _image_dir(variant: str, digest: str) -> Path:
     return _images_dir() / f"{variant}-{digest}"
 
@@ -294,7 +315,7 @@ def _get(variant: str, *, rebuild: bool, progress: Callable[[str], None] | None)
     final = _image_dir(variant, digest)
     if not rebuild and _is_complete(final):
         return _load(final, variant, digest)
-    _images_dir().mkdir(parents=True, exist_ok=True)
+    writable_images_dir()
     lock = _lock(variant, digest)
     acquire_build_lock(
         lock, f"waiting for another process to build the {variant} guest image ({final})",

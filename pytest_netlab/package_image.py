@@ -48,8 +48,11 @@ from .image import (
     mark_used,
     recipe_dir,
     say,
+    writable_images_dir,
 )
 from .locks import acquire_build_lock
+from .subids import current_user, unshare_missing
+from .trust import verify_debs
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +64,9 @@ _FORMAT = 1
 _INFO = "netlab-image.json"
 _DISK = "rootfs.sqfs"
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-_RECIPE_FILES = ("build-packages.sh", "harness.txt", "init", "reseed.c", "udhcpc.script")
+_RECIPE_FILES = (
+    "build-packages.sh", "package-hook.sh", "harness.txt", "init", "reseed.c", "udhcpc.script",
+)
 _APT_LISTS = Path("/var/lib/apt/lists")
 
 
@@ -183,6 +188,7 @@ def package_image(
     image_id = _image_id(names, base, resolve(names))
     path = _images_dir() / f"{PREFIX}{image_id}"
     if not _is_complete(path):
+        _refuse_unbuildable(names)
         _build_locked(names, base, image_id, path, progress)
     index.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f"{index.name}.", suffix=".tmp", dir=index.parent)
@@ -192,10 +198,24 @@ def package_image(
     return _load(path, base)
 
 
+def _refuse_unbuildable(names: tuple[str, ...]) -> None:
+    """Fail at once, saying what to do, where an ordinary user's build cannot run.
+
+    Raises:
+        ImageError: the user lacks what mmdebstrap's unshare mode needs.
+    """
+    missing = unshare_missing()
+    if missing is not None:
+        raise ImageError(
+            f"cannot build the package image ({' '.join(names)}) as {current_user()} (not root, "
+            f"so with mmdebstrap's unshare mode): {missing.message()}"
+        )
+
+
 def _build_locked(
     names: tuple[str, ...], base: GuestImage, image_id: str, path: Path, progress: Progress | None
 ) -> None:
-    _images_dir().mkdir(parents=True, exist_ok=True)
+    writable_images_dir()
     lock = _lock(image_id)
     acquire_build_lock(
         lock, f"waiting for another process to build the package image {path.name}",
@@ -237,6 +257,8 @@ def _build(
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{PREFIX}{image_id}-", dir=images))
     out = tmp / "image"
     debs = cache_root() / "debs"
+    if debs.is_dir():
+        verify_debs(debs)  # the kernel package the modules come from, as for the default image
     command = ["bash", str(recipe_dir() / "build-packages.sh"), str(base.root), str(out), *names]
     env = dict(os.environ, NETLAB_DEB_CACHE=str(debs), NETLAB_APT_ARCHIVES=str(debs / "archives"))
     say(progress, f"building the package image {final.name} ({' '.join(names)}); takes a minute or two")

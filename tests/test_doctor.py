@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from pytest_netlab.cli import main
@@ -20,6 +22,7 @@ def test_doctor_passes_here_and_says_tcg_is_used(capsys: pytest.CaptureFixture[s
     assert "KVM: /dev/kvm present" in out and any(s in out for s in ("TCG used", "KVM used", "run under TCG"))
     assert "memory: " in out and "2 guests of 128 MiB" in out
     assert "ok   guest budget: " in out and " guests booting at once, " in out
+    assert "ok   package image builds: as " in out and "mmdebstrap's " in out
     assert out.rstrip().endswith("verdict: pytest-netlab can run here")
 
 
@@ -36,3 +39,17 @@ def test_doctor_fails_without_qemu_and_says_the_fix(monkeypatch, capsys):
 def test_a_failed_optional_check_is_a_warning():
     line = Check("tcpdump", False, "not found", "apt-get install tcpdump", required=False).line()
     assert line == "warn tcpdump: not found\n     fix: apt-get install tcpdump"
+
+
+def test_doctor_says_what_an_ordinary_user_lacks_for_package_builds(monkeypatch: pytest.MonkeyPatch):
+    from pytest_netlab import doctor, subids
+
+    monkeypatch.setattr(os, "geteuid", lambda: 4242)
+    monkeypatch.setattr(subids, "current_user", lambda: "alice")
+    monkeypatch.setattr(subids, "ranges", lambda *args: [])
+    missing = subids.Missing("newuidmap and newgidmap not found", "apt-get install uidmap (as root)")
+    monkeypatch.setattr(subids, "unshare_missing", lambda: missing)
+    assert doctor._package_builds().line() == (
+        "warn package image builds: as alice: mmdebstrap's unshare mode, but newuidmap and newgidmap "
+        "not found\n     fix: apt-get install uidmap (as root)"
+    )
