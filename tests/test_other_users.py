@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -62,14 +63,14 @@ class User:
 def _make_user(name: str) -> User:
     subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name],
                    check=True, capture_output=True, text=True)
-    home = Path(os.path.expanduser(f"~{name}"))
-    return User(name, home.stat().st_uid, home)
+    entry = pwd.getpwnam(name)
+    return User(name, entry.pw_uid, Path(entry.pw_dir))
 
 
 def _remove_user(name: str) -> None:
     """Kill the user's processes (its only), remove what it left in the temporary
     directory (runtime base, lab directories) and the user with its home."""
-    uid = Path(os.path.expanduser(f"~{name}")).stat().st_uid
+    uid = pwd.getpwnam(name).pw_uid
     subprocess.run(["pkill", "-KILL", "-u", name], check=False)
     retry_until(lambda _left: (User(name, uid, Path()).processes() == set(), "processes left"),
                 timeout=30, interval=0.1, what=f"the processes of {name} to end")
@@ -77,7 +78,10 @@ def _remove_user(name: str) -> None:
         with contextlib.suppress(OSError):  # another run's entry may go meanwhile
             if stat.S_ISDIR(leftover.lstat().st_mode) and leftover.lstat().st_uid == uid:
                 shutil.rmtree(leftover, ignore_errors=True)
-    subprocess.run(["userdel", "-r", name], check=False, capture_output=True)
+    removed = subprocess.run(["userdel", "-r", name], check=False, capture_output=True, text=True)
+    with contextlib.suppress(KeyError):
+        pwd.getpwnam(name)
+        raise AssertionError(f"userdel -r {name} left the user: {removed.stderr.strip()}")
 
 
 @pytest.fixture
