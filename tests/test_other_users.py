@@ -98,8 +98,13 @@ def two_users() -> Iterator[tuple[User, User]]:
             made.append(name)
         yield users[0], users[1]
     finally:
-        for name in made:
-            _remove_user(name)
+        failures = []
+        for name in made:  # each one, whatever happened to the other
+            try:
+                _remove_user(name)
+            except Exception as exc:  # noqa: BLE001 - reported below, after both
+                failures.append(f"{name}: {exc}")
+        assert not failures, failures
 
 
 def _give_image(owner: User) -> None:
