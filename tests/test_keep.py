@@ -123,10 +123,11 @@ def test_failed_test_keeps_its_lab_reachable_with_the_printed_commands(
         assert [found["kind"] for found in json.loads(listed.stdout) if found["name"] == lab] == ["kept"]
         by_name = _netlab("exec", lab, "h1", "hostname")
         assert (by_name.returncode, by_name.stdout) == (0, "h1\n"), by_name.stderr
-        namespace = re.search(r"\(or: (ip netns exec \S+) bash\)", text)
+        # the printed way into the lab namespace (nsenter; as root also "ip netns exec")
+        namespace = re.search(r"^  lab namespace: (nsenter .*) -- bash", text, re.M)
         assert namespace, text
         bridge = subprocess.run(
-            [*shlex.split(namespace.group(1)), "ip", "-br", "link", "show", "br1"],
+            [*shlex.split(namespace.group(1)), "--", "ip", "-br", "link", "show", "br1"],
             capture_output=True, text=True, timeout=10, check=False,
         )
         assert bridge.stdout.startswith("br1 "), bridge.stderr
