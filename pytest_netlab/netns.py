@@ -22,7 +22,6 @@ import fcntl
 import functools
 import logging
 import os
-import pwd
 import shlex
 import shutil
 import signal
@@ -41,7 +40,7 @@ from typing import Any, TypeVar
 
 from pyroute2 import IPRoute, NetlinkError, netns
 
-from . import nsholder
+from . import nsholder, subids
 from .constants import NETNS_RUN_DIR
 from .errors import CommandError, CommandTimeout, NamespaceError
 from .owner import (
@@ -265,31 +264,17 @@ class NamespaceHolder:
         self.close()
 
 
-def subordinate_ids(kind: str) -> tuple[int, int] | None:
-    """The first range of subordinate ids (*kind* ``uid`` or ``gid``) this user has in
-    /etc/subuid or /etc/subgid (both keyed by user), as (start, count); ``None``
-    without one."""
-    try:
-        names = {str(os.geteuid()), pwd.getpwuid(os.geteuid()).pw_name}
-        lines = Path(f"/etc/sub{kind}").read_text().splitlines()
-    except (OSError, KeyError):
-        return None
-    for line in lines:
-        fields = line.strip().split(":")
-        if len(fields) == 3 and fields[0] in names and fields[1].isdigit() and fields[2].isdigit():
-            return int(fields[1]), int(fields[2])
-    return None
-
-
 def map_subordinate_ids(pid: int) -> bool:
     """Map this user as root and the user's subordinate ids as the other users into
     process *pid*'s fresh user namespace (``newuidmap``/``newgidmap``, from Debian's
     ``uidmap``); whether that was done."""
-    uids, gids = subordinate_ids("uid"), subordinate_ids("gid")
-    if uids is None or gids is None or not (shutil.which("newuidmap") and shutil.which("newgidmap")):
+    user = subids.current_user()
+    uids = subids.ranges(subids.SUBUID, user, os.geteuid())
+    gids = subids.ranges(subids.SUBGID, user, os.geteuid())  # keyed by user too
+    if not uids or not gids or not (shutil.which("newuidmap") and shutil.which("newgidmap")):
         return False
     for tool, me, (start, count) in (
-        ("newuidmap", os.geteuid(), uids), ("newgidmap", os.getegid(), gids),
+        ("newuidmap", os.geteuid(), uids[0]), ("newgidmap", os.getegid(), gids[0]),
     ):
         done = subprocess.run(
             [tool, str(pid), "0", str(me), "1", "1", str(start), str(min(count, 65535))],
@@ -533,7 +518,7 @@ class LabNamespace:
         it changes its user, which needs the user's subordinate ids mapped."""
         if self._holder is None or self._holder.all_ids:
             return None
-        user = pwd.getpwuid(os.geteuid()).pw_name
+        user = subids.current_user()
         return (
             "packet capture in a rootless lab needs your subordinate ids (tcpdump changes "
             "its user inside): apt-get install uidmap, and give "
