@@ -1,6 +1,8 @@
 """How fast pytest-netlab builds, uses and tears down labs, against doing it by hand.
 
-Run as root from a checkout (see README.md, "Benchmark")::
+Run from a checkout (see README.md, "Benchmark"), as root for every row (the hand-made
+scripts use ``ip netns``), or as an ordinary user with ``--skip-handmade`` (rootless labs;
+``benchmarks/rootless.py`` sets the two side by side)::
 
     sudo .venv/bin/python benchmarks/bench.py --runs 5 --json bench.json
 
@@ -361,8 +363,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="remove the cached package image first, to time a first build")
     parser.add_argument("-v", "--verbose", action="store_true", help="print each sample as it comes")
     args = parser.parse_args(argv)
-    if os.geteuid() != 0:
-        parser.error("run as root: labs make network namespaces, bridges and TAPs")
+    if os.geteuid() != 0 and not args.skip_handmade:
+        parser.error("the hand-made scripts need root (ip netns): run as root, or with --skip-handmade")
     logging.basicConfig(level=logging.WARNING)
     # qemu.qmp logs a reset connection at every QEMU quit as an error: noise here
     logging.getLogger("qemu").setLevel(logging.CRITICAL)

@@ -94,10 +94,15 @@ def test_an_endless_flood_costs_its_timeout_and_the_limit_only(lab):
         h1.ssh("base64 /dev/urandom", timeout=4)
     assert len(caught.value.stdout) < LIMIT + 100 and "bytes truncated]" in caught.value.stdout
     assert len(str(caught.value)) < 20000  # the message shows a tail of the kept output
-    # a background writer on the command's channel does not hold the next command
-    h1.ssh("(head -c 2000000 /dev/urandom | base64 &)")
-    # what it prints while the next command runs is that command's (docs/helpers.md)
-    assert "next\n" in h1.ssh("echo next", timeout=30).stdout
+    # a background writer on the command's channel (10 s of lines, then a marker) does not
+    # hold the next command: it ends while the writer still writes
+    h1.ssh("rm -f /tmp/writer-done; (i=0; while [ $i -lt 100 ]; do echo stray; sleep 0.1; "
+           "i=$((i + 1)); done; touch /tmp/writer-done) &")
+    following = h1.ssh("echo next; test -e /tmp/writer-done || echo writing", timeout=30)
+    # what the writer prints while it runs is that command's too (docs/helpers.md); in all
+    # far less than the output limit, so nothing of the command's own is cut
+    assert "next\nwriting\n" in following.stdout.replace("stray\n", "")
+    h1.wait_until("test -e /tmp/writer-done", timeout=60)  # no strays for the tests after
     assert _rss_kib() - before < 50 * 1024
 
 
