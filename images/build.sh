@@ -226,15 +226,8 @@ tcpdump:x:109:
 nogroup:x:65534:
 EOF
 printf '/bin/sh\n/usr/bin/sh\n/bin/dash\n/usr/bin/dash\n/bin/ash\n' > "$ST/etc/shells"
-cat > "$ST/etc/fstab" << 'EOF'
-# mounted by /init with `mount -a` (devtmpfs on /dev is mounted before)
-proc /proc proc nosuid,nodev,noexec 0 0
-sysfs /sys sysfs nosuid,nodev,noexec 0 0
-devpts /dev/pts devpts nosuid,noexec,gid=5,mode=620,ptmxmode=666 0 0
-tmpfs /run tmpfs nosuid,nodev,mode=0755 0 0
-tmpfs /tmp tmpfs nosuid,nodev,mode=1777 0 0
-tmpfs /dev/shm tmpfs nosuid,nodev,mode=1777 0 0
-EOF
+# the guest's mounts, one file for both kinds of image
+install -m 0644 "$HERE/fstab" "$ST/etc/fstab"
 printf 'passwd: files\ngroup: files\nshadow: files\nhosts: files dns\nnetworks: files\nprotocols: files\nservices: files\n' > "$ST/etc/nsswitch.conf"
 printf 'auto lo\niface lo inet loopback\n' > "$ST/etc/network/interfaces"
 mkdir -p "$ST/etc/modprobe.d"

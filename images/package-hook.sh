@@ -47,15 +47,8 @@ ln -sf /proc/self/fd/2 "$GDEV/stderr"
 mkdir -p -m 0700 "$ROOT/root/.ssh"
 # root's shell is dash, as in the default image: SSH commands run the same there
 sed -i 's|^root:\([^:]*\):0:0:\([^:]*\):\([^:]*\):.*$|root:\1:0:0:\2:\3:/bin/sh|' "$ROOT/etc/passwd"
-cat > "$ROOT/etc/fstab" << 'EOF'
-# mounted by /init with `mount -a` (devtmpfs on /dev is mounted before)
-proc /proc proc nosuid,nodev,noexec 0 0
-sysfs /sys sysfs nosuid,nodev,noexec 0 0
-devpts /dev/pts devpts nosuid,noexec,gid=5,mode=620,ptmxmode=666 0 0
-tmpfs /run tmpfs nosuid,nodev,mode=0755 0 0
-tmpfs /tmp tmpfs nosuid,nodev,mode=1777 0 0
-tmpfs /dev/shm tmpfs nosuid,nodev,mode=1777 0 0
-EOF
+# the guest's mounts, one file for both kinds of image
+install -m 0644 "$HERE/fstab" "$ROOT/etc/fstab"
 cat > "$ROOT/etc/inittab" << 'EOF'
 # busybox init after /init: reaps orphans, keeps a root shell on the serial console
 ttyS0::respawn:/bin/sh

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
-import fcntl
 import functools
 import logging
 import os
@@ -59,7 +58,6 @@ log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 CLONE_NEWNET = 0x40000000
-TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_MULTI_QUEUE = 0x0100
@@ -379,18 +377,7 @@ def open_tap(ifname: str, queues: int = 1) -> list[int]:
 
     The device lives as long as one of the returned descriptors is open.
     """
-    flags = tap_flags(queues)
-    fds: list[int] = []
-    try:
-        for _ in range(queues):
-            fd = os.open("/dev/net/tun", os.O_RDWR | os.O_CLOEXEC)
-            fds.append(fd)
-            fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH22x", ifname.encode(), flags))
-    except OSError:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
+    return nsholder.open_tap(ifname, tap_flags(queues), queues)
 
 
 class _NetlinkThread:

@@ -65,7 +65,9 @@ def _map_self(uid: int, gid: int) -> None:
         handle.write(f"0 {gid} 1")
 
 
-def _tap(name: str, flags: int, queues: int) -> list[int]:
+def open_tap(name: str, flags: int, queues: int) -> list[int]:
+    """Create TAP *name* (``TUNSETIFF`` *flags*) in this thread's network namespace; one
+    fd per queue. The device lives as long as one of them is open."""
     fds: list[int] = []
     try:
         for _ in range(queues):
@@ -85,7 +87,7 @@ def _answer(words: list[str]) -> list[int]:
         sock = socket.socket(int(words[1]), int(words[2]), int(words[3]))
         return [sock.detach()]
     if words[0] == "tap" and len(words) == 4:
-        return _tap(words[1], int(words[2]), int(words[3]))
+        return open_tap(words[1], int(words[2]), int(words[3]))
     raise ValueError(f"unknown request {' '.join(words)!r}")
 
 

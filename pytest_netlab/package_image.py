@@ -65,7 +65,7 @@ _INFO = "netlab-image.json"
 _DISK = "rootfs.sqfs"
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
 _RECIPE_FILES = (
-    "build-packages.sh", "package-hook.sh", "harness.txt", "init", "reseed.c", "udhcpc.script",
+    "build-packages.sh", "package-hook.sh", "harness.txt", "init", "reseed.c", "udhcpc.script", "fstab",
 )
 _APT_LISTS = Path("/var/lib/apt/lists")
 
