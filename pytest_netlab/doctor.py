@@ -67,9 +67,12 @@ def _kvm() -> Check:
     present = "present" if os.path.exists("/dev/kvm") else "absent"
     problem = kvm_device_usable()
     if problem is not None:
+        fix = "load kvm_intel/kvm_amd and give access to /dev/kvm, or accept TCG"
+        if "Permission denied" in problem and os.geteuid() != 0:
+            fix = "sudo usermod -a -G kvm $USER (then log in again), or accept TCG"
         return Check(
             "KVM", False, f"/dev/kvm {present}; not usable ({problem}): guests run under TCG (slower)",
-            "load kvm_intel/kvm_amd and give access to /dev/kvm, or accept TCG", required=False,
+            fix, required=False,
         )
     try:
         decision = decide_accelerator("auto")
