@@ -5,15 +5,21 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 
+from pytest_netlab import cleanup
 from pytest_netlab import netns as netlab_netns
 from pytest_netlab.errors import NamespaceError
 from pytest_netlab.netns import LabNamespace, namespace_exists
+from pytest_netlab.owner import owners_dir
+from pytest_netlab.session import runtime_base
 
 
 @pytest.fixture
@@ -93,3 +99,43 @@ def test_a_rootless_lab_is_root_in_a_user_namespace_of_its_own_which_goes_with_i
     namespace.close()
     assert not namespace_exists(namespace.name) and not os.path.exists(f"/proc/{holder}")
 
+
+
+_OWNER = """
+import sys, time
+from pytest_netlab.netns import LabNamespace
+namespace = LabNamespace(sys.argv[1])
+namespace.create()
+namespace.add_bridge("br1")
+print(namespace.path.holder, flush=True)
+time.sleep(120)
+"""
+
+
+@rootless_only
+def test_a_rootless_namespace_goes_when_its_owner_is_killed() -> None:
+    name = f"nltest-netns-{os.getpid()}-killed"
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER, name], stdout=subprocess.PIPE, text=True)
+    assert owner.stdout is not None
+    holder = int(owner.stdout.readline())
+    net = os.readlink(f"/proc/{holder}/ns/net")
+    owner.kill()  # no teardown runs: the holder sees its control socket close
+    owner.wait()
+    deadline = time.monotonic() + 10
+    while os.path.exists(f"/proc/{holder}") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not os.path.exists(f"/proc/{holder}"), "the holder outlived its owner"
+    # nothing else keeps the lab's network namespace: no process of ours is in it
+    assert [p for p in os.listdir("/proc") if p.isdigit() and _net_of(p) == net] == []
+    # what is left is the dead owner's record, which the next cleanup removes
+    record = owners_dir(runtime_base()) / name
+    assert record.exists()
+    cleanup.remove_leftovers(runtime_base())
+    assert not record.exists()
+
+
+def _net_of(pid: str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except OSError:
+        return None
