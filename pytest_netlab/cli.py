@@ -298,6 +298,8 @@ def _cmd_capture(args: argparse.Namespace) -> int:
     namespace = find_namespace(runtime_base(), lab.name)
     if namespace is None:
         raise ConfigError(f"lab {lab.name} has no namespace any more: it is going down")
+    if (problem := namespace.capture_problem()) is not None:
+        raise ConfigError(problem)
     bridges = _bridges_of(namespace)
     if args.bridge not in bridges:
         raise ConfigError(

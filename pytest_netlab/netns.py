@@ -174,9 +174,6 @@ class NamespaceHolder:
         self.proc = proc
         self._control = control
         self._lock = threading.Lock()
-        # whether the user's subordinate ids are mapped too (else programs that change
-        # their user inside, such as tcpdump, cannot)
-        self.all_ids = False
 
     @classmethod
     def start(cls) -> NamespaceHolder:
@@ -210,9 +207,7 @@ class NamespaceHolder:
                 proc.kill()
                 proc.wait()
                 raise NamespaceError(_holder_failure(answer))
-            holder = cls(proc, ours.dup())
-            holder.all_ids = mapped
-            return holder
+            return cls(proc, ours.dup())
 
     def _request(self, text: str, count: int) -> list[int]:
         with self._lock:
@@ -310,6 +305,25 @@ class NamespacePath:
 
     def exists(self) -> bool:
         return self.net.exists()
+
+    def capture_problem(self) -> str | None:
+        """Why tcpdump cannot run in this namespace, or ``None``: inside a rootless lab
+        it changes its user, which needs the user's subordinate ids mapped too (the
+        holder's uid map has more than the user's own line)."""
+        if self.holder is None:
+            return None
+        try:
+            if len(Path(f"/proc/{self.holder}/uid_map").read_text().splitlines()) > 1:
+                return None
+        except OSError:
+            return None  # the holder is gone: what runs next says so
+        user = subids.current_user()
+        return (
+            "packet capture in a rootless lab needs your subordinate ids (tcpdump changes "
+            "its user inside): apt-get install uidmap, and give "
+            f"{user} ranges in /etc/subuid and /etc/subgid (usermod --add-subuids "
+            f"100000-165535 --add-subgids 100000-165535 {user}; useradd gives new users them)"
+        )
 
     def enter(self, argv: Sequence[str]) -> list[str]:
         """*argv* run inside the namespace (root inside, in a rootless lab's user namespace)."""
@@ -501,17 +515,8 @@ class LabNamespace:
         return NamespacePath(self.name, self._holder.proc.pid if self._holder else None)
 
     def capture_problem(self) -> str | None:
-        """Why tcpdump cannot run in this namespace, or ``None``: inside a rootless lab
-        it changes its user, which needs the user's subordinate ids mapped."""
-        if self._holder is None or self._holder.all_ids:
-            return None
-        user = subids.current_user()
-        return (
-            "packet capture in a rootless lab needs your subordinate ids (tcpdump changes "
-            "its user inside): apt-get install uidmap, and give "
-            f"{user} ranges in /etc/subuid and /etc/subgid (usermod --add-subuids "
-            f"100000-165535 --add-subgids 100000-165535 {user}; useradd gives new users them)"
-        )
+        """Why tcpdump cannot run in this namespace, or ``None`` (:meth:`NamespacePath.capture_problem`)."""
+        return self.path.capture_problem()
 
     def socket(self, family: int, kind: int, proto: int = 0) -> Socket:
         """A socket made inside the namespace; it stays there, whichever thread uses it."""

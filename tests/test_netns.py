@@ -89,6 +89,7 @@ def test_a_rootless_lab_is_root_in_a_user_namespace_of_its_own_which_goes_with_i
     assert holder is not None
     inside = namespace.run("id -u; readlink /proc/self/ns/user /proc/self/ns/net").stdout.split()
     assert inside[0] == "0"  # root inside: ip, tc, sysctl and tcpdump work there
+    assert namespace.capture_problem() is None  # the user's subordinate ids are mapped too
     assert inside[1:] == [os.readlink(f"/proc/{holder}/ns/user"), os.readlink(f"/proc/{holder}/ns/net")]
     assert inside[1] != os.readlink("/proc/self/ns/user") and inside[2] != os.readlink("/proc/self/ns/net")
     # a socket made inside, used here: the host's port is free there
@@ -139,3 +140,14 @@ def _net_of(pid: str) -> str | None:
         return os.readlink(f"/proc/{pid}/ns/net")
     except OSError:
         return None
+
+
+@rootless_only
+def test_without_subordinate_ids_a_rootless_lab_runs_and_a_capture_is_refused_saying_how(
+    namespace: LabNamespace, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(netlab_netns, "map_subordinate_ids", lambda pid: False)
+    namespace.create()
+    namespace.add_bridge("br1")
+    assert namespace.run("cat /proc/self/uid_map").stdout.split() == ["0", str(os.geteuid()), "1"]
+    assert "usermod --add-subuids" in (namespace.capture_problem() or "")
