@@ -537,7 +537,7 @@ class LabNamespace:
             self._ipr.close()
             self._ipr = None
         if self._created:
-            left = kill_netns_processes(self.path.net)
+            left = kill_netns_processes(self.path.net, spare=self.path.holder)
             if left:
                 self.log.info("killed %d process(es) left in the namespace: %s", len(left), left)
             if self._holder is not None:

@@ -143,12 +143,13 @@ def pids_in_netns(path: Path) -> list[int]:
     return found
 
 
-def kill_netns_processes(path: Path, rounds: int = 10) -> list[int]:
-    """SIGKILL every process in the network namespace at *path*, again while one forks
-    new ones (a few rounds); return their pids."""
+def kill_netns_processes(path: Path, rounds: int = 10, spare: int | None = None) -> list[int]:
+    """SIGKILL every process in the network namespace at *path* but *spare* (a rootless
+    lab's holder, which ends by itself), again while one forks new ones (a few rounds);
+    return their pids."""
     killed: list[int] = []
     for _ in range(rounds):
-        pids = pids_in_netns(path)
+        pids = [pid for pid in pids_in_netns(path) if pid != spare]
         if not pids:
             break
         for pid in pids:
