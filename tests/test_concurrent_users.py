@@ -51,6 +51,8 @@ def test_the_common_lab_while_the_others_run(netlab):
     h2 = netlab.vm("h2", nics=[br1])
     netlab.start()
     assert (h1.taps, h2.taps) == (["vport11"], ["vport12"])
+    on_br1 = json.loads(netlab.run("ip -j link show master br1").stdout)
+    assert sorted(link["ifname"] for link in on_br1) == ["vport11", "vport12"]
     h1.ssh("ip addr add 10.0.0.1/24 dev eth0 && ip link set eth0 up")
     h2.ssh("ip addr add 10.0.0.2/24 dev eth0 && ip link set eth0 up")
     assert h1.ping("10.0.0.2")
