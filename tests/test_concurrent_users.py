@@ -108,24 +108,26 @@ def shared_dir() -> Iterator[Path]:
         shutil.rmtree(directory)
 
 
-def _start(directory: Path, who: str, argv: list[str], uid: int, cwd: Path) -> InnerRun:
+def _start(directory: Path, who: str, argv: list[str], uid: int, home: Path) -> InnerRun:
+    """Run the inner test with *argv* before it (as *who*), its temporary files in *home*."""
     up_file = directory / "up" / who
     up_file.touch(mode=0o644)
     os.chown(up_file, uid, -1)
     pytest_argv = [sys.executable, "-m", "pytest", "-p", "netlab", "--netlab-accel=tcg", "-q",
-                   "-p", "no:cacheprovider", str(directory / "test_common_lab.py")]
+                   "-p", "no:cacheprovider", f"--basetemp={home / 'pytest-tmp'}",
+                   str(directory / "test_common_lab.py")]
     process = subprocess.Popen(
-        [*argv, *pytest_argv], cwd=cwd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        [*argv, *pytest_argv], cwd=home, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True,
     )
     return InnerRun(who, process, up_file)
 
 
-def _start_all(directory: Path, users: tuple[User, User]) -> list[InnerRun]:
+def _start_all(directory: Path, users: tuple[User, User], root_home: Path) -> list[InnerRun]:
     # root's run has a clean environment too, but for the machine's cache (see conftest.py)
     root_env = ["env", "-i", "HOME=/root", f"PATH={PATH}",
                 f"NETLAB_CACHE_DIR={os.environ['NETLAB_CACHE_DIR']}"]
-    runs = [_start(directory, "root", root_env, 0, directory)]
+    runs = [_start(directory, "root", root_env, 0, root_home)]
     runs += [_start(directory, user.name, user.command(), user.uid, user.home) for user in users]
     return runs
 
@@ -176,12 +178,12 @@ def _check_nothing_is_left(runs: list[InnerRun], users: tuple[User, User]) -> No
 
 
 def test_root_and_two_users_run_the_same_lab_at_once(
-    two_users: tuple[User, User], shared_dir: Path,
+    two_users: tuple[User, User], shared_dir: Path, tmp_path: Path,
 ) -> None:
     for user in two_users:
         skip_unless_runnable_by(user)
         give_image(user)
-    runs = _start_all(shared_dir, two_users)
+    runs = _start_all(shared_dir, two_users, tmp_path)
     try:
         _check_all_up_at_once(runs, two_users)
     finally:
