@@ -9,111 +9,26 @@ outlives all of it, and A's own ``pytest-netlab down`` leaves nothing of A runni
 
 from __future__ import annotations
 
-import contextlib
 import os
-import pwd
 import re
-import secrets
-import shutil
 import stat
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from pytest_netlab.image import default_image
-from pytest_netlab.retry import retry_until
+from local_users import User, give_image, skip_unless_runnable_by
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0, reason="makes two throwaway local users (useradd, runuser): needs root"
 )
 
-PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 ONE_GUEST = """
 [bridges.br1]
 [nodes.h1]
 links = [{ bridge = "br1", address = "10.31.0.1/24" }]
 """
-
-
-@dataclass(frozen=True)
-class User:
-    """A throwaway local user; :meth:`run` runs a command as it, with a clean environment."""
-
-    name: str
-    uid: int
-    home: Path
-
-    def run(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        env = [f"HOME={self.home}", f"PATH={PATH}", f"USER={self.name}", f"LOGNAME={self.name}"]
-        return subprocess.run(
-            ["runuser", "-u", self.name, "--", "env", "-i", *env, *argv],
-            capture_output=True, text=True, timeout=timeout, check=False,
-            stdin=subprocess.DEVNULL, cwd=self.home,
-        )
-
-    def processes(self) -> set[int]:
-        found = subprocess.run(["pgrep", "-u", str(self.uid)], capture_output=True, text=True, check=False)
-        return {int(pid) for pid in found.stdout.split()}
-
-
-def _make_user(name: str) -> User:
-    subprocess.run(["useradd", "--create-home", "--shell", "/bin/sh", name],
-                   check=True, capture_output=True, text=True)
-    entry = pwd.getpwnam(name)
-    return User(name, entry.pw_uid, Path(entry.pw_dir))
-
-
-def _remove_user(name: str) -> None:
-    """Kill the user's processes (its only), remove what it left in the temporary
-    directory (runtime base, lab directories) and the user with its home."""
-    uid = pwd.getpwnam(name).pw_uid
-    subprocess.run(["pkill", "-KILL", "-u", name], check=False)
-    retry_until(lambda _left: (User(name, uid, Path()).processes() == set(), "processes left"),
-                timeout=30, interval=0.1, what=f"the processes of {name} to end")
-    for leftover in Path("/tmp").glob("netlab-*"):
-        with contextlib.suppress(OSError):  # another run's entry may go meanwhile
-            if stat.S_ISDIR(leftover.lstat().st_mode) and leftover.lstat().st_uid == uid:
-                shutil.rmtree(leftover, ignore_errors=True)
-    removed = subprocess.run(["userdel", "-r", name], check=False, capture_output=True, text=True)
-    with contextlib.suppress(KeyError):
-        pwd.getpwnam(name)
-        raise AssertionError(f"userdel -r {name} left the user: {removed.stderr.strip()}")
-
-
-@pytest.fixture
-def two_users() -> Iterator[tuple[User, User]]:
-    """Users ``nltest-a-<hex>`` and ``nltest-b-<hex>`` (with subordinate ids, as Debian's
-    useradd gives them), removed afterwards with whatever they left running."""
-    suffix = secrets.token_hex(3)
-    made: list[str] = []
-    try:
-        users = []
-        for letter in "ab":
-            name = f"nltest-{letter}-{suffix}"
-            users.append(_make_user(name))
-            made.append(name)
-        yield users[0], users[1]
-    finally:
-        failures = []
-        for name in made:  # each one, whatever happened to the other
-            try:
-                _remove_user(name)
-            except Exception as exc:  # noqa: BLE001 - reported below, after both
-                failures.append(f"{name}: {exc}")
-        assert not failures, failures
-
-
-def _give_image(owner: User) -> None:
-    """Copy root's built default guest image into *owner*'s cache (building it first if
-    needed), so that *owner*'s lab starts without building one."""
-    image_dir = default_image().initrd.parent
-    cache = owner.home / ".cache" / "pytest-netlab"
-    shutil.copytree(image_dir, cache / "images" / image_dir.name)
-    subprocess.run(["chown", "-R", f"{owner.name}:", str(owner.home / ".cache")], check=True)
 
 
 def _netlab_command() -> list[str]:
@@ -152,11 +67,8 @@ def test_another_user_cannot_log_in_read_the_keys_or_stop_the_lab(
 ) -> None:
     owner, other = two_users
     netlab = _netlab_command()
-    usable = owner.run(sys.executable, "-c", "import pytest_netlab")
-    if usable.returncode != 0:
-        pytest.skip(f"{sys.executable} (with pytest_netlab) cannot be run by another user "
-                    f"(a venv of an interpreter under /root?): {usable.stderr.strip()[-200:]}")
-    _give_image(owner)
+    skip_unless_runnable_by(owner)
+    give_image(owner)
     topology = owner.home / "one.toml"
     topology.write_text(ONE_GUEST)
     os.chown(topology, owner.uid, -1)
@@ -174,8 +86,7 @@ def test_another_user_cannot_log_in_read_the_keys_or_stop_the_lab(
     # the owner's own down takes it all away
     down = owner.run(*netlab, "down", lab.name, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
-    retry_until(lambda _left: (not owner.processes(), f"{owner.name}: {owner.processes()}"),
-                timeout=30, interval=0.1, what=f"every process of {owner.name} to end")
+    owner.wait_until_no_processes()
     assert not lab.key.exists()
 
 
