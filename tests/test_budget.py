@@ -37,7 +37,8 @@ class World:
         self.lines: list[str] = []
         machine = Machine(
             cpus=lambda: 2, available=lambda: 10000, total=lambda: 16000,
-            started=self.processes.get, clock=lambda: self.now, sleep=self.sleep,
+            started=self.processes.get, uid=lambda pid: os.geteuid() if pid in self.processes else None,
+            clock=lambda: self.now, sleep=self.sleep,
         )
         self.budget = Budget(tmp_path / "budget", max_guests, max_memory, machine, self.lines.append)
 
@@ -120,9 +121,10 @@ def test_records_of_dead_or_reused_pids_are_ignored_and_removed(world):
     world.claim("lab-b", 102).admit([512])
     del world.processes[101]  # killed with SIGKILL: its record stays on disk
     world.processes[102] = "b-again"  # the pid now names another process
-    (world.budget.directory / "torn.json").write_text("{")  # killed while writing
+    (world.budget.directory / "torn.json").write_text("{")  # not a record
+    (world.budget.directory / ".101-lab-a.0123.tmp").write_text("{")  # killed before renaming
     assert world.budget.holdings() == []
-    assert sorted(p.name for p in world.budget.directory.iterdir()) == [".lock"]
+    assert list(world.budget.directory.iterdir()) == []
     world.claim("lab-c", 103).admit([1800])
     assert world.sleeps == 0
 
