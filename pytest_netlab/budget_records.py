@@ -81,8 +81,10 @@ class Place:
                 f"own ({self.why})")
 
 
-def budget_place(runtime_base: Path, shared: Path = SHARED_BUDGET_DIR) -> Place:
-    """The shared directory if it is there and trusted, else the runtime dir's ``budget/``."""
+def budget_place(runtime_base: Path, shared: Path | None = None) -> Place:
+    """The *shared* directory (:data:`SHARED_BUDGET_DIR`) if it is there and trusted, else
+    the runtime dir's ``budget/``."""
+    shared = shared or SHARED_BUDGET_DIR
     problem = shared_directory_problem(shared)
     return Place(shared, True) if problem is None else Place(runtime_base / "budget", False, problem)
 

@@ -236,12 +236,11 @@ def _budget() -> Check:
 
 def _budget_sharing() -> Check:
     """Whether root's and every user's runs share the budget (setup.sh's directory)."""
-    from .budget import budget_place
-    from .budget_records import SHARED_BUDGET_DIR
+    from . import budget_records
     from .session import runtime_base
 
-    place = budget_place(runtime_base())
-    fix = f"sudo ./setup.sh (it makes {SHARED_BUDGET_DIR}, owned by root, mode 1777)"
+    place = budget_records.budget_place(runtime_base())
+    fix = f"sudo ./setup.sh (it makes {budget_records.SHARED_BUDGET_DIR}, owned by root, mode 1777)"
     return Check("budget sharing", place.shared, place.describe(), fix, required=False)
 
 

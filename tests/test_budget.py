@@ -533,3 +533,13 @@ def test_a_root_run_and_an_ordinary_user_s_run_count_each_other_s_guests(ordinar
         user.wait(30)
         mine.release()
     assert root.holdings() == [] and list(shared.iterdir()) == []  # root removed the junk too
+
+
+@needs_root
+def test_a_session_s_budget_is_the_shared_one_where_set_up_made_it(tmp_path, monkeypatch):
+    from pytest_netlab.session import NetlabSession, runtime_base
+
+    monkeypatch.setattr(budget_records, "SHARED_BUDGET_DIR", tmp_path / "shared" / "budget")
+    assert NetlabSession().budget.directory == runtime_base() / "budget"
+    shared = shared_dir(tmp_path)
+    assert NetlabSession().budget.directory == shared
