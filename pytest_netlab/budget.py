@@ -159,7 +159,7 @@ class Budget:
             try:
                 holding, uid = load_record(path)
             except FileNotFoundError:
-                continue  # removed by its owner (who does not take the lock to do so)
+                continue  # gone meanwhile: a user may remove its own files without the lock
             except (OSError, ValueError) as exc:
                 self._ignore(path, str(exc) if isinstance(exc, ValueError) else exc.strerror or "unreadable")
                 continue
