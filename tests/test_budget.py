@@ -451,6 +451,11 @@ def ordinary_user() -> Iterator[str]:
     subprocess.run(["useradd", "--no-create-home", "--home-dir", "/nonexistent",
                     "--shell", "/usr/sbin/nologin", name], check=True, capture_output=True)
     try:
+        usable = subprocess.run(["runuser", "-u", name, "--", sys.executable, "-c", "import pytest_netlab"],
+                                capture_output=True, text=True, check=False, cwd="/")
+        if usable.returncode != 0:
+            pytest.skip(f"{sys.executable} (with pytest_netlab) cannot be run by another user "
+                        f"(a venv of an interpreter under /root?): {usable.stderr.strip()[-200:]}")
         yield name
     finally:
         subprocess.run(["userdel", name], check=True, capture_output=True)
