@@ -58,6 +58,10 @@ if getent group kvm >/dev/null; then usermod -a -G kvm netlab-qemu; fi
 # 0666 (making a TAP still needs CAP_NET_ADMIN, in the lab's own user namespace); a
 # machine without udev (a container, a minimal VM) leaves it 0600
 if [ -c /dev/net/tun ]; then chmod 0666 /dev/net/tun; fi
+# the guest budget every user's runs share (docs/options.md, "The guest budget"): root's and
+# sticky like /tmp, so that users add records but cannot remove or rename each other's
+install -d -m 0755 -o root -g root /var/lib/pytest-netlab
+install -d -m 1777 -o root -g root /var/lib/pytest-netlab/budget
 # Debian's interpreter: one under /root (pyenv) cannot be run by another user
 as_user /usr/bin/python3 -m venv .venv
 # every Python package pinned with PyPI's hashes (tools/lock_requirements.py), the build

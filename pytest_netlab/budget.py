@@ -7,32 +7,44 @@ booting slots once they answer SSH (:meth:`Claim.booted`) and the memory when it
 (:meth:`Claim.release`). A lab that does not fit waits, in turn, and says so; one that
 could never fit is a :class:`ConfigError` at once.
 
-Each lab's part is a record, ``<pid>-<lab>.json`` in the runtime dir's ``budget/`` directory,
-naming its process (pid and start time). Records are read and written under one file
-lock; the record of a process that is gone (even killed with SIGKILL) is ignored and
-removed, so a crash leaks nothing.
+Each lab's part is a record, ``<pid>-<lab>.json``, naming its process (pid and start
+time), in the directory every user's runs share (``/var/lib/pytest-netlab/budget``, made by
+setup.sh) or else in the runtime dir's ``budget/`` (see :mod:`pytest_netlab.budget_records`).
+Records are read and written under one lock; the record of a process that is gone (even
+killed with SIGKILL) is ignored and removed, so a crash leaks nothing.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
 from pathlib import Path
 
-from filelock import FileLock
-
+from .budget_records import (
+    QEMU_OVERHEAD_MIB,
+    Holding,
+    budget_place,
+    guest_cost,
+    load_record,
+    locked,
+    process_uid,
+    remove,
+    remove_leftovers,
+    write_record,
+)
 from .constants import GUEST_MEMORY_RANGE
 from .errors import ConfigError
 from .owner import process_stat
 
+__all__ = ["QEMU_OVERHEAD_MIB", "Budget", "Claim", "Holding", "Machine", "budget_place", "guest_cost"]
+
 log = logging.getLogger(__name__)
 
-QEMU_OVERHEAD_MIB = 40  # measured: a resumed 128 MiB TCG guest's QEMU has an RSS of ~161 MiB
 BOOTING_PER_CPU = 4
 RESERVE_FRACTION = 0.1  # of the machine's memory, never given to guests (at most RESERVE_MAX_MIB)
 RESERVE_MAX_MIB = 2048
@@ -72,16 +84,6 @@ def parse_guests(value: object, what: str = "netlab max guests") -> int:
     return count
 
 
-def budget_dir(runtime_base: Path) -> Path:
-    """Where the records go: ``budget/`` in the runtime dir (/run/netlab as root)."""
-    return runtime_base / "budget"
-
-
-def guest_cost(memory_mib: int) -> int:
-    """What one guest of *memory_mib* takes from the budget: its RAM and QEMU's own."""
-    return memory_mib + QEMU_OVERHEAD_MIB
-
-
 def process_start(pid: int) -> str | None:
     """A process's start time (see :mod:`pytest_netlab.owner`), ``None`` if it is gone or
     a zombie: with the pid it names one process, even after the pid is reused."""
@@ -104,19 +106,6 @@ def total_memory() -> int:
 
 
 @dataclass(frozen=True)
-class Holding:
-    """One lab's record: what it holds, or since when it waits (wall clock)."""
-
-    lab: str
-    pid: int
-    started: str
-    guests: int = 0
-    memory: int = 0
-    booting: int = 0
-    waiting_since: float | None = None
-
-
-@dataclass(frozen=True)
 class Limits:
     booting: int  # guests booting at once
     memory: int  # MiB of guests' memory
@@ -131,6 +120,7 @@ class Machine:
     available: Callable[[], int] = available_memory
     total: Callable[[], int] = total_memory
     started: Callable[[int], str | None] = process_start
+    uid: Callable[[int], int | None] = process_uid  # the user running a process
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
 
@@ -148,10 +138,11 @@ class Budget:
         self.max_memory = max_memory
         self.machine = machine or Machine()
         self.report = report or (lambda line: log.warning("%s", line))
+        self._ignored: set[tuple[str, str]] = set()
 
-    def _lock(self) -> FileLock:
+    def _lock(self) -> AbstractContextManager[None]:
         self.directory.mkdir(parents=True, exist_ok=True)
-        return FileLock(str(self.directory / ".lock"))
+        return locked(self.directory, self.report)
 
     def holdings(self) -> list[Holding]:
         """The live records; those of processes that are gone are removed."""
@@ -159,28 +150,41 @@ class Budget:
             return self._live()
 
     def _live(self) -> list[Holding]:
+        """The records of live processes (the lock is held). A record that is not one, or
+        that names another user's process, is ignored, and said once; the records of
+        processes that are gone are removed (those this user may remove)."""
+        remove_leftovers(self.directory, self.machine.started)
         live = []
         for path in sorted(self.directory.glob("*.json")):
             try:
-                holding = Holding(**json.loads(path.read_text()))
-            except (OSError, ValueError, TypeError):
-                path.unlink(missing_ok=True)  # half-written by a process killed mid-write
+                holding, uid = load_record(path)
+            except FileNotFoundError:
+                continue  # gone meanwhile: a user may remove its own files without the lock
+            except (OSError, ValueError) as exc:
+                self._ignore(path, str(exc) if isinstance(exc, ValueError) else exc.strerror or "unreadable")
                 continue
-            if self.machine.started(holding.pid) == holding.started:
-                live.append(holding)
+            if self.machine.started(holding.pid) != holding.started:
+                remove(path)
+            elif self.machine.uid(holding.pid) != uid:
+                self._ignore(path, f"it names process {holding.pid}, not one of its owner, uid {uid}")
             else:
-                path.unlink(missing_ok=True)
+                live.append(holding)
         return live
+
+    def _ignore(self, path: Path, why: str) -> None:
+        """Leave out *path*, not a record of the budget: say so once, and remove it if
+        this user may (a record of its own torn by a crash, or anything as root)."""
+        if (path.name, why) not in self._ignored:
+            self._ignored.add((path.name, why))
+            log.warning("ignoring %s in the guest budget: %s", path, why)
+        remove(path)
 
     def record_path(self, lab: str, pid: int) -> Path:
         """A lab's record; the pid keeps labs of the same name in two processes apart."""
-        return self.directory / f"{pid}-{lab}.json"
+        return self.directory / Holding(lab, pid, "").name
 
     def _write(self, holding: Holding) -> None:
-        path = self.record_path(holding.lab, holding.pid)
-        temporary = path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(asdict(holding)))
-        temporary.replace(path)
+        write_record(self.directory, holding)
 
     def limits(self, holdings: Iterable[Holding] = ()) -> Limits:
         """This process's limits: the options, else from the machine: guests booting

@@ -226,15 +226,25 @@ def _memory(guests: int) -> Check:
 
 
 def _budget() -> Check:
-    from .budget import Budget, budget_dir
+    from .budget import Budget, budget_place
     from .session import runtime_base
 
     return Check(
         "guest budget", True,
-        Budget(budget_dir(runtime_base())).describe()
+        Budget(budget_place(runtime_base()).directory).describe()
         + " (set with --netlab-max-guests and --netlab-max-memory)",
         required=False,
     )
+
+
+def _budget_sharing() -> Check:
+    """Whether root's and every user's runs share the budget (setup.sh's directory)."""
+    from . import budget_records
+    from .session import runtime_base
+
+    place = budget_records.budget_place(runtime_base())
+    fix = f"sudo ./setup.sh (it makes {budget_records.SHARED_BUDGET_DIR}, owned by root, mode 1777)"
+    return Check("budget sharing", place.shared, place.describe(), fix, required=False)
 
 
 def checks(guests: int = 4) -> Iterator[Check]:
@@ -246,7 +256,7 @@ def checks(guests: int = 4) -> Iterator[Check]:
         lambda: _program("tcpdump", "tcpdump", "packet capture, --netlab-pcap", False),
         lambda: _program("dnsmasq", "dnsmasq-base", "DHCP on a host-only bridge", False),
         lambda: _program("tc", "iproute2", "lab namespace state in the evidence", False),
-        lambda: _memory(guests), _budget,
+        lambda: _memory(guests), _budget, _budget_sharing,
     ]
     for step in steps:
         started = time.monotonic()

@@ -125,12 +125,13 @@ class NetlabSession:
 
     @property
     def budget(self) -> Budget:
-        """The machine-wide guest budget, with this session's limits."""
+        """The machine-wide guest budget, with this session's limits (shared with other
+        users' runs where set-up made the shared directory, else with this user's only)."""
         if self._budget is None:
-            from .budget import Budget, budget_dir
+            from .budget import Budget, budget_place
 
-            self._budget = Budget(budget_dir(runtime_base()), self.max_guests, self.max_memory,
-                                  report=self.report)
+            self._budget = Budget(budget_place(runtime_base()).directory, self.max_guests,
+                                  self.max_memory, report=self.report)
         return self._budget
 
     def settings(self) -> LabSettings:

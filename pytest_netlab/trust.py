@@ -4,7 +4,9 @@ and loads saved states from its cache, and keeps keys in its runtime directory.
 A directory is trusted when it and every directory above it is owned by root or by the
 running user and writable by no one else. The one exception is a parent directory with
 the sticky bit owned by root (``/tmp``): others may write there but cannot rename or
-remove what they do not own, so a directory of ours inside it stays ours. A cached
+remove what they do not own, so a directory of ours inside it stays ours. A directory
+every user shares (the guest budget's) is trusted when it is root's and sticky like /tmp,
+above root's directories only. A cached
 kernel package is trusted when its SHA-256 is the one apt's package lists give for it.
 """
 
@@ -97,3 +99,46 @@ def verify_debs(directory: Path) -> list[Path]:
             deb.unlink()
             removed.append(deb)
     return removed
+
+
+def _shared_parent_problem(path: Path) -> str | None:
+    """What lets someone other than root change *path*, a directory above a shared one."""
+    info = path.lstat()
+    if info.st_uid != 0:
+        return f"{path} is owned by uid {info.st_uid}, not by root"
+    if not stat.S_ISLNK(info.st_mode) and info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        return f"{path} is writable by {'group and others' if info.st_mode & 0o002 else 'its group'}"
+    return None
+
+
+def _shared_problem(path: Path) -> str | None:
+    info = path.lstat()
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
+        return f"{path} is {'a symlink' if stat.S_ISLNK(info.st_mode) else 'not a directory'}"
+    if info.st_uid != 0:
+        return f"{path} is owned by uid {info.st_uid}, not by root"
+    if not info.st_mode & stat.S_ISVTX:
+        return f"{path} is not sticky (mode {stat.S_IMODE(info.st_mode):04o}, not 1777)"
+    parents = (path.parent, path.parent.resolve())
+    problems = (_shared_parent_problem(c) for p in parents for c in (*reversed(p.parents), p))
+    problem = next((problem for problem in problems if problem), None)
+    if problem is None and not os.access(path, os.W_OK | os.X_OK):
+        return f"{path} is not writable by you (uid {os.geteuid()}; mode {stat.S_IMODE(info.st_mode):04o})"
+    return problem
+
+
+def shared_directory_problem(path: Path) -> str | None:
+    """Why *path* cannot be a directory every user shares, like /tmp (``None``: it can).
+
+    It must be a directory (not a symlink) owned by root, with the sticky bit (others may
+    add files, but neither remove nor rename those of another user), that the running
+    user may write; and every directory above it, as written and resolved, must be owned
+    by root and writable by no one else, or sticky.
+    """
+    path = Path(os.path.abspath(path))
+    try:
+        return _shared_problem(path)
+    except FileNotFoundError:
+        return f"{path} is missing"
+    except OSError as exc:
+        return f"{path} cannot be checked: {exc.strerror}"

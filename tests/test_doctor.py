@@ -53,3 +53,21 @@ def test_doctor_says_what_an_ordinary_user_lacks_for_package_builds(monkeypatch:
         "warn package image builds: as alice: mmdebstrap's unshare mode, but newuidmap and newgidmap "
         "not found\n     fix: apt-get install uidmap (as root)"
     )
+
+
+def test_the_doctor_says_whether_every_user_shares_the_guest_budget(monkeypatch, tmp_path, capsys):
+    from pytest_netlab import budget_records
+    from pytest_netlab.session import runtime_base
+
+    monkeypatch.setattr(budget_records, "SHARED_BUDGET_DIR", tmp_path / "budget")
+    assert main(["doctor"]) == 0
+    own = runtime_base() / "budget"
+    assert (f"warn budget sharing: per user: records in {own}, so other users' runs have budgets of their "
+            f"own ({tmp_path}/budget is missing)\n     fix: sudo ./setup.sh (it makes {tmp_path}/budget, "
+            "owned by root, mode 1777)") in capsys.readouterr().out
+    if os.geteuid() == 0:  # as setup.sh makes it
+        (tmp_path / "budget").mkdir(mode=0o1777)
+        os.chmod(tmp_path / "budget", 0o1777)
+        assert main(["doctor"]) == 0
+        assert (f"ok   budget sharing: machine-wide: records in {tmp_path}/budget, shared by root's and "
+                "every user's runs") in capsys.readouterr().out
