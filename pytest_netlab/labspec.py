@@ -313,7 +313,8 @@ class Topology:
             lines.append(f'    {_id(bridge.name)}(("{label}"))')
         for node in self.nodes.values():
             shape = ('{{"', '"}}') if node.role == "router" else ('["', '"]')
-            extra = ("<br/>forwarding" if node.forwarding else "") + ("" if node.lab_routes else "<br/>own routes")
+            extra = "<br/>forwarding" if node.forwarding else ""
+            extra += "" if node.lab_routes else "<br/>own routes"
             lines.append(f"    {_id(node.name)}{shape[0]}{node.name} ({node.role}){extra}{shape[1]}")
         for node in self.nodes.values():
             for index, link in enumerate(node.links):
