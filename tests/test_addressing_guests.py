@@ -38,6 +38,7 @@ def test_dual_stack_across_a_router_with_default_routes_of_both_versions(netlab)
 
 
 def test_a_router_with_routes_of_its_own_gets_addresses_but_no_static_route(netlab):
+    # --8<-- [start:routes-false]
     # br1 -- r1 -- br2 -- r2 (routes=False) -- br3: r1 gets its route to br3, r2 none to br1
     br1 = netlab.bridge("br1", subnet="10.20.10.0/24")
     br2 = netlab.bridge("br2", subnet="10.20.20.0/24")
@@ -54,3 +55,4 @@ def test_a_router_with_routes_of_its_own_gets_addresses_but_no_static_route(netl
     assert r1.ssh("ip route show proto boot").stdout.split() == ["10.20.30.0/24", "via", "10.20.20.2",
                                                                  "dev", "eth1"]
     assert r1.ping(r2.address(br3))  # through that route
+    # --8<-- [end:routes-false]
