@@ -211,8 +211,7 @@ class Topology:
         raw_routes = raw.get("routes", [])
         lab_routes = raw_routes if isinstance(raw_routes, bool) else True
         gateway = check_gateway(raw.get("gateway"), name)
-        if not lab_routes:
-            check_routes(lab_routes, gateway, name)
+        check_routes(lab_routes, gateway, name)
         forwarding = raw.get("forwarding", False)
         if not isinstance(forwarding, bool):
             raise ConfigError(f"{where}: forwarding {forwarding!r} is not accepted: give true or false")
