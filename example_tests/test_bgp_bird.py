@@ -31,8 +31,9 @@ def test_two_ases_learn_each_others_lan(netlab, tmp_path: Path) -> None:
     lan1 = netlab.bridge("lan1", subnet="10.2.1.0/24")
     lan2 = netlab.bridge("lan2", subnet="10.2.2.0/24")
     wan = netlab.bridge("wan", subnet="10.2.0.0/24")
-    r1 = netlab.router("r1", nics=[lan1, wan], image=bird)  # eth0: the LAN, eth1: the peer
-    r2 = netlab.router("r2", nics=[lan2, wan], image=bird)
+    # eth0: the LAN, eth1: the peer; routes=False: the routes between the LANs are BGP's
+    r1 = netlab.router("r1", nics=[lan1, wan], image=bird, routes=False)
+    r2 = netlab.router("r2", nics=[lan2, wan], image=bird, routes=False)
     h1 = netlab.vm("h1", nics=[lan1], gateway="auto", image=bird)
     h2 = netlab.vm("h2", nics=[lan2], gateway="auto", image=bird)
     netlab.start()
@@ -45,7 +46,6 @@ def test_two_ases_learn_each_others_lan(netlab, tmp_path: Path) -> None:
             router_id=router.address(wan), address=router.address(wan), asn=ases[router],
             peer=peer.address(wan), peer_asn=ases[peer]))
         router.put(tmp_path / "bird.conf", "/etc/bird/bird.conf")
-        router.ssh("ip -4 route flush proto boot")  # the lab's static routes: BGP's job now
         router.enable_forwarding()
         router.ssh("mkdir -p /run/bird")  # its control socket, for birdc
         router.daemon("bird -f -c /etc/bird/bird.conf", name="bird")  # -f: in the foreground

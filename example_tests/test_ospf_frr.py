@@ -67,9 +67,10 @@ def test_ospf_reroutes_around_a_broken_link(netlab, tmp_path: Path) -> None:
     r1r2 = netlab.bridge("r1r2", subnet="10.0.12.0/24")
     r2r3 = netlab.bridge("r2r3", subnet="10.0.23.0/24")
     r1r3 = netlab.bridge("r1r3", subnet="10.0.13.0/24")
-    r1 = netlab.router("r1", nics=[lan1, r1r2, r1r3], image=frr)
-    r2 = netlab.router("r2", nics=[r1r2, r2r3], image=frr)
-    r3 = netlab.router("r3", nics=[lan3, r2r3, r1r3], image=frr)
+    # routes=False: addresses from the lab, every route from OSPF (no static ones)
+    r1 = netlab.router("r1", nics=[lan1, r1r2, r1r3], image=frr, routes=False)
+    r2 = netlab.router("r2", nics=[r1r2, r2r3], image=frr, routes=False)
+    r3 = netlab.router("r3", nics=[lan3, r2r3, r1r3], image=frr, routes=False)
     h1 = netlab.vm("h1", nics=[lan1], gateway="auto", image=frr)
     h3 = netlab.vm("h3", nics=[lan3], gateway="auto", image=frr)
     links = {r1: ([lan1], [r1r2, r1r3]), r2: ([], [r1r2, r2r3]), r3: ([lan3], [r2r3, r1r3])}
@@ -81,7 +82,6 @@ def test_ospf_reroutes_around_a_broken_link(netlab, tmp_path: Path) -> None:
         (tmp_path / f"{router.name}.conf").write_text(frr_conf(router, *links[router]))
         router.put(tmp_path / f"{router.name}.conf", "/etc/frr/frr.conf")
         router.ssh("sed -i 's/^ospfd=no/ospfd=yes/' /etc/frr/daemons")
-        router.ssh("ip -4 route flush proto boot")  # the lab's static routes: OSPF's job now
         router.enable_forwarding()
         router.ssh("/usr/lib/frr/frrinit.sh start")  # watchfrr starts the daemons, returns
 
@@ -96,6 +96,7 @@ def test_ospf_reroutes_around_a_broken_link(netlab, tmp_path: Path) -> None:
         router.wait_until(lambda router=router, others=others: full_neighbours(router) == others,
                           timeout=120)
     r1.wait_until(f"ip route show proto ospf | grep -q '^{lan3.subnets[0]} '", timeout=60)  # from r3
+    assert r1.ssh("ip route show proto boot").stdout == ""  # routes=False: none of the lab's
     h1.wait_until(lambda: h1.ping(h3.address()), timeout=120)
     direct = [r1.address(lan1), r3.address(r1r3), h3.address()]
     h1.wait_until(lambda: path_is(h1, h3.address(), direct), timeout=60)

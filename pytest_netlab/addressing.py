@@ -9,6 +9,12 @@ NIC (``bridge.nic(address=...)``), given to the bridge on the host side
 (``bridge.add_address``), or handed out before. So ``h1 -- rt2 -- h2`` on
 10.20.10.0/24 and 10.20.20.0/24 gives rt2 10.20.10.1 and 10.20.20.1, h1 10.20.10.2 and
 h2 10.20.20.2.
+
+A guest declared with ``routes=False`` runs its own routing (a daemon: FRR, BIRD): it
+gets its addresses and the names, but no route from the plan, neither the routes to
+the subnets behind other routers nor a default route. The other guests' plans do not
+change: their routes through it are computed as if it were an ordinary router (it is
+their next hop; what it does with the packet is its daemon's business).
 """
 
 from __future__ import annotations
@@ -146,13 +152,15 @@ class NicRequest:
 
 @dataclass(frozen=True)
 class GuestRequest:
-    """One guest: its NICs in order (``eth0``, ``eth1``...) and its gateway wish
-    (``None``, ``"auto"``, a guest's name or an address)."""
+    """One guest: its NICs in order (``eth0``, ``eth1``...), its gateway wish
+    (``None``, ``"auto"``, a guest's name or an address), and whether the plan gives it
+    routes (``routes=False``: its routes are its own, a routing daemon's)."""
 
     name: str
     router: bool
     nics: tuple[NicRequest, ...]
     gateway: str | None = None
+    routes: bool = True
 
 
 def check_gateway(value: object, guest: str) -> str | None:
@@ -174,6 +182,25 @@ def check_gateway(value: object, guest: str) -> str | None:
         f"gateway {value!r} of {guest!r} is not accepted: give 'auto', the name of a "
         "router of the lab, or an address"
     )
+
+
+def check_routes(value: object, gateway: str | None, guest: str) -> bool:
+    """Return *value* if it is accepted as ``routes=`` with *gateway*.
+
+    Raises:
+        ConfigError: not a bool, or ``False`` with a gateway (which is a route).
+    """
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"routes={value!r} of {guest!r} is not accepted: give True (the lab's routes) or "
+            "False (its own, e.g. a routing daemon's)"
+        )
+    if not value and gateway is not None:
+        raise ConfigError(
+            f"gateway={gateway!r} of {guest!r} is a route, and routes=False gives it none: "
+            "drop gateway= or routes=False"
+        )
+    return value
 
 
 def _take_explicit(guests: Sequence[GuestRequest], owners: dict[Address, str]) -> None:
@@ -217,6 +244,7 @@ class AddressPlan:
         self.gateways: dict[str, tuple[Address, ...]] = {}
         self.bridges_of: dict[str, tuple[str | None, ...]] = {}  # guest -> bridge per NIC
         self.routers: set[str] = set()
+        self.own_routes: set[str] = set()  # routes=False: addresses and names only
 
     def assign(
         self, subnets: Mapping[str, Sequence[Network]], guests: Sequence[GuestRequest],
@@ -249,6 +277,7 @@ class AddressPlan:
         self.gateways.update(gateways)
         self.bridges_of.update(bridges_of)
         self.routers.update(g.name for g in known if g.router)
+        self.own_routes.update(g.name for g in known if not g.routes)
 
     def owners(
         self, bridge_addresses: Mapping[str, Iterable[Interface]],
@@ -274,8 +303,10 @@ class AddressPlan:
     def routes(self, guest: str) -> list[tuple[Network, Address]]:
         """The routes router *guest* needs to the subnets behind other routers, as
         (network, next hop): through the fewest routers, the first declared on a tie.
-        Hosts get none (their default route goes to a router, which knows the rest)."""
-        if guest not in self.routers:
+        Hosts get none (their default route goes to a router, which knows the rest),
+        nor does a guest whose routes are its own (``routes=False``); the routes of
+        others through it are computed all the same."""
+        if guest not in self.routers or guest in self.own_routes:
             return []
         networks, routers_on = self._bridges_seen_by(guest)
         mine = [b for b, interfaces in zip(self.bridges_of.get(guest, ()), self.assigned.get(guest, []),
@@ -412,7 +443,7 @@ def _gateway(
 ) -> tuple[Address, ...]:
     """The next hops of *guest*'s default routes (one per IP version at most)."""
     wish = guest.gateway
-    if wish is None or (wish == "auto" and guest.router):
+    if wish is None or (wish == "auto" and guest.router) or not guest.routes:
         return ()
     mine = list(zip(bridges_of[guest.name], assigned.get(guest.name, []), strict=True))
     addressed = [(bridge, interfaces) for bridge, interfaces in mine if bridge is not None and interfaces]

@@ -742,7 +742,8 @@ class VM:
 class Router(VM):
     """A guest that routes between its NICs once forwarding is on (off at boot). The
     address plan takes routers first, gives them routes to the subnets behind other
-    routers, and points ``gateway="auto"`` at them (see :mod:`pytest_netlab.addressing`)."""
+    routers (none with ``routes=False``: a routing daemon's job then), and points
+    ``gateway="auto"`` at them (see :mod:`pytest_netlab.addressing`)."""
 
 
 def _check_daemon_name(name: object) -> None:

@@ -252,7 +252,7 @@ class Lab:
         initrd: str | Path | None = None, rootfs: str | Path | None = None,
         append: str = "", disks: Sequence[str | Path] = (), network: bool = True,
         forwards: Sequence[int] = (), numa: bool = False, aslr: bool = False,
-        gateway: str | None = None, image: GuestImage | None = None,
+        gateway: str | None = None, routes: bool = True, image: GuestImage | None = None,
         shares: Mapping[str | os.PathLike[str], str] | Sequence[Share] = (),
     ) -> VM:
         """Declare guest *name*; it boots at the next ``start()``.
@@ -277,6 +277,10 @@ class Lab:
         *gateway*: a default route set at start (with the addresses of the bridges'
         subnets): ``"auto"`` (via the first router on the guest's first addressed
         bridge; nothing for a router), a router's name, or an address.
+        ``routes=False``: the guest's routes are its own (a routing daemon's, e.g. FRR
+        or BIRD): it gets its addresses and ``/etc/hosts`` names at start, but none of
+        the address plan's routes and no default route (so no *gateway*). The other
+        guests' routes through it are planned as usual.
 
         *image*: what the guest runs, e.g. ``netlab.image(packages=["frr"])`` (see
         :meth:`image`); default: the lab's default image.
@@ -287,7 +291,8 @@ class Lab:
         Raises:
             ConfigError: bad or duplicate name, a bridge of another lab, duplicate MACs,
                 TAP names or addresses, sizes out of range, unreadable kernel or disk,
-                a bad gateway, bad or duplicate share paths.
+                a bad gateway, ``routes`` not a bool or ``False`` with a gateway, bad or
+                duplicate share paths.
         """
         if name in self.vms:
             raise ConfigError(f"guest {name!r} exists already in this lab: give each guest its own name")
@@ -296,7 +301,7 @@ class Lab:
             name=name, role=role, nics=specs, memory=memory, cpus=cpus,
             kernel=_path(kernel), initrd=_path(initrd), rootfs=_path(rootfs),
             append=append, disks=[Path(d) for d in disks], network=network,
-            forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway, image=image,
+            forwards=list(forwards), numa=numa, aslr=aslr, gateway=gateway, routes=routes, image=image,
             shares=shares_of(shares, name),
         ).validated()
         self._check_given_addresses(name, specs)
@@ -388,6 +393,7 @@ class Lab:
                 tuple(NicRequest(n.bridge, tuple(validation.ip_interface(a) for a in n.addresses))
                       for n in vm.spec.nics),
                 vm.spec.gateway,
+                vm.spec.routes,
             )
             for vm in self.vms.values()
         }
@@ -433,7 +439,8 @@ class Lab:
         return package_image(packages, base=self.default_image, progress=self.settings.progress)
 
     def router(self, name: str, nics: Sequence[Bridge | NicSpec] = (), **options: Any) -> Router:
-        """Declare a guest that routes (see :class:`Router`, :meth:`VM.enable_forwarding`)."""
+        """Declare a guest that routes (see :class:`Router`, :meth:`VM.enable_forwarding`);
+        ``routes=False`` for one whose routes are a routing daemon's (see :meth:`vm`)."""
         vm = self.vm(name, nics, role="router", **options)
         assert isinstance(vm, Router)
         return vm

@@ -32,6 +32,9 @@ default route through the router on its first bridge::
     [nodes.h1]
     gateway = "auto"
     links = [{ bridge = "br1" }]
+
+A node with ``routes = false`` runs its own routing (a daemon started by its ``exec``):
+the plan gives it addresses but no route.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from . import validation
-from .addressing import check_gateway, check_overlaps, explicit_addresses, parse_subnets
+from .addressing import check_gateway, check_overlaps, check_routes, explicit_addresses, parse_subnets
 from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
 from .errors import CommandError, ConfigError, LabError
 from .guest_protocol import guest_ifname
@@ -85,6 +88,7 @@ class NodeSpec:
     role: Role = "host"
     links: tuple[LinkSpec, ...] = ()
     routes: tuple[RouteSpec, ...] = ()
+    lab_routes: bool = True  # routes = false: the address plan gives it none (a daemon's job)
     forwarding: bool = False
     memory: int = GUEST_MEMORY_DEFAULT
     cpus: int = 1
@@ -204,31 +208,20 @@ class Topology:
                 bridge, link.get("address"), link.get("mac"), model,
                 *_link_state(link, f"{where} links[{number}]"),
             ))
-        routes: list[RouteSpec] = []
-        for raw_route in _list(raw.get("routes", []), f"{where} routes"):
-            route = _table(raw_route, f"{where} route")
-            _keys(route, {"to", "via"}, f"{where} route")
-            to, via = route.get("to"), route.get("via")
-            if to != "default":
-                try:
-                    validation.ip_network(to)
-                except ConfigError:
-                    raise ConfigError(
-                        f"{where}: route to {to!r} is not accepted: give a network "
-                        "(e.g. 10.20.20.0/24) or 'default'"
-                    ) from None
-            validation.ip_address(via)
-            routes.append(RouteSpec(str(to), str(via)))
+        raw_routes = raw.get("routes", [])
+        lab_routes = raw_routes if isinstance(raw_routes, bool) else True
+        gateway = check_gateway(raw.get("gateway"), name)
+        check_routes(lab_routes, gateway, name)
         forwarding = raw.get("forwarding", False)
         if not isinstance(forwarding, bool):
             raise ConfigError(f"{where}: forwarding {forwarding!r} is not accepted: give true or false")
         return NodeSpec(
-            name, role, tuple(links), tuple(routes), forwarding,
+            name, role, tuple(links), _routes(raw_routes, where), lab_routes, forwarding,
             validation.int_in_range(
                 raw.get("memory", GUEST_MEMORY_DEFAULT), *GUEST_MEMORY_RANGE, "memory", " MiB"
             ),
             validation.int_in_range(raw.get("cpus", 1), *GUEST_CPU_RANGE, "cpus"),
-            check_gateway(raw.get("gateway"), name),
+            gateway,
             _packages(raw.get("packages"), where),
             _commands(raw.get("exec", []), where),
             self._files(raw.get("files", {}), where),
@@ -286,7 +279,7 @@ class Topology:
                     mac=link.mac, model=link.model, mtu=link.mtu, up=link.up, address=link.address,
                 ) for link in node.links],
                 role=node.role, memory=node.memory, cpus=node.cpus, gateway=node.gateway,
-                image=images.get(self.node_packages(node)),
+                routes=node.lab_routes, image=images.get(self.node_packages(node)),
             )
             for node in self.nodes.values()
         }
@@ -311,7 +304,8 @@ class Topology:
     # -- drawing ----------------------------------------------------------------------
     def mermaid(self) -> str:
         """A Mermaid flowchart: routers as hexagons, hosts as boxes, bridges as circles,
-        links labelled with the guest's interface and address."""
+        links labelled with the guest's interface and address; a node says "forwarding"
+        and "own routes" (``routes = false``) when it has them."""
         lines = ["graph LR"]
         for bridge in self.bridges.values():
             label = "<br/>".join([bridge.name, *bridge.subnet] + ([bridge.address] if bridge.address else []))
@@ -319,6 +313,7 @@ class Topology:
         for node in self.nodes.values():
             shape = ('{{"', '"}}') if node.role == "router" else ('["', '"]')
             extra = "<br/>forwarding" if node.forwarding else ""
+            extra += "" if node.lab_routes else "<br/>own routes"
             lines.append(f"    {_id(node.name)}{shape[0]}{node.name} ({node.role}){extra}{shape[1]}")
         for node in self.nodes.values():
             for index, link in enumerate(node.links):
@@ -362,6 +357,34 @@ def _link_state(link: Mapping[str, Any], where: str) -> tuple[int | None, bool, 
 
 def _impair_arguments(impairment: Impairment) -> dict[str, Any]:
     return {f.name: getattr(impairment, f.name) for f in fields(impairment)}
+
+
+def _routes(value: object, where: str) -> tuple[RouteSpec, ...]:
+    """A node's ``routes``: a list of ``{ to, via }`` tables, or a bool (``false``: the
+    node's routes are its own, which gives none here)."""
+    if isinstance(value, bool):
+        return ()
+    if not isinstance(value, list):
+        raise ConfigError(
+            f"{where} routes: {value!r} is not accepted: give a list of {{ to, via }} tables, "
+            "or false (the node's routes are its own)"
+        )
+    routes: list[RouteSpec] = []
+    for raw_route in value:
+        route = _table(raw_route, f"{where} route")
+        _keys(route, {"to", "via"}, f"{where} route")
+        to, via = route.get("to"), route.get("via")
+        if to != "default":
+            try:
+                validation.ip_network(to)
+            except ConfigError:
+                raise ConfigError(
+                    f"{where}: route to {to!r} is not accepted: give a network "
+                    "(e.g. 10.20.20.0/24) or 'default'"
+                ) from None
+        validation.ip_address(via)
+        routes.append(RouteSpec(str(to), str(via)))
+    return tuple(routes)
 
 
 def _commands(value: object, where: str) -> tuple[str, ...]:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import validation
-from .addressing import check_gateway
+from .addressing import check_gateway, check_routes
 from .constants import GUEST_CPU_RANGE, GUEST_MEMORY_DEFAULT, GUEST_MEMORY_RANGE, ROLES, Role
 from .errors import ConfigError
 from .image import GuestImage
@@ -105,6 +105,7 @@ class GuestSpec:
     numa: bool = False  # memory from a memory backend, given to one NUMA node
     aslr: bool = False  # address space layout randomisation in the guest (off: faster execs under TCG)
     gateway: str | None = None  # "auto", a router's name or an address: a default route (addressing)
+    routes: bool = True  # False: the address plan gives it no route (a routing daemon's job)
     image: GuestImage | None = None  # None: the lab's default image
     shares: tuple[Share, ...] = ()  # host directories in the guest, checked by shares.shares_of
 
@@ -126,6 +127,7 @@ class GuestSpec:
         for nic in self.nics:
             nic.validated()
         self.gateway = check_gateway(self.gateway, self.name)
+        check_routes(self.routes, self.gateway, self.name)
         self._check_image()
         self._check_boot_files()
         self._check_forwards()

@@ -72,6 +72,27 @@ def test_routers_get_routes_to_the_subnets_behind_other_routers():
     assert single.routes("rt2") == []
 
 
+def test_a_router_with_routes_of_its_own_gets_addresses_but_no_route():
+    # h1 -- br1 -- rt1 -- br2 -- rt2 (routes=False) -- br3 -- h3 (its gateway: rt2)
+    net3 = ipaddress.ip_network("10.20.30.0/24")
+    plan = AddressPlan()
+    plan.assign({**SUBNETS, "br3": (net3,)}, [
+        GuestRequest("h1", False, (NicRequest("br1"),), "auto"),
+        GuestRequest("rt1", True, (NicRequest("br1"), NicRequest("br2"))),
+        GuestRequest("rt2", True, (NicRequest("br2"), NicRequest("br3")), routes=False),
+        GuestRequest("h3", False, (NicRequest("br3"),), "auto"),
+    ])
+    ip = ipaddress.ip_address
+    assert addresses(plan, "rt2") == [["10.20.20.2/24"], ["10.20.30.1/24"]]
+    assert plan.routes("rt2") == [] and plan.gateways["rt2"] == ()
+    assert "route " not in plan.guest_script("rt2")
+    assert "addr add 10.20.30.1/24 dev eth1\n" in plan.guest_script("rt2")
+    assert "10.20.30.1\trt2-br3\n" in plan.guest_script("rt2")
+    # the others' routes through it are planned as usual
+    assert plan.routes("rt1") == [(net3, ip("10.20.20.2"))]
+    assert plan.gateways["h3"] == (ip("10.20.30.1"),)
+
+
 def test_explicit_and_bridge_addresses_are_skipped():
     guests = [
         GuestRequest("h1", False, (NicRequest("br1"),)),

@@ -35,3 +35,24 @@ def test_dual_stack_across_a_router_with_default_routes_of_both_versions(netlab)
     rt2.enable_forwarding(ipv6=True)
     assert f"via {rt2.address(br1, version=6)} dev eth0" in h1.ssh("ip -6 route get fd00:20:20::9").stdout
     assert h1.ping("h2-br2-v6") and h2.ping("h1-br1-v6") and h1.ping("h2")
+
+
+def test_a_router_with_routes_of_its_own_gets_addresses_but_no_static_route(netlab):
+    # --8<-- [start:routes-false]
+    # br1 -- r1 -- br2 -- r2 (routes=False) -- br3: r1 gets its route to br3, r2 none to br1
+    br1 = netlab.bridge("br1", subnet="10.20.10.0/24")
+    br2 = netlab.bridge("br2", subnet="10.20.20.0/24")
+    br3 = netlab.bridge("br3", subnet="10.20.30.0/24")
+    r1 = netlab.router("r1", nics=[br1, br2])
+    r2 = netlab.router("r2", nics=[br2, br3], routes=False)
+    netlab.start()
+    assert r2.addresses == {"eth0": ["10.20.20.2/24"], "eth1": ["10.20.30.1/24"]}
+    shown = r2.ssh("ip -4 -o addr show dev eth0; ip -4 -o addr show dev eth1").stdout
+    assert "inet 10.20.20.2/24" in shown and "inet 10.20.30.1/24" in shown
+    assert f"{r1.address(br1)}\tr1\n" in r2.ssh("cat /etc/hosts").stdout
+    assert r2.ssh("ip route show proto boot; ip -6 route show proto boot").stdout == ""
+    assert r2.ssh("ip route show default").stdout == ""
+    assert r1.ssh("ip route show proto boot").stdout.split() == ["10.20.30.0/24", "via", "10.20.20.2",
+                                                                 "dev", "eth1"]
+    assert r1.ping(r2.address(br3))  # through that route
+    # --8<-- [end:routes-false]

@@ -217,3 +217,17 @@ def test_address_plans_that_cannot_work(netlab):
         netlab.start()
     _assert_one_line(info)
     _assert_nothing_made(netlab, links)
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_routes_that_are_not_a_bool(netlab, value):
+    br1 = netlab.bridge("br1", subnet="10.20.10.0/24")
+    links = netlab.namespace.links()
+    with _refused(rf"routes={value!r} of 'r1' is not accepted: give True \(the lab's routes\) or "
+                  r"False \(its own") as info:
+        netlab.router("r1", nics=[br1], routes=value)
+    _assert_one_line(info)
+    with _refused(r"gateway='auto' of 'h1' is a route, and routes=False gives it none: drop gateway="):
+        netlab.vm("h1", nics=[br1], gateway="auto", routes=False)
+    assert netlab.vms == {}
+    _assert_nothing_made(netlab, links)

@@ -93,6 +93,35 @@ def test_bad_address_plans_are_refused_with_the_value_named(data, message):
         Topology.from_dict(data)
 
 
+def test_routes_false_leaves_a_nodes_routes_to_it(netlab):
+    topology = Topology.from_toml(
+        '[bridges.br1]\nsubnet = "10.20.10.0/24"\n'
+        '[nodes.r1]\nrole = "router"\nroutes = false\nlinks = [{ bridge = "br1" }]\n'
+        '[nodes.r2]\nrole = "router"\nroutes = true\nlinks = [{ bridge = "br1" }]\n'
+        '[nodes.h1]\nroutes = [{ to = "default", via = "10.20.10.1" }]\nlinks = [{ bridge = "br1" }]\n'
+    )
+    r1, r2, h1 = topology.nodes.values()
+    assert (r1.lab_routes, r1.routes, r2.lab_routes, h1.lab_routes) == (False, (), True, True)
+    assert h1.routes == (RouteSpec("default", "10.20.10.1"),)
+    assert '    n_r1{{"r1 (router)<br/>own routes"}}' in topology.mermaid()
+    vms = topology.apply(netlab, start=False)
+    assert (vms["r1"].spec.routes, vms["r2"].spec.routes) == (False, True)
+
+
+@pytest.mark.parametrize(
+    ("node", "message"),
+    [
+        ({"routes": "no"},
+         "node 'h1' routes: 'no' is not accepted: give a list of { to, via } tables, or false"),
+        ({"routes": False, "gateway": "auto"},
+         "node 'h1': gateway='auto' of 'h1' is a route, and routes=False gives it none"),
+    ],
+)
+def test_bad_routes_are_refused_naming_the_node(node, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        Topology.from_dict({"nodes": {"h1": node}})
+
+
 LINK = {"bridges": {"br1": {}}}
 
 
