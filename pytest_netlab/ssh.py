@@ -363,8 +363,15 @@ class SSHSession:
             source = sftp.open(remote, "rb")
             try:
                 attributes = source.stat()
-                if stat.S_ISDIR(attributes.st_mode or 0):
-                    raise TransferError(self.guest, operation, remote, "is a directory")
+            except OSError:
+                source.close()
+                raise
+            if stat.S_ISDIR(attributes.st_mode or 0):
+                # nothing asked for yet: the session stays (dropping it for this made the
+                # next copy open a new one, which the guest's dropbear may refuse)
+                source.close()
+                raise TransferError(self.guest, operation, remote, "is a directory")
+            try:
                 # ask for the blocks up front, as paramiko's own get() does, but never for
                 # more than may be copied: the size is the guest's word
                 source.prefetch(min(attributes.st_size or 0, max_bytes + 1))

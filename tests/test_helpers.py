@@ -69,6 +69,8 @@ def test_put_and_get_over_sftp_keep_large_files_intact_and_name_the_failing_path
     assert vm.ssh("stat -c '%s %a' /tmp/big.bin").stdout.split() == ["0", "600"]
     assert vm.get("/tmp/big.bin", tmp_path / "empty.back").read_bytes() == b""
 
+    server = vm.ssh("pidof sftp-server").stdout.split()  # the connection's one SFTP session
+    assert len(server) == 1
     missing = r"h1: get /no/such/file -> .*: /no/such/file: No such file"
     with pytest.raises(TransferError, match=missing) as info:
         vm.get("/no/such/file", tmp_path / "never")
@@ -92,6 +94,7 @@ def test_put_and_get_over_sftp_keep_large_files_intact_and_name_the_failing_path
     # the SFTP session survives its errors and is one per connection
     vm.put(tmp_path / "empty", "/tmp/after-errors")
     assert vm.ssh("test -e /tmp/after-errors").ok
+    assert vm.ssh("pidof sftp-server").stdout.split() == server
     assert [r.command.split()[:2] for r in vm.history if r.command.startswith("sftp")][:2] == [
         ["sftp", "put"], ["sftp", "get"],
     ]
