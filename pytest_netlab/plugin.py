@@ -1,7 +1,8 @@
 """pytest glue: options, the header line, and the ``netlab`` fixture.
 
 The work is done in plain modules that know nothing of pytest (:mod:`.lab`,
-:mod:`.session`); this file only connects them to pytest.
+:mod:`.session`, :mod:`.options` for reading and checking the options declared here);
+this file only connects them to pytest.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,9 @@ import pytest
 from .constants import ACCEL_CHOICES, BOOT_MODES, PCAP_MODES
 from .errors import NetlabError
 from .keep import DEFAULT_KEEP_TIMEOUT, Hold, kept_dir, open_terminal
+from .options import KeepPolicy, read_options
 from .session import LabFactory, NetlabSession, runtime_base
-from .untrusted import DEFAULT_OUTPUT_LIMIT, parse_output_limit, printable
+from .untrusted import DEFAULT_OUTPUT_LIMIT, printable
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -38,18 +39,9 @@ log = logging.getLogger(__name__)
 
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
-_KEEP_KEY = pytest.StashKey["KeepPolicy"]()
+_KEEP_KEY = pytest.StashKey[KeepPolicy]()
 _SIGTERM_KEY = pytest.StashKey["Callable[[int, object], None]"]()
 _LEFTOVERS_KEY = pytest.StashKey[list[str]]()
-
-
-@dataclass(frozen=True)
-class KeepPolicy:
-    """--netlab-keep-on-fail, --netlab-pause and --netlab-keep-timeout."""
-
-    on_fail: bool
-    pause: bool
-    timeout: float
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -156,38 +148,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    accel = config.getoption("--netlab-accel") or config.getini("netlab_accel")
-    if accel not in ACCEL_CHOICES:
-        raise pytest.UsageError(
-            f"netlab_accel = {accel!r} is not accepted: use one of {', '.join(ACCEL_CHOICES)}"
-        )
-    boot = config.getoption("--netlab-boot") or config.getini("netlab_boot")
-    if boot not in BOOT_MODES:
-        raise pytest.UsageError(
-            f"netlab_boot = {boot!r} is not accepted: use one of {', '.join(BOOT_MODES)}"
-        )
-    timeouts = {}
-    for name, option in (
-        ("boot", "--netlab-boot-timeout"), ("command", "--netlab-command-timeout"),
-        ("keep", "--netlab-keep-timeout"),
-    ):
-        raw = config.getoption(option)
-        if raw is None:  # an explicit 0 is refused below, not replaced by the ini value
-            raw = config.getini(f"netlab_{name}_timeout")
-        try:
-            timeouts[name] = float(raw)
-            if timeouts[name] <= 0:
-                raise ValueError
-        except ValueError:
-            raise pytest.UsageError(
-                f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
-            ) from None
-    packages = _packages(config)
     try:
-        output_limit = parse_output_limit(
-            config.getoption("--netlab-output-limit") or config.getini("netlab_output_limit"),
-            "netlab output limit",
-        )
+        options = read_options(config)
     except NetlabError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not hasattr(config, "workerinput") or _remote_worker(config):
@@ -195,18 +157,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # other live run keeps its resources (their owners are alive). A worker started
         # over ssh (--tx ssh=) may be on a machine of its own: it cleans there
         config.stash[_LEFTOVERS_KEY] = _remove_leftovers()
-    config.stash[_KEEP_KEY] = KeepPolicy(
-        on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
-        timeout=timeouts["keep"],
-    )
-    max_guests, max_memory = _budget_limits(config)
-    config.stash[_SESSION_KEY] = NetlabSession(
-        accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
-        command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
-        output_limit=output_limit, packages=packages,
-        artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
-        max_guests=max_guests, max_memory=max_memory, report=lambda line: _report_line(config, line),
-        progress=functools.partial(_show_progress, config),
+    config.stash[_KEEP_KEY] = options.keep
+    config.stash[_SESSION_KEY] = options.session(
+        report=lambda line: _report_line(config, line), progress=functools.partial(_show_progress, config),
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
     _terminate_like_ctrl_c(config)
@@ -221,20 +174,6 @@ def _show_progress(config: pytest.Config, message: str) -> None:
     capman = config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
         reporter.write_line(f"netlab: {message}")
-
-
-def _packages(config: pytest.Config) -> tuple[str, ...]:
-    raw = config.getoption("--netlab-packages")
-    if raw is None:
-        raw = config.getini("netlab_packages")
-    if not str(raw).replace(",", " ").strip():
-        return ()
-    from .package_image import parse_packages
-
-    try:
-        return parse_packages(str(raw))
-    except NetlabError as exc:
-        raise pytest.UsageError(f"netlab packages {raw!r}: {exc}") from None
 
 
 def _sigterm_handler(pid: int) -> Callable[[int, object], None]:
@@ -304,21 +243,6 @@ def _where(config: pytest.Config) -> str:
     if not _remote_worker(config):
         return "netlab"
     return f"netlab on {config.workerinput['workerid']} ({socket.gethostname()})"  # type: ignore[attr-defined]
-
-
-def _budget_limits(config: pytest.Config) -> tuple[int | None, int | None]:
-    """--netlab-max-guests and --netlab-max-memory (or their ini values); ``None``: sized
-    from the machine."""
-    from .budget import parse_guests, parse_memory
-
-    limits: list[int | None] = []
-    for name, parse in (("guests", parse_guests), ("memory", parse_memory)):
-        raw = config.getoption(f"--netlab-max-{name}") or config.getini(f"netlab_max_{name}")
-        try:
-            limits.append(parse(raw) if raw else None)
-        except NetlabError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    return limits[0], limits[1]
 
 
 def _report_line(config: pytest.Config, line: str) -> None:
