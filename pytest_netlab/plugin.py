@@ -46,25 +46,26 @@ _LEFTOVERS_KEY = pytest.StashKey[list[str]]()
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netlab", "pytest-netlab: network labs of QEMU guests")
-    group.addoption(
-        "--netlab-accel", choices=ACCEL_CHOICES, default=None,
-        help="accelerator for guests: auto (KVM if a guest boots under it, else TCG), "
-        "kvm or tcg (default: ini netlab_accel, else auto)",
+    with_ini = functools.partial(_option_with_ini, group, parser)
+    with_ini(
+        "accel", "auto", choices=ACCEL_CHOICES,
+        help="accelerator for guests: auto (KVM if a guest boots under it, else TCG), kvm or tcg",
+        ini_help="accelerator: auto, kvm or tcg",
     )
-    group.addoption(
-        "--netlab-boot", choices=BOOT_MODES, default=None,
+    with_ini(
+        "boot", "snapshot", choices=BOOT_MODES,
         help="how default-image guests start: snapshot (resumed from a saved boot, made once "
-        "per device layout and cached) or cold (a full kernel boot each time) "
-        "(default: ini netlab_boot, else snapshot)",
+        "per device layout and cached) or cold (a full kernel boot each time)",
+        ini_help="how guests start: snapshot or cold",
     )
-    group.addoption(
-        "--netlab-boot-timeout", type=float, default=None, metavar="SECONDS",
-        help="how long a guest may take to answer SSH (default: ini netlab_boot_timeout, else 120)",
+    with_ini(
+        "boot-timeout", "120", type=float, metavar="SECONDS",
+        help="how long a guest may take to answer SSH", ini_help="seconds a guest may take to answer SSH",
     )
-    group.addoption(
-        "--netlab-command-timeout", type=float, default=None, metavar="SECONDS",
-        help="how long vm.ssh() and vm.console_run() wait for a command given no timeout= "
-        "(default: ini netlab_command_timeout, else 60)",
+    with_ini(
+        "command-timeout", "60", type=float, metavar="SECONDS",
+        help="how long vm.ssh() and vm.console_run() wait for a command given no timeout=",
+        ini_help="default timeout of vm.ssh() and vm.console_run() in seconds",
     )
     group.addoption(
         "--netlab-artifacts", default=None, metavar="DIR",
@@ -88,63 +89,50 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--netlab-pause", action="store_true", default=False,
         help="the same after every test that has a lab, failed or not (default: off)",
     )
-    group.addoption(
-        "--netlab-keep-timeout", type=float, default=None, metavar="SECONDS",
-        help="how long a kept or paused lab stays up without Enter "
-        f"(default: ini netlab_keep_timeout, else {DEFAULT_KEEP_TIMEOUT:g})",
+    with_ini(
+        "keep-timeout", f"{DEFAULT_KEEP_TIMEOUT:g}", type=float, metavar="SECONDS",
+        help="how long a kept or paused lab stays up without Enter",
+        ini_help="seconds a kept or paused lab stays up without Enter",
     )
-    group.addoption(
-        "--netlab-packages", default=None, metavar="PKG,PKG",
+    with_ini(
+        "packages", "", shown="none: the default image", metavar="PKG,PKG",
         help="Debian packages every guest without image= gets: a package image of the default "
-        "harness plus these, built once and cached (default: ini netlab_packages, else none: "
-        "the default image)",
+        "harness plus these, built once and cached",
+        ini_help="Debian packages of every guest's image, comma separated",
     )
-    parser.addini(
-        "netlab_packages", "Debian packages of every guest's image, comma separated (default none)",
-        default="",
+    with_ini(
+        "max-guests", "", shown="4 per CPU", metavar="N",
+        help="guests booting at once on this machine, over every pytest process and pytest-netlab "
+        "up; a lab waits for room",
+        ini_help="guests booting at once, machine-wide",
     )
-    group.addoption(
-        "--netlab-max-guests", default=None, metavar="N",
-        help="guests booting at once on this machine, over every pytest process and pytest-netlab up; "
-        "a lab waits for room (default: ini netlab_max_guests, else 4 per CPU)",
-    )
-    group.addoption(
-        "--netlab-max-memory", default=None, metavar="MIB",
+    with_ini(
+        "max-memory", "", shown="the free memory less a reserve", metavar="MIB",
         help="memory of running guests on this machine (QEMU's own included), in MiB or with G "
-        "(e.g. 8G); a lab waits for room (default: ini netlab_max_memory, else the free "
-        "memory less a reserve)",
+        "(e.g. 8G); a lab waits for room",
+        ini_help="MiB of running guests, machine-wide",
     )
-    group.addoption(
-        "--netlab-output-limit", default=None, metavar="BYTES",
+    with_ini(
+        "output-limit", f"{DEFAULT_OUTPUT_LIMIT // 2**20}M", metavar="BYTES",
         help="bytes kept of each stream of a guest command's output (vm.ssh()) and of each "
-        "guest's console.log; the rest is cut with a '[... N bytes truncated]' note; K, M "
-        f"or G allowed (default: ini netlab_output_limit, else {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
+        "guest's console.log; the rest is cut with a '[... N bytes truncated]' note; K, M or G allowed",
+        ini_help="bytes kept of each command output stream and console log",
     )
-    parser.addini(
-        "netlab_output_limit",
-        "bytes kept of each command output stream and console log "
-        f"(default {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
-        default=f"{DEFAULT_OUTPUT_LIMIT // 2**20}M",
+
+
+def _option_with_ini(
+    group: pytest.OptionGroup, parser: pytest.Parser, name: str, ini_default: str, *,
+    help: str, ini_help: str, shown: str | None = None, **kwargs: Any,
+) -> None:
+    """--netlab-NAME and the ini value netlab_NAME that stands for it when it is not given
+    (see :func:`.options.read_options`); both help texts end with what applies when
+    neither is given: *shown*, else *ini_default*."""
+    ini = "netlab_" + name.replace("-", "_")
+    shown = ini_default if shown is None else shown
+    group.addoption(
+        f"--netlab-{name}", default=None, help=f"{help} (default: ini {ini}, else {shown})", **kwargs
     )
-    parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
-    parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
-    parser.addini(
-        "netlab_boot_timeout", "seconds a guest may take to answer SSH (default 120)", default="120"
-    )
-    parser.addini(
-        "netlab_keep_timeout",
-        f"seconds a kept or paused lab stays up without Enter (default {DEFAULT_KEEP_TIMEOUT:g})",
-        default=f"{DEFAULT_KEEP_TIMEOUT:g}",
-    )
-    parser.addini("netlab_max_guests", "guests booting at once, machine-wide (default 4 per CPU)", default="")
-    parser.addini(
-        "netlab_max_memory", "MiB of running guests, machine-wide (default the free memory less a reserve)",
-        default="",
-    )
-    parser.addini(
-        "netlab_command_timeout",
-        "default timeout of vm.ssh() and vm.console_run() in seconds (default 60)", default="60",
-    )
+    parser.addini(ini, f"{ini_help} (default {shown})", default=ini_default)
 
 
 def pytest_configure(config: pytest.Config) -> None:
