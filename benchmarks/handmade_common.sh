@@ -33,6 +33,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
+finish() { # the cleanup script, timed, once the scenario is done
+	mark scenario_done
+	cleanup
+	trap - EXIT
+	mark cleaned_up
+}
+
 ip netns add "$NS"
 in_ns ip link set lo up
 

@@ -24,7 +24,4 @@ on 21 "ip addr add 10.20.20.1/24 dev eth0 && ip link set eth0 up && ip route add
 on 12 "sysctl -w net.ipv4.ip_forward=1" > /dev/null
 on 11 "ping -n -c 1 -W 2 10.20.20.1" > /dev/null
 on 21 "ping -n -c 1 -W 2 10.20.10.1" > /dev/null
-mark scenario_done
-cleanup
-trap - EXIT
-mark cleaned_up
+finish

@@ -16,7 +16,4 @@ on 11 "ip addr add 10.10.10.2/24 dev eth0 && ip link set eth0 up"
 on 12 "ip addr add 10.10.10.3/24 dev eth0 && ip link set eth0 up"
 on 11 "ping -n -c 1 -W 2 10.10.10.3" > /dev/null
 on 12 "ping -n -c 1 -W 2 10.10.10.2" > /dev/null
-mark scenario_done
-cleanup
-trap - EXIT
-mark cleaned_up
+finish

@@ -13,8 +13,10 @@ import json
 import os
 import signal
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol, TypeVar
 
 from .errors import ConfigError, LabError
 from .owner import is_running, namespace_owner
@@ -67,18 +69,34 @@ def detached_labs(runtime_base: Path) -> list[DetachedLab]:
     return labs
 
 
+class _Named(Protocol):
+    @property
+    def name(self) -> str: ...
+
+
+_Lab = TypeVar("_Lab", bound=_Named)
+
+
+def by_name(labs: Sequence[_Lab], name: str, kind: str) -> _Lab:
+    """The lab called *name* among *labs*, which are the *kind* ("detached", "running") labs.
+
+    Raises:
+        ConfigError: there is none; the message names those there are.
+    """
+    for lab in labs:
+        if lab.name == name:
+            return lab
+    existing = ", ".join(lab.name for lab in labs) or "none"
+    raise ConfigError(f"no {kind} lab {name!r}: {kind} labs are {existing}")
+
+
 def find(runtime_base: Path, name: str) -> DetachedLab:
     """The detached lab called *name*.
 
     Raises:
         ConfigError: there is none; the message names those that exist.
     """
-    labs = detached_labs(runtime_base)
-    for lab in labs:
-        if lab.name == name:
-            return lab
-    existing = ", ".join(lab.name for lab in labs) or "none"
-    raise ConfigError(f"no detached lab {name!r}: detached labs are {existing}")
+    return by_name(detached_labs(runtime_base), name, "detached")
 
 
 def take_down(runtime_base: Path, lab: DetachedLab, timeout: float = 60.0) -> str:

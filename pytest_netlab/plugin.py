@@ -1,7 +1,8 @@
 """pytest glue: options, the header line, and the ``netlab`` fixture.
 
 The work is done in plain modules that know nothing of pytest (:mod:`.lab`,
-:mod:`.session`); this file only connects them to pytest.
+:mod:`.session`, :mod:`.options` for reading and checking the options declared here);
+this file only connects them to pytest.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +25,9 @@ import pytest
 from .constants import ACCEL_CHOICES, BOOT_MODES, PCAP_MODES
 from .errors import NetlabError
 from .keep import DEFAULT_KEEP_TIMEOUT, Hold, kept_dir, open_terminal
+from .options import KeepPolicy, read_options
 from .session import LabFactory, NetlabSession, runtime_base
-from .untrusted import DEFAULT_OUTPUT_LIMIT, parse_output_limit, printable
+from .untrusted import DEFAULT_OUTPUT_LIMIT, printable
 
 if TYPE_CHECKING:
     from .lab import Lab
@@ -38,41 +39,33 @@ log = logging.getLogger(__name__)
 
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
-_KEEP_KEY = pytest.StashKey["KeepPolicy"]()
+_KEEP_KEY = pytest.StashKey[KeepPolicy]()
 _SIGTERM_KEY = pytest.StashKey["Callable[[int, object], None]"]()
 _LEFTOVERS_KEY = pytest.StashKey[list[str]]()
 
 
-@dataclass(frozen=True)
-class KeepPolicy:
-    """--netlab-keep-on-fail, --netlab-pause and --netlab-keep-timeout."""
-
-    on_fail: bool
-    pause: bool
-    timeout: float
-
-
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("netlab", "pytest-netlab: network labs of QEMU guests")
-    group.addoption(
-        "--netlab-accel", choices=ACCEL_CHOICES, default=None,
-        help="accelerator for guests: auto (KVM if a guest boots under it, else TCG), "
-        "kvm or tcg (default: ini netlab_accel, else auto)",
+    with_ini = functools.partial(_option_with_ini, group, parser)
+    with_ini(
+        "accel", "auto", choices=ACCEL_CHOICES,
+        help="accelerator for guests: auto (KVM if a guest boots under it, else TCG), kvm or tcg",
+        ini_help="accelerator: auto, kvm or tcg",
     )
-    group.addoption(
-        "--netlab-boot", choices=BOOT_MODES, default=None,
+    with_ini(
+        "boot", "snapshot", choices=BOOT_MODES,
         help="how default-image guests start: snapshot (resumed from a saved boot, made once "
-        "per device layout and cached) or cold (a full kernel boot each time) "
-        "(default: ini netlab_boot, else snapshot)",
+        "per device layout and cached) or cold (a full kernel boot each time)",
+        ini_help="how guests start: snapshot or cold",
     )
-    group.addoption(
-        "--netlab-boot-timeout", type=float, default=None, metavar="SECONDS",
-        help="how long a guest may take to answer SSH (default: ini netlab_boot_timeout, else 120)",
+    with_ini(
+        "boot-timeout", "120", type=float, metavar="SECONDS",
+        help="how long a guest may take to answer SSH", ini_help="seconds a guest may take to answer SSH",
     )
-    group.addoption(
-        "--netlab-command-timeout", type=float, default=None, metavar="SECONDS",
-        help="how long vm.ssh() and vm.console_run() wait for a command given no timeout= "
-        "(default: ini netlab_command_timeout, else 60)",
+    with_ini(
+        "command-timeout", "60", type=float, metavar="SECONDS",
+        help="how long vm.ssh() and vm.console_run() wait for a command given no timeout=",
+        ini_help="default timeout of vm.ssh() and vm.console_run() in seconds",
     )
     group.addoption(
         "--netlab-artifacts", default=None, metavar="DIR",
@@ -96,98 +89,55 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--netlab-pause", action="store_true", default=False,
         help="the same after every test that has a lab, failed or not (default: off)",
     )
-    group.addoption(
-        "--netlab-keep-timeout", type=float, default=None, metavar="SECONDS",
-        help="how long a kept or paused lab stays up without Enter "
-        f"(default: ini netlab_keep_timeout, else {DEFAULT_KEEP_TIMEOUT:g})",
+    with_ini(
+        "keep-timeout", f"{DEFAULT_KEEP_TIMEOUT:g}", type=float, metavar="SECONDS",
+        help="how long a kept or paused lab stays up without Enter",
+        ini_help="seconds a kept or paused lab stays up without Enter",
     )
-    group.addoption(
-        "--netlab-packages", default=None, metavar="PKG,PKG",
+    with_ini(
+        "packages", "", shown="none: the default image", metavar="PKG,PKG",
         help="Debian packages every guest without image= gets: a package image of the default "
-        "harness plus these, built once and cached (default: ini netlab_packages, else none: "
-        "the default image)",
+        "harness plus these, built once and cached",
+        ini_help="Debian packages of every guest's image, comma separated",
     )
-    parser.addini(
-        "netlab_packages", "Debian packages of every guest's image, comma separated (default none)",
-        default="",
+    with_ini(
+        "max-guests", "", shown="4 per CPU", metavar="N",
+        help="guests booting at once on this machine, over every pytest process and pytest-netlab "
+        "up; a lab waits for room",
+        ini_help="guests booting at once, machine-wide",
     )
-    group.addoption(
-        "--netlab-max-guests", default=None, metavar="N",
-        help="guests booting at once on this machine, over every pytest process and pytest-netlab up; "
-        "a lab waits for room (default: ini netlab_max_guests, else 4 per CPU)",
-    )
-    group.addoption(
-        "--netlab-max-memory", default=None, metavar="MIB",
+    with_ini(
+        "max-memory", "", shown="the free memory less a reserve", metavar="MIB",
         help="memory of running guests on this machine (QEMU's own included), in MiB or with G "
-        "(e.g. 8G); a lab waits for room (default: ini netlab_max_memory, else the free "
-        "memory less a reserve)",
+        "(e.g. 8G); a lab waits for room",
+        ini_help="MiB of running guests, machine-wide",
     )
-    group.addoption(
-        "--netlab-output-limit", default=None, metavar="BYTES",
+    with_ini(
+        "output-limit", f"{DEFAULT_OUTPUT_LIMIT // 2**20}M", metavar="BYTES",
         help="bytes kept of each stream of a guest command's output (vm.ssh()) and of each "
-        "guest's console.log; the rest is cut with a '[... N bytes truncated]' note; K, M "
-        f"or G allowed (default: ini netlab_output_limit, else {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
+        "guest's console.log; the rest is cut with a '[... N bytes truncated]' note; K, M or G allowed",
+        ini_help="bytes kept of each command output stream and console log",
     )
-    parser.addini(
-        "netlab_output_limit",
-        "bytes kept of each command output stream and console log "
-        f"(default {DEFAULT_OUTPUT_LIMIT // 2**20}M)",
-        default=f"{DEFAULT_OUTPUT_LIMIT // 2**20}M",
+
+
+def _option_with_ini(
+    group: pytest.OptionGroup, parser: pytest.Parser, name: str, ini_default: str, *,
+    help: str, ini_help: str, shown: str | None = None, **kwargs: Any,
+) -> None:
+    """--netlab-NAME and the ini value netlab_NAME that stands for it when it is not given
+    (see :func:`.options.read_options`); both help texts end with what applies when
+    neither is given: *shown*, else *ini_default*."""
+    ini = "netlab_" + name.replace("-", "_")
+    shown = ini_default if shown is None else shown
+    group.addoption(
+        f"--netlab-{name}", default=None, help=f"{help} (default: ini {ini}, else {shown})", **kwargs
     )
-    parser.addini("netlab_accel", "accelerator: auto, kvm or tcg (default auto)", default="auto")
-    parser.addini("netlab_boot", "how guests start: snapshot or cold (default snapshot)", default="snapshot")
-    parser.addini(
-        "netlab_boot_timeout", "seconds a guest may take to answer SSH (default 120)", default="120"
-    )
-    parser.addini(
-        "netlab_keep_timeout",
-        f"seconds a kept or paused lab stays up without Enter (default {DEFAULT_KEEP_TIMEOUT:g})",
-        default=f"{DEFAULT_KEEP_TIMEOUT:g}",
-    )
-    parser.addini("netlab_max_guests", "guests booting at once, machine-wide (default 4 per CPU)", default="")
-    parser.addini(
-        "netlab_max_memory", "MiB of running guests, machine-wide (default the free memory less a reserve)",
-        default="",
-    )
-    parser.addini(
-        "netlab_command_timeout",
-        "default timeout of vm.ssh() and vm.console_run() in seconds (default 60)", default="60",
-    )
+    parser.addini(ini, f"{ini_help} (default {shown})", default=ini_default)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    accel = config.getoption("--netlab-accel") or config.getini("netlab_accel")
-    if accel not in ACCEL_CHOICES:
-        raise pytest.UsageError(
-            f"netlab_accel = {accel!r} is not accepted: use one of {', '.join(ACCEL_CHOICES)}"
-        )
-    boot = config.getoption("--netlab-boot") or config.getini("netlab_boot")
-    if boot not in BOOT_MODES:
-        raise pytest.UsageError(
-            f"netlab_boot = {boot!r} is not accepted: use one of {', '.join(BOOT_MODES)}"
-        )
-    timeouts = {}
-    for name, option in (
-        ("boot", "--netlab-boot-timeout"), ("command", "--netlab-command-timeout"),
-        ("keep", "--netlab-keep-timeout"),
-    ):
-        raw = config.getoption(option)
-        if raw is None:  # an explicit 0 is refused below, not replaced by the ini value
-            raw = config.getini(f"netlab_{name}_timeout")
-        try:
-            timeouts[name] = float(raw)
-            if timeouts[name] <= 0:
-                raise ValueError
-        except ValueError:
-            raise pytest.UsageError(
-                f"netlab {name} timeout {raw!r} is not accepted: give a number of seconds above 0"
-            ) from None
-    packages = _packages(config)
     try:
-        output_limit = parse_output_limit(
-            config.getoption("--netlab-output-limit") or config.getini("netlab_output_limit"),
-            "netlab output limit",
-        )
+        options = read_options(config)
     except NetlabError as exc:
         raise pytest.UsageError(str(exc)) from None
     if not hasattr(config, "workerinput") or _remote_worker(config):
@@ -195,18 +145,9 @@ def pytest_configure(config: pytest.Config) -> None:
         # other live run keeps its resources (their owners are alive). A worker started
         # over ssh (--tx ssh=) may be on a machine of its own: it cleans there
         config.stash[_LEFTOVERS_KEY] = _remove_leftovers()
-    config.stash[_KEEP_KEY] = KeepPolicy(
-        on_fail=config.getoption("--netlab-keep-on-fail"), pause=config.getoption("--netlab-pause"),
-        timeout=timeouts["keep"],
-    )
-    max_guests, max_memory = _budget_limits(config)
-    config.stash[_SESSION_KEY] = NetlabSession(
-        accel_request=accel, boot=boot, boot_timeout=timeouts["boot"],
-        command_timeout=timeouts["command"], pcap=config.getoption("--netlab-pcap"),
-        output_limit=output_limit, packages=packages,
-        artifacts=Path(art).resolve() if (art := config.getoption("--netlab-artifacts")) else None,
-        max_guests=max_guests, max_memory=max_memory, report=lambda line: _report_line(config, line),
-        progress=functools.partial(_show_progress, config),
+    config.stash[_KEEP_KEY] = options.keep
+    config.stash[_SESSION_KEY] = options.session(
+        report=lambda line: _report_line(config, line), progress=functools.partial(_show_progress, config),
     )
     config.addinivalue_line("markers", "netlab: the test builds a network lab of QEMU guests")
     _terminate_like_ctrl_c(config)
@@ -221,20 +162,6 @@ def _show_progress(config: pytest.Config, message: str) -> None:
     capman = config.pluginmanager.getplugin("capturemanager")
     with capman.global_and_fixture_disabled() if capman is not None else contextlib.nullcontext():
         reporter.write_line(f"netlab: {message}")
-
-
-def _packages(config: pytest.Config) -> tuple[str, ...]:
-    raw = config.getoption("--netlab-packages")
-    if raw is None:
-        raw = config.getini("netlab_packages")
-    if not str(raw).replace(",", " ").strip():
-        return ()
-    from .package_image import parse_packages
-
-    try:
-        return parse_packages(str(raw))
-    except NetlabError as exc:
-        raise pytest.UsageError(f"netlab packages {raw!r}: {exc}") from None
 
 
 def _sigterm_handler(pid: int) -> Callable[[int, object], None]:
@@ -304,21 +231,6 @@ def _where(config: pytest.Config) -> str:
     if not _remote_worker(config):
         return "netlab"
     return f"netlab on {config.workerinput['workerid']} ({socket.gethostname()})"  # type: ignore[attr-defined]
-
-
-def _budget_limits(config: pytest.Config) -> tuple[int | None, int | None]:
-    """--netlab-max-guests and --netlab-max-memory (or their ini values); ``None``: sized
-    from the machine."""
-    from .budget import parse_guests, parse_memory
-
-    limits: list[int | None] = []
-    for name, parse in (("guests", parse_guests), ("memory", parse_memory)):
-        raw = config.getoption(f"--netlab-max-{name}") or config.getini(f"netlab_max_{name}")
-        try:
-            limits.append(parse(raw) if raw else None)
-        except NetlabError as exc:
-            raise pytest.UsageError(str(exc)) from None
-    return limits[0], limits[1]
 
 
 def _report_line(config: pytest.Config, line: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from .access import SSH_CONFIG
 from .cleanup import _NS_NAME
 from .constants import NETNS_RUN_DIR
-from .detached import detached_labs
+from .detached import by_name, detached_labs
 from .errors import ConfigError
 from .keep import kept_dir
 from .owner import command_line, namespace_owner, owners_dir
@@ -130,13 +130,7 @@ def find_running(runtime_base: Path, name: str) -> RunningLab:
     Raises:
         ConfigError: there is none; the message names those that run.
     """
-    labs = running_labs(runtime_base)
-    for lab in labs:
-        if lab.name == name:
-            return lab
-    raise ConfigError(
-        f"no running lab {name!r}: running labs are {', '.join(lab.name for lab in labs) or 'none'}"
-    )
+    return by_name(running_labs(runtime_base), name, "running")
 
 
 def table(labs: list[RunningLab]) -> str:

@@ -14,7 +14,7 @@ import pytest
 from pytest_netlab import CommandError, CommandTimeout, TransferError, pcap
 from pytest_netlab.artifacts import GUEST_COMMANDS, STATE_COMMANDS, collect
 from pytest_netlab.lab import Lab
-from pytest_netlab.qemu import CONSOLE_LINE_MAX, CONSOLE_LINES_KEPT
+from pytest_netlab.qemu import CONSOLE_LINE_MAX, CONSOLE_LINES_KEPT, QemuMachine
 from pytest_netlab.ssh import SSHSession
 
 pytest_plugins = ["pytester"]
@@ -261,27 +261,35 @@ def _cpio(entries: list[tuple[str, int, bytes]]) -> bytes:
     return out
 
 
+def _template_guest_with_first_init(netlab_config, tmp_path: Path, name: str, first: bytes) -> QemuMachine:
+    """A template guest of the default image (not launched yet) whose kernel runs the
+    script *first* (which ends in ``exec /init``) before the image's init: an archive
+    before the image's adds it."""
+    from pytest_netlab.templates import Layout
+
+    image = netlab_config.image
+    settings = netlab_config.settings()
+    config = settings.templates.machine_config(Layout(128, 1, settings.accel, ()), image, name)
+    initrd = tmp_path / "initrd"
+    initrd.write_bytes(_cpio([(f"netlab-{name}-init", 0o100755, first)]) + image.initrd.read_bytes())
+    config.cmdline += f" rdinit=/netlab-{name}-init"
+    config.initrd = initrd
+    return QemuMachine(config, tmp_path / name)
+
+
 def test_a_template_guest_whose_console_echo_stays_on_powers_off(netlab_config, tmp_path):
     """Fail closed: without a console that stops echoing, the guest never asks for the
     line with its private host key (it powers off), so the key cannot be echoed."""
     from pytest_netlab.errors import QemuError
-    from pytest_netlab.qemu import QemuMachine
-    from pytest_netlab.templates import TEMPLATE_MARK, Layout
+    from pytest_netlab.templates import TEMPLATE_MARK
 
-    image = netlab_config.image
-    store = netlab_config.settings().templates
-    config = store.machine_config(Layout(128, 1, netlab_config.settings().accel, ()), image, "noecho")
-    # an archive before the image's adds a first init that makes /dev/ttyS0 a directory
-    # (in the kernel's one devtmpfs) and runs the image's init: stty cannot turn that
-    # console's echo off, and the guest's output goes to /dev/console, the same port
+    # a first init that makes /dev/ttyS0 a directory (in the kernel's one devtmpfs) and
+    # runs the image's init: stty cannot turn that console's echo off, and the guest's
+    # output goes to /dev/console, the same port
     steps = (b"mount -t devtmpfs devtmpfs /dev", b"rm -f /dev/ttyS0", b"mkdir /dev/ttyS0", b"umount /dev")
     first = b"#!/usr/bin/busybox sh\n" + b"".join(b"/usr/bin/busybox " + c + b"\n" for c in steps)
     first += b"exec /init\n"
-    initrd = tmp_path / "initrd"
-    initrd.write_bytes(_cpio([("netlab-noecho-init", 0o100755, first)]) + image.initrd.read_bytes())
-    config.cmdline += " rdinit=/netlab-noecho-init"
-    config.initrd = initrd
-    machine = QemuMachine(config, tmp_path / "noecho")
+    machine = _template_guest_with_first_init(netlab_config, tmp_path, "noecho", first)
     machine.launch()
     try:
         with pytest.raises(QemuError, match=f"QEMU exited before the guest printed {TEMPLATE_MARK}"):
@@ -299,24 +307,16 @@ def test_a_template_copy_that_cannot_reseed_its_crng_powers_off_instead_of_becom
     """Fail closed: a copy whose CRNG would stay the template's never starts SSH."""
     from pytest_netlab.errors import QemuError
     from pytest_netlab.guest_protocol import READY_MARK, GuestHostKey, config_line
-    from pytest_netlab.qemu import QemuMachine
-    from pytest_netlab.templates import TEMPLATE_MARK, Layout
+    from pytest_netlab.templates import TEMPLATE_MARK
 
-    image = netlab_config.image
-    store = netlab_config.settings().templates
-    config = store.machine_config(Layout(128, 1, netlab_config.settings().accel, ()), image, "noreseed")
-    # an archive before the image's adds a first init that puts a reseed that fails as
-    # the kernel does without CAP_SYS_ADMIN (EPERM) in the helper's place
+    # a first init that puts a reseed that fails as the kernel does without CAP_SYS_ADMIN
+    # (EPERM) in the helper's place
     first = (
         b"#!/usr/bin/busybox sh\n"
         b"/usr/bin/busybox printf '#!/usr/bin/busybox sh\\nexit 1\\n' > /usr/lib/netlab/reseed\n"
         b"exec /init\n"
     )
-    initrd = tmp_path / "initrd"
-    initrd.write_bytes(_cpio([("netlab-noreseed-init", 0o100755, first)]) + image.initrd.read_bytes())
-    config.cmdline += " rdinit=/netlab-noreseed-init"
-    config.initrd = initrd
-    machine = QemuMachine(config, tmp_path / "noreseed")
+    machine = _template_guest_with_first_init(netlab_config, tmp_path, "noreseed", first)
     machine.launch()
     try:
         machine.wait_console(TEMPLATE_MARK, netlab_config.settings().boot_timeout)

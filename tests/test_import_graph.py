@@ -95,7 +95,7 @@ def test_the_checker_sees_a_cycle_and_the_real_edges():
 LAYERS = {
     "entry points": {"__init__", "__main__", "plugin", "cli"},
     "session and reporting": {
-        "session", "artifacts", "keep", "access", "running", "detached", "doctor", "graph",
+        "session", "options", "artifacts", "keep", "access", "running", "detached", "doctor", "graph",
     },
     "the lab core": {"lab", "guest", "bridge", "bringup", "labcontext"},
     "mechanisms": set(),

@@ -9,7 +9,7 @@ import select
 import socket
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,16 +74,25 @@ def _serve(sock: socket.socket, seen: list[str]) -> None:
     sock.close()
 
 
+def _connect_fake(
+    m: QemuMachine, serve: Callable[[socket.socket], None], qemu: list[str]
+) -> threading.Thread:
+    """Give *m* a process *qemu* that stands in for QEMU and a QMP connection to *serve*,
+    which answers in the thread returned."""
+    ours, theirs = socket.socketpair()
+    server = threading.Thread(target=serve, args=(theirs,), daemon=True)
+    server.start()
+    m._proc = subprocess.Popen(qemu)
+    m._qmp = QEMUMonitorProtocol(ours, nickname=m.config.name)
+    m._qmp.connect()
+    return server
+
+
 @pytest.fixture
 def machine(tmp_path: Path):
-    ours, theirs = socket.socketpair()
     seen: list[str] = []
-    server = threading.Thread(target=_serve, args=(theirs, seen), daemon=True)
-    server.start()
     m = QemuMachine(MachineConfig("fake", Path("/k"), None, ""), tmp_path)
-    m._proc = subprocess.Popen(["sleep", "30"])  # stands in for the QEMU process
-    m._qmp = QEMUMonitorProtocol(ours, nickname="fake")
-    m._qmp.connect()
+    server = _connect_fake(m, lambda sock: _serve(sock, seen), ["sleep", "30"])
     yield m, seen, server
     m._proc.kill()
     m._proc.wait()
@@ -146,14 +155,10 @@ def _hang_up_on_query(sock: socket.socket) -> None:
 def _loading_machine(tmp_path: Path, exit_after: str, qemu_output: str) -> Iterator[QemuMachine]:
     """A machine loading a saved state whose QMP drops; its "QEMU" exits *exit_after*
     (a shell snippet) and printed *qemu_output*."""
-    ours, theirs = socket.socketpair()
-    threading.Thread(target=_hang_up_on_query, args=(theirs,), daemon=True).start()
     config = MachineConfig("fake", Path("/k"), None, "", incoming=tmp_path / "vm.state")
     m = QemuMachine(config, tmp_path)
     m.qemu_log.write_text(qemu_output)
-    m._proc = subprocess.Popen(["sh", "-c", exit_after])
-    m._qmp = QEMUMonitorProtocol(ours, nickname="fake")
-    m._qmp.connect()
+    _connect_fake(m, _hang_up_on_query, ["sh", "-c", exit_after])
     try:
         yield m
     finally:
@@ -203,12 +208,8 @@ def _reset_at_next_command(sock: socket.socket) -> None:
 
 @contextlib.contextmanager
 def _resetting_machine(tmp_path: Path, name: str) -> Iterator[QemuMachine]:
-    ours, theirs = socket.socketpair()
-    threading.Thread(target=_reset_at_next_command, args=(theirs,), daemon=True).start()
     m = QemuMachine(MachineConfig(name, Path("/k"), None, ""), tmp_path)
-    m._proc = subprocess.Popen(["sleep", "30"])
-    m._qmp = QEMUMonitorProtocol(ours, nickname=name)
-    m._qmp.connect()
+    _connect_fake(m, _reset_at_next_command, ["sleep", "30"])
     try:
         yield m
     finally:
