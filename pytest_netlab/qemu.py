@@ -535,11 +535,11 @@ class QemuMachine:
 
     def _announce_nothing(self) -> None:
         """After the resume, no self-announcements (``announce-rounds`` 0): QEMU would
-        otherwise have a virtio-net guest send gratuitous ARPs five times in its first half
-        second (or send RARPs itself for other NICs), so that switches learn where a
-        migrated guest went. A copy of a template has no such neighbours and would announce
-        the template's MACs; the work in its kernel, translated afresh by TCG in every
-        copy, costs ~6 % of the CPU time to SSH in three-guest labs (docs/benchmark.md)."""
+        otherwise send RARPs for a clone's non-virtio NICs (e1000...) and have a virtio-net
+        guest send gratuitous ARPs, five rounds in its first second, so that switches
+        learn where a migrated guest went. A clone has no such neighbours: the RARPs carry
+        its template's MAC, the same for every clone of a layout, onto the lab's bridges
+        and into their captures before the guest takes its own MACs."""
         self.qmp("migrate-set-parameters", **{"announce-rounds": 0})
 
     def _read_console(self) -> None:
