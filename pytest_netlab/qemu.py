@@ -375,7 +375,8 @@ class QemuMachine:
         for i, fs in enumerate(c.shares):
             # a directory's /proc/self/fd link, with '/': QEMU wants a directory, not a link
             argv += fs.argv(i, f"/proc/self/fd/{files[fs.path]}/" if fs.path in files else None)
-        # a new generation id on every start makes a resumed Linux guest reseed its RNG
+        # a new generation id on every start: a resumed Linux guest with a vmgenid driver
+        # reseeds its RNG (the Debian cloud kernel has none; images/init reseeds it anyway)
         argv += ["-device", "vmgenid,guid=auto"]
         if c.incoming is not None:
             # started over QMP once MIGRATION events are on (see launch): events sent
@@ -450,6 +451,7 @@ class QemuMachine:
         self._check_privileges()
         if self.config.incoming is not None:
             self._migration_capabilities()
+            self._announce_nothing()
             # QEMU inherited the state file: its number is the descriptor to read from
             self.qmp("migrate-incoming", uri=f"fd:{self.files[self.config.incoming]}")
 
@@ -530,6 +532,15 @@ class QemuMachine:
         if self.config.memory_file is not None:
             capabilities.append({"capability": "x-ignore-shared", "state": True})
         self.qmp("migrate-set-capabilities", capabilities=capabilities)
+
+    def _announce_nothing(self) -> None:
+        """After the resume, no self-announcements (``announce-rounds`` 0): QEMU would
+        otherwise send RARPs for a clone's non-virtio NICs (e1000...) and have a virtio-net
+        guest send gratuitous ARPs, five rounds in its first second, so that switches
+        learn where a migrated guest went. A clone has no such neighbours: the RARPs carry
+        its template's MAC, the same for every clone of a layout, onto the lab's bridges
+        and into their captures before the guest takes its own MACs."""
+        self.qmp("migrate-set-parameters", **{"announce-rounds": 0})
 
     def _read_console(self) -> None:
         assert self._console_sock is not None
