@@ -451,7 +451,6 @@ class QemuMachine:
         self._check_privileges()
         if self.config.incoming is not None:
             self._migration_capabilities()
-            self._announce_nothing()
             # QEMU inherited the state file: its number is the descriptor to read from
             self.qmp("migrate-incoming", uri=f"fd:{self.files[self.config.incoming]}")
 
@@ -532,15 +531,6 @@ class QemuMachine:
         if self.config.memory_file is not None:
             capabilities.append({"capability": "x-ignore-shared", "state": True})
         self.qmp("migrate-set-capabilities", capabilities=capabilities)
-
-    def _announce_nothing(self) -> None:
-        """After the resume, no self-announcements (``announce-rounds`` 0): QEMU would
-        otherwise send RARPs for a clone's non-virtio NICs (e1000...) and have a virtio-net
-        guest send gratuitous ARPs, five rounds in its first second, so that switches
-        learn where a migrated guest went. A clone has no such neighbours: the RARPs carry
-        its template's MAC, the same for every clone of a layout, onto the lab's bridges
-        and into their captures before the guest takes its own MACs."""
-        self.qmp("migrate-set-parameters", **{"announce-rounds": 0})
 
     def _read_console(self) -> None:
         assert self._console_sock is not None

@@ -53,13 +53,6 @@ def test_clones_map_the_template_ram_copy_on_write_and_stay_independent(netlab):
     assert _sha256(ram) == before  # no clone wrote to the template's file
 
 
-def test_a_clone_announces_nothing_after_its_resume(netlab):
-    h1 = netlab.vm("h1", nics=[netlab.bridge("br1")])
-    netlab.start()
-    assert h1.machine.config.incoming is not None  # resumed, not booted
-    assert h1.machine.qmp("query-migrate-parameters")["announce-rounds"] == 0
-
-
 def test_a_refused_ram_file_is_recorded_and_templates_fall_back_to_state_files(
     netlab, tmp_path, monkeypatch, caplog
 ):
