@@ -11,7 +11,6 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 from .budget import QEMU_OVERHEAD_MIB
 from .constants import GUEST_MEMORY_DEFAULT, NAMESPACE_PREFIX
@@ -100,21 +99,6 @@ def _mode() -> Check:
     return Check("mode", True, "root: lab namespaces under /run/netns; QEMU runs as its own user")
 
 
-def _user_namespaces() -> list[str]:
-    """Why an ordinary user may not make user namespaces here, as the sysctls say."""
-    problems = []
-    for path, bad, why in (
-        ("/proc/sys/user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
-        ("/proc/sys/kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
-        ("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", "1",
-         "AppArmor restricts unprivileged user namespaces (kernel.apparmor_restrict_unprivileged_userns=1)"),
-    ):
-        with contextlib.suppress(OSError):
-            if Path(path).read_text().strip() == bad:
-                problems.append(why)
-    return problems
-
-
 def _tun() -> Check:
     from .privileges import rootless
 
@@ -139,7 +123,10 @@ def _namespaces() -> Check:
         namespace.add_bridge("br-doctor")
     except NetlabError as exc:
         if rootless():
-            why = "; ".join(_user_namespaces()) or "see the message"
+            from .subids import userns_disabled
+
+            disabled = userns_disabled()
+            why = disabled.why if disabled else "no sysctl says why: see the message"
             return Check(
                 "namespaces", False, f"{exc} [{why}]", "allow unprivileged user namespaces, or run as root",
             )

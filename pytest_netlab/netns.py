@@ -22,10 +22,8 @@ import functools
 import logging
 import os
 import shlex
-import shutil
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -196,9 +194,8 @@ class NamespaceHolder:
             ours.settimeout(cls.START_TIMEOUT)
             try:
                 answer = ours.recv(nsholder.MESSAGE_SIZE).decode(errors="replace")
-                mapped = answer == "unshared" and map_subordinate_ids(proc.pid)
                 if answer == "unshared":
-                    ours.send(b"mapped" if mapped else b"map-self")
+                    ours.send(b"mapped" if map_subordinate_ids(proc.pid) else b"map-self")
                     answer = ours.recv(nsholder.MESSAGE_SIZE).decode(errors="replace")
             except TimeoutError:
                 answer = f"error 0 no answer within {cls.START_TIMEOUT:.0f} s"
@@ -212,13 +209,7 @@ class NamespaceHolder:
     def _request(self, text: str, count: int) -> list[int]:
         with self._lock:
             self._control.send(text.encode())
-            message, ancillary, _, _ = self._control.recvmsg(
-                nsholder.MESSAGE_SIZE, socket.CMSG_SPACE(count * 4)
-            )
-        fds: list[int] = []
-        for level, kind, data in ancillary:
-            if (level, kind) == (socket.SOL_SOCKET, socket.SCM_RIGHTS):
-                fds += list(struct.unpack(f"{len(data) // 4}i", data[: len(data) // 4 * 4]))
+            message, fds, _, _ = socket.recv_fds(self._control, nsholder.MESSAGE_SIZE, count)
         answer = message.decode(errors="replace")
         if answer != "ok":
             for fd in fds:
@@ -262,10 +253,10 @@ def map_subordinate_ids(pid: int) -> bool:
     process *pid*'s fresh user namespace (``newuidmap``/``newgidmap``, from Debian's
     ``uidmap``); whether that was done."""
     user = subids.current_user()
+    if subids.ids_missing() is not None:
+        return False
     uids = subids.ranges(subids.SUBUID, user, os.geteuid())
     gids = subids.ranges(subids.SUBGID, user, os.geteuid())  # keyed by user too
-    if not uids or not gids or not (shutil.which("newuidmap") and shutil.which("newgidmap")):
-        return False
     for tool, me, (start, count) in (
         ("newuidmap", os.geteuid(), uids[0]), ("newgidmap", os.getegid(), gids[0]),
     ):
@@ -317,12 +308,11 @@ class NamespacePath:
                 return None
         except OSError:
             return None  # the holder is gone: what runs next says so
-        user = subids.current_user()
+        missing = subids.ids_missing()
         return (
-            "packet capture in a rootless lab needs your subordinate ids (tcpdump changes "
-            "its user inside): apt-get install uidmap, and give "
-            f"{user} ranges in /etc/subuid and /etc/subgid (usermod --add-subuids "
-            f"100000-165535 --add-subgids 100000-165535 {user}; useradd gives new users them)"
+            "packet capture in a rootless lab needs your subordinate ids mapped in it (tcpdump "
+            "changes its user inside): "
+            + (missing.message() if missing else "newuidmap refused them: see the log for why")
         )
 
     def enter(self, argv: Sequence[str]) -> list[str]:

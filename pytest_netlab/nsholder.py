@@ -30,7 +30,6 @@ ended), and the namespaces go when the last process or socket in them is gone.
 
 from __future__ import annotations
 
-import array
 import ctypes
 import fcntl
 import os
@@ -106,7 +105,7 @@ def _serve(control: socket.socket) -> None:
             control.send(f"error 0 {exc}".encode())
             continue
         try:
-            control.sendmsg([b"ok"], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+            socket.send_fds(control, [b"ok"], fds)
         finally:
             for fd in fds:
                 os.close(fd)

@@ -18,9 +18,13 @@ from pathlib import Path
 NEEDED_IDS = 65536
 SUBUID = Path("/etc/subuid")
 SUBGID = Path("/etc/subgid")
+#: the sysctls that keep ordinary users from making user namespaces: (name, its file,
+#: the value that does, the value that allows them)
 _SYSCTLS = (
-    ("user.max_user_namespaces", Path("/proc/sys/user/max_user_namespaces")),
-    ("kernel.unprivileged_userns_clone", Path("/proc/sys/kernel/unprivileged_userns_clone")),
+    ("user.max_user_namespaces", Path("/proc/sys/user/max_user_namespaces"), "0", "65536"),
+    ("kernel.unprivileged_userns_clone", Path("/proc/sys/kernel/unprivileged_userns_clone"), "0", "1"),
+    ("kernel.apparmor_restrict_unprivileged_userns",
+     Path("/proc/sys/kernel/apparmor_restrict_unprivileged_userns"), "1", "0"),
 )
 
 
@@ -72,18 +76,40 @@ def _free_start() -> int:
     return end
 
 
-def _userns_disabled() -> Missing | None:
-    for name, path in _SYSCTLS:
+def userns_disabled() -> Missing | None:
+    """Why ordinary users may not make user namespaces here, as the sysctls say
+    (``None``: none says so; the kernel may still refuse)."""
+    for name, path, bad, good in _SYSCTLS:
         try:
             value = path.read_text().strip()
         except OSError:
             continue
-        if value == "0":
-            one = "1" if name.startswith("kernel.") else "65536"
+        if value == bad:
             return Missing(
-                f"unprivileged user namespaces are disabled ({name}=0)",
-                f"sysctl -w {name}={one} (as root), or build as root",
+                f"unprivileged user namespaces are disabled ({name}={bad})",
+                f"sysctl -w {name}={good} (as root), or build as root",
             )
+    return None
+
+
+def ids_missing() -> Missing | None:
+    """What keeps the running user from mapping its subordinate ids into a user
+    namespace: ``newuidmap``/``newgidmap``, or the ids (``None``: nothing, or root)."""
+    uid = os.geteuid()
+    if uid == 0:
+        return None
+    user = current_user()
+    tools = [t for t in ("newuidmap", "newgidmap") if shutil.which(t) is None]
+    if tools:
+        return Missing(f"{' and '.join(tools)} not found", "apt-get install uidmap (as root)")
+    short = [p for p in (SUBUID, SUBGID) if sum(c for _, c in ranges(p, user, uid)) < NEEDED_IDS]
+    if short:
+        first = _free_start()
+        last = first + NEEDED_IDS - 1
+        return Missing(
+            f"{user} has fewer than {NEEDED_IDS} subordinate ids in {' and '.join(map(str, short))}",
+            f"usermod --add-subuids {first}-{last} --add-subgids {first}-{last} {user} (as root)",
+        )
     return None
 
 
@@ -112,22 +138,9 @@ def unshare_missing() -> Missing | None:
     Checks ``newuidmap``/``newgidmap``, the user's subordinate ids and the kernel's
     user namespaces, then enters one (``mmdebstrap --unshare-helper true``).
     """
-    uid = os.geteuid()
-    if uid == 0:
+    if os.geteuid() == 0:
         return None
-    user = current_user()
-    tools = [t for t in ("newuidmap", "newgidmap") if shutil.which(t) is None]
-    if tools:
-        return Missing(f"{' and '.join(tools)} not found", "apt-get install uidmap (as root)")
-    short = [p for p in (SUBUID, SUBGID) if sum(c for _, c in ranges(p, user, uid)) < NEEDED_IDS]
-    if short:
-        first = _free_start()
-        last = first + NEEDED_IDS - 1
-        return Missing(
-            f"{user} has fewer than {NEEDED_IDS} subordinate ids in {' and '.join(map(str, short))}",
-            f"usermod --add-subuids {first}-{last} --add-subgids {first}-{last} {user} (as root)",
-        )
-    return _userns_disabled() or _probe()
+    return ids_missing() or userns_disabled() or _probe()
 
 
 def describe() -> str:

@@ -9,12 +9,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from pyroute2 import config as pyroute2_config
 from pyroute2 import netns as pyroute2_netns
 
-from pytest_netlab import cleanup
+from pytest_netlab import cleanup, subids
 from pytest_netlab import netns as netlab_netns
 from pytest_netlab.errors import NamespaceError
 from pytest_netlab.netns import LabNamespace, namespace_exists
@@ -144,9 +145,11 @@ def _net_of(pid: str) -> str | None:
 
 @rootless_only
 def test_without_subordinate_ids_a_rootless_lab_runs_and_a_capture_is_refused_saying_how(
-    namespace: LabNamespace, monkeypatch: pytest.MonkeyPatch,
+    namespace: LabNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
 ) -> None:
-    monkeypatch.setattr(netlab_netns, "map_subordinate_ids", lambda pid: False)
+    for name in ("SUBUID", "SUBGID"):  # a user without subordinate ids
+        (tmp_path / name).write_text("")
+        monkeypatch.setattr(subids, name, tmp_path / name)
     namespace.create()
     namespace.add_bridge("br1")
     assert namespace.run("cat /proc/self/uid_map").stdout.split() == ["0", str(os.geteuid()), "1"]

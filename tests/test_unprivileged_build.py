@@ -97,7 +97,9 @@ def test_disabled_user_namespaces_are_named_with_their_sysctl(
         (tmp_path / tool).chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     (tmp_path / "clone").write_text("0\n")
-    monkeypatch.setattr(subids, "_SYSCTLS", (("kernel.unprivileged_userns_clone", tmp_path / "clone"),))
+    monkeypatch.setattr(
+        subids, "_SYSCTLS", (("kernel.unprivileged_userns_clone", tmp_path / "clone", "0", "1"),)
+    )
     missing = subids.unshare_missing()
     assert missing is not None
     assert missing.message() == (
