@@ -14,7 +14,6 @@ from pathlib import Path
 
 from .access import SSH_CONFIG
 from .cleanup import _NS_NAME
-from .constants import NETNS_RUN_DIR
 from .detached import by_name, detached_labs
 from .errors import ConfigError
 from .keep import kept_dir
@@ -100,12 +99,10 @@ def running_labs(runtime_base: Path) -> list[RunningLab]:
     }
     kept = kept_workdirs(runtime_base)
     labs = []
-    # bound under /run/netns (made as root) or held by a process (rootless): both have
-    # an owner record
-    names = set(os.listdir(NETNS_RUN_DIR)) if NETNS_RUN_DIR.is_dir() else set()
-    if owners_dir(runtime_base).is_dir():
-        names |= set(os.listdir(owners_dir(runtime_base)))
-    for name in sorted(names):
+    # every namespace the plugin makes, bound under /run/netns (as root) or held by a
+    # process (rootless), has an owner record: a namespace without one is not ours
+    names = sorted(os.listdir(owners_dir(runtime_base))) if owners_dir(runtime_base).is_dir() else []
+    for name in names:
         match = _NS_NAME.match(name)
         if not match:
             continue
