@@ -59,6 +59,8 @@ class GuestContext:
 class BootStrategy(Protocol):
     """How a guest's QEMU is configured and brought to running its kernel."""
 
+    context: GuestContext
+
     def config(self, vm: VM) -> MachineConfig:
         """The machine, without its TAPs and shares (:func:`machine_config` adds them)."""
         ...
@@ -197,7 +199,7 @@ def machine_config(vm: VM, boot: BootStrategy, context: GuestContext) -> Machine
     return config
 
 
-def launch(vm: VM, boot: Resumed | ColdBoot, runner: ThreadPoolExecutor) -> QemuMachine:
+def launch(vm: VM, boot: BootStrategy, runner: ThreadPoolExecutor) -> QemuMachine:
     """Launch *vm*'s QEMU in this thread (the one *runner* runs) and attach it to *vm*."""
     context = boot.context
     machine = QemuMachine(machine_config(vm, boot, context), context.workdir / vm.name,
@@ -243,10 +245,8 @@ class BringUp:
     def one(self, vm: VM, runner: ThreadPoolExecutor) -> None:
         """The whole sequence of *vm*, in its runner's thread."""
         boot = strategy(vm, self.context)
-        assert isinstance(boot, (Resumed, ColdBoot))
-        with self.slots:  # launching and resuming need the CPUs
+        with self.slots:  # launching and resuming need the CPUs (launch() attaches each machine)
             machine = boot.launched(vm, launch(vm, boot, runner), runner)
-            vm.attach(machine)
         for guest_port in vm.spec.forwards:
             vm.forward_port(guest_port)
         machine.wait_ready(self.boot_timeout, since=self.started)

@@ -13,18 +13,20 @@ from pytest_netlab.image import GuestImage
 INIT = (Path(__file__).parent.parent / "images" / "init").read_text()
 
 
-def _image() -> GuestImage:
+def _image(cmdline: str = "console=ttyS0 quiet") -> GuestImage:
     path = Path("/nonexistent")
-    return GuestImage(path, path, "console=ttyS0 quiet", path, "cloud", "0" * 16, "6.1", frozenset())
+    return GuestImage(path, path, cmdline, path, "cloud", "0" * 16, "6.1", frozenset())
 
 
 def test_every_kernel_parameter_the_host_gives_is_one_init_reads():
     read = set(re.findall(r"^\s*(netlab\.\w+)=\*\)", INIT, re.MULTILINE))
-    line = protocol.guest_cmdline(_image(), "h1", ["52:54:00:00:01:00"], ["e1000"], aslr=True, cpus=1)
+    # a package image's command line: the overlay root the host gives (package_image.py)
+    package = _image(f"console=ttyS0 quiet {protocol.OVERLAY_ROOT}")
+    line = protocol.guest_cmdline(package, "h1", ["52:54:00:00:01:00"], ["e1000"], aslr=True, cpus=1)
     line += " " + " ".join(protocol.key_params("ssh-ed25519", "AAAA"))
     given = {p.split("=", 1)[0] for p in line.split() if p.startswith("netlab.")}
     assert given == {"netlab.name", "netlab.nics", "netlab.aslr", "netlab.mgmt", "netlab.mgmt_addr",
-                     "netlab.modules", "netlab.keytype", "netlab.key"}
+                     "netlab.modules", "netlab.keytype", "netlab.key", "netlab.overlay"}
     assert given | {"netlab.template"} <= read
     assert protocol.DISK_ROOT.split("=")[0] + "=*)" in INIT
     assert f"netlab.mgmt_addr={protocol.MGMT_GUEST_ADDR}" in line.split()

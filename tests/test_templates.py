@@ -97,6 +97,7 @@ def test_a_numa_guest_resumes_from_a_whole_state_file(netlab):
     vm = netlab.vm("h1", numa=True)
     netlab.start()
 
+    assert vm.machine.config.incoming is not None  # resumed, not booted
     assert vm.machine.config.memory_file is None
     assert vm.ssh("ls /sys/devices/system/node/ | grep -c '^node'").stdout == "1\n"
 
