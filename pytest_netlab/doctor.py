@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from .budget import QEMU_OVERHEAD_MIB
+from .budget import available_memory, guest_cost
 from .constants import GUEST_MEMORY_DEFAULT, NAMESPACE_PREFIX
 from .errors import NetlabError
 
@@ -199,12 +199,8 @@ def _program(name: str, package: str, use: str, required: bool) -> Check:
 
 
 def _memory(guests: int) -> Check:
-    available = 0
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith("MemAvailable:"):
-                available = int(line.split()[1]) // 1024
-    need = guests * (GUEST_MEMORY_DEFAULT + QEMU_OVERHEAD_MIB)
+    available = available_memory()
+    need = guests * guest_cost(GUEST_MEMORY_DEFAULT)
     size = GUEST_MEMORY_DEFAULT
     verdict = f"{available} MiB available; {guests} guests of {size} MiB need about {need} MiB"
     if available < need:

@@ -128,15 +128,19 @@ CACHE_FIX = (
 )
 
 
-def cache_root() -> Path:
-    """``$NETLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-netlab``, else ``~/.cache/pytest-netlab``."""
+def cache_path() -> Path:
+    """Where the cache is, checked and made by nothing (:func:`cache_root` does both):
+    ``$NETLAB_CACHE_DIR``, else ``$XDG_CACHE_HOME/pytest-netlab``, else ``~/.cache/pytest-netlab``."""
     explicit = os.environ.get("NETLAB_CACHE_DIR")
     if explicit:
-        root = Path(explicit)
-    else:
-        xdg = os.environ.get("XDG_CACHE_HOME")
-        root = (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-netlab"
-    return trusted_directory(root, "the cache directory", CACHE_FIX)
+        return Path(explicit)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "pytest-netlab"
+
+
+def cache_root() -> Path:
+    """The cache directory (:func:`cache_path`), made if missing and trusted (see trust.py)."""
+    return trusted_directory(cache_path(), "the cache directory", CACHE_FIX)
 
 
 def variant_for(modules: Iterable[str] = ()) -> str:

@@ -137,8 +137,10 @@ def _packages(source: OptionSource) -> tuple[str, ...]:
 
 def _budget_limits(source: OptionSource) -> tuple[int | None, int | None]:
     """--netlab-max-guests and --netlab-max-memory; ``None``: sized from the machine."""
-    from .budget import parse_guests, parse_memory
-
     guests = _given(source, "max-guests", blank_is_absent=True)
     memory = _given(source, "max-memory", blank_is_absent=True)
+    if not (guests or memory):
+        return None, None
+    from .budget import parse_guests, parse_memory  # only now: most runs set neither
+
     return (parse_guests(guests) if guests else None), (parse_memory(memory) if memory else None)

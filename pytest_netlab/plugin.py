@@ -248,10 +248,12 @@ def _report_line(config: pytest.Config, line: str) -> None:
 def _remove_leftovers() -> list[str]:
     """What was removed, for the report header (a warning logged this early is not shown)."""
     from .cleanup import remove_leftovers
-    from .image import cache_root
+    from .image import cache_path, cache_root
 
     try:
-        report = remove_leftovers(runtime_base(), template_dir=cache_root() / "templates")
+        # a run in a project that never made a lab makes no cache (and checks none)
+        made = (cache_path() / "templates").is_dir()
+        report = remove_leftovers(runtime_base(), template_dir=cache_root() / "templates" if made else None)
     except (OSError, NetlabError) as exc:  # no root: the labs will say so with their own error
         log.warning("netlab: cleaning leftovers of dead runs failed: %s", exc)
         return [f"cleaning leftovers of dead runs failed: {exc}"]
