@@ -92,6 +92,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from . import access
     from .detached import DetachedLab
     from .labspec import Topology
+    from .owner import sigterm_like_ctrl_c
     from .session import NetlabSession, runtime_base
 
     topology = Topology.from_toml(Path(args.topology))  # bad input: said before a fork
@@ -102,13 +103,6 @@ def _cmd_up(args: argparse.Namespace) -> int:
     )
     workdir = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="netlab-up-"))
 
-    owner = os.getpid()
-
-    def stop(signum: int, frame: object) -> None:
-        if os.getpid() != owner:
-            os._exit(128 + signum)  # a helper pyroute2 forked: die as SIGTERM would kill it
-        raise KeyboardInterrupt  # SIGTERM tears down like Ctrl-C
-
     lab = session.new_lab(workdir)
     state: Path | None = None
     try:
@@ -116,10 +110,10 @@ def _cmd_up(args: argparse.Namespace) -> int:
         topology.apply(lab)
         text = access.describe(lab, state="up")
         print(text + topology.mermaid(), end="", flush=True)
-        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGTERM, sigterm_like_ctrl_c(os.getpid()))  # tears down like Ctrl-C
         # found by pytest-netlab list, ssh, exec and capture (and pytest-netlab down)
         state = DetachedLab(
-            lab.name, owner, str(Path(args.topology).resolve()), str(workdir), text,
+            lab.name, os.getpid(), str(Path(args.topology).resolve()), str(workdir), text,
             detached=args.ready_fd is not None,
         ).save(runtime_base())
         _hold(args, text)

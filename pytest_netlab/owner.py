@@ -18,7 +18,7 @@ import contextlib
 import os
 import re
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -189,3 +189,18 @@ def namespace_holder(runtime_base: Path, name: str) -> Owner | None:
         if word == "holder":
             return Owner.parse(tag)
     return None
+
+
+def sigterm_like_ctrl_c(owner: int) -> Callable[[int, object], None]:
+    """A SIGTERM handler for process *owner* that tears its labs down as Ctrl-C does
+    (``KeyboardInterrupt``). A forked copy of it (pyroute2 forks) must not run the
+    teardown of labs that are not its own: it dies as by default."""
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    return on_sigterm

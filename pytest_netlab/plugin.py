@@ -26,6 +26,7 @@ from .constants import ACCEL_CHOICES, BOOT_MODES, PCAP_MODES
 from .errors import NetlabError
 from .keep import DEFAULT_KEEP_TIMEOUT, Hold, kept_dir, open_terminal
 from .options import KeepPolicy, read_options
+from .owner import sigterm_like_ctrl_c
 from .session import LabFactory, NetlabSession, runtime_base
 from .untrusted import DEFAULT_OUTPUT_LIMIT, printable
 
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 _SESSION_KEY = pytest.StashKey[NetlabSession]()
 _FAILED_KEY = pytest.StashKey[bool]()
 _KEEP_KEY = pytest.StashKey[KeepPolicy]()
-_SIGTERM_KEY = pytest.StashKey["Callable[[int, object], None]"]()
+_SIGTERM_KEY = pytest.StashKey[Callable[[int, object], None]]()
 _LEFTOVERS_KEY = pytest.StashKey[list[str]]()
 
 
@@ -164,19 +165,6 @@ def _show_progress(config: pytest.Config, message: str) -> None:
         reporter.write_line(f"netlab: {message}")
 
 
-def _sigterm_handler(pid: int) -> Callable[[int, object], None]:
-    def on_sigterm(signum: int, frame: object) -> None:
-        if os.getpid() != pid:
-            # a forked copy of this process (pyroute2 forks to make namespaces): it must
-            # not run pytest's teardown of labs that are not its own; it dies as by default
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
-
-    return on_sigterm
-
-
 def _terminate_like_ctrl_c(config: pytest.Config) -> None:
     """SIGTERM (a CI job cancelled) tears the labs down as Ctrl-C does: pytest's
     KeyboardInterrupt path runs the fixtures' teardown. A handler someone else set is
@@ -184,7 +172,7 @@ def _terminate_like_ctrl_c(config: pytest.Config) -> None:
     if threading.current_thread() is not threading.main_thread():
         return
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-        handler = _sigterm_handler(os.getpid())
+        handler = sigterm_like_ctrl_c(os.getpid())
         signal.signal(signal.SIGTERM, handler)
         config.stash[_SIGTERM_KEY] = handler
 
