@@ -4,13 +4,14 @@ directories and packages, no lab)."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from pytest_netlab import ConfigError
+from pytest_netlab import ConfigError, trust
 from pytest_netlab.image import cache_root
 from pytest_netlab.trust import create_new_file, trusted_directory, verify_debs
 
@@ -88,6 +89,14 @@ def test_a_cached_package_with_the_wrong_checksum_is_removed(tmp_path: Path):
 
     assert verify_debs(tmp_path) == [planted, unknown]
     assert not planted.exists() and not unknown.exists()
+
+
+def test_a_cached_package_with_apts_checksum_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    good = tmp_path / "bash_5.2_amd64.deb"
+    good.write_bytes(b"the package apt knows")
+    digest = hashlib.sha256(good.read_bytes()).hexdigest()
+    monkeypatch.setattr(trust, "_apt_sha256", lambda package, version: digest if package == "bash" else None)
+    assert verify_debs(tmp_path) == [] and good.exists()
 
 
 def test_a_runtime_base_others_can_write_is_refused_for_a_user(
