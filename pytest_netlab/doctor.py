@@ -62,6 +62,7 @@ def _qemu_user() -> Check:
 
 def _kvm() -> Check:
     from .accel import decide_accelerator, kvm_device_usable
+    from .privileges import rootless
 
     present = "present" if os.path.exists("/dev/kvm") else "absent"
     problem = kvm_device_usable()
