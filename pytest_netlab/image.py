@@ -358,33 +358,15 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     env = dict(os.environ, PATH=path, NETLAB_KERNEL_PKG=VARIANTS[variant], NETLAB_DEB_CACHE=str(debs))
     say(progress, f"building the {variant} guest image {digest} (takes about a minute)")
     started = time.monotonic()
-    tail: deque[str] = deque(maxlen=40)
     try:
-        with subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=env,
-            cwd=tmp,
-        ) as proc:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                tail.append(line)
-                log.debug("build.sh: %s", line)
-                if progress is not None and line.startswith("build.sh: "):
-                    progress(line)
-            status = proc.wait()
+        status, tail = run_recipe(command, env, tmp, "build.sh: ", progress)
         if status != 0:
-            raise ImageError(_failure(command, status, list(tail)))
+            raise ImageError(recipe_failure("the guest image", command, status, tail, _PACKAGES_HINT))
         missing = [name for name in _REQUIRED_FILES if not (out / name).is_file()]
         if missing:
             raise ImageError(
                 f"{' '.join(command)} exited 0 but made no {', '.join(missing)}: "
-                f"last output: {' | '.join(list(tail)[-3:])}"
+                f"last output: {' | '.join(tail[-3:])}"
             )
         seconds = time.monotonic() - started
         manifest = _manifest(out)
@@ -406,13 +388,36 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _failure(command: list[str], status: int, tail: list[str]) -> str:
+def run_recipe(
+    command: list[str], env: dict[str, str], cwd: Path, prefix: str, progress: Callable[[str], None] | None
+) -> tuple[int, list[str]]:
+    """Run a recipe's *command*; each line it logs about a step (starting with *prefix*)
+    goes to *progress*. Return its exit status and its last 40 lines of output."""
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, errors="replace", env=env, cwd=cwd,
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            if line.startswith(prefix):
+                say(progress, line)
+            else:
+                log.debug("%s", line)
+        return proc.wait(), list(tail)
+
+
+_PACKAGES_HINT = " (see images/packages.txt for what the build host needs; apt-get update first)"
+
+
+def recipe_failure(what: str, command: list[str], status: int, tail: list[str], hint: str = "") -> str:
+    """The message of a failed build of *what* by *command*: its first ``error:`` line,
+    else its last lines and *hint*."""
     errors = [ln for ln in tail if "error:" in ln]
-    detail = errors[0] if errors else " | ".join(ln for ln in tail[-3:] if ln.strip())
-    hint = ""
-    if not errors:
-        hint = " (see images/packages.txt for what the build host needs; apt-get update first)"
-    return f"building the guest image failed: {' '.join(command)} exited with status {status}: {detail}{hint}"
+    detail = errors[0] if errors else " | ".join(ln for ln in tail[-3:] if ln.strip()) + hint
+    return f"building {what} failed: {' '.join(command)} exited with status {status}: {detail}"
 
 
 def _prune(variant: str, keep: Path) -> None:

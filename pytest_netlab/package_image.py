@@ -30,7 +30,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -47,6 +46,8 @@ from .image import (
     last_used,
     mark_used,
     recipe_dir,
+    recipe_failure,
+    run_recipe,
     say,
     writable_images_dir,
 )
@@ -264,13 +265,9 @@ def _build(
     say(progress, f"building the package image {final.name} ({' '.join(names)}); takes a minute or two")
     started = time.monotonic()
     try:
-        status, tail = _run(command, env, tmp, progress)
+        status, tail = run_recipe(command, env, tmp, "build-packages.sh: ", progress)
         if status != 0 or not (out / _DISK).is_file():
-            errors = [ln for ln in tail if "error:" in ln]
-            raise ImageError(
-                f"building the package image ({' '.join(names)}) failed: {' '.join(command)} "
-                f"exited with status {status}: {errors[0] if errors else ' | '.join(tail[-3:])}"
-            )
+            raise ImageError(recipe_failure(f"the package image ({' '.join(names)})", command, status, tail))
         seconds = time.monotonic() - started
         info = {
             "id": image_id, "packages": list(names), "base": base.hash, "built_at": time.time(),
@@ -281,26 +278,6 @@ def _build(
         say(progress, f"built the package image in {seconds:.0f} s: {final}")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _run(
-    command: list[str], env: dict[str, str], cwd: Path, progress: Progress | None
-) -> tuple[int, list[str]]:
-    """Run *command*; each line it logs about a step goes to *progress*."""
-    tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        text=True, errors="replace", env=env, cwd=cwd,
-    ) as proc:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            tail.append(line)
-            if line.startswith("build-packages.sh: "):
-                say(progress, line)
-            else:
-                log.debug("%s", line)
-        return proc.wait(), list(tail)
 
 
 @functools.cache

@@ -145,7 +145,9 @@ def test_a_package_build_checks_the_cached_kernel_package_against_apt(
     planted = debs / "linux-image-9.9.9-cloud-amd64_9.9.9-1_amd64.deb"  # apt knows no such package
     planted.write_bytes(b"a kernel nobody vouches for")
     ran: list[list[str]] = []
-    monkeypatch.setattr(pi, "_run", lambda command, *args: (ran.append(command), (1, ["error: stop"]))[1])
+    monkeypatch.setattr(
+        pi, "run_recipe", lambda command, *args: (ran.append(command), (1, ["error: stop"]))[1]
+    )
     (tmp_path / "cache" / "images").mkdir()
     base = GuestImage(
         kernel=planted, initrd=planted, cmdline="", root=tmp_path, variant="cloud", hash="h",
