@@ -51,9 +51,6 @@ GENERIC_ONLY_MODULES: frozenset[str] = frozenset(
 )
 #: environment variable that forces one variant for every guest
 VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
-#: where Debian keeps the administrator's tools the recipe runs (depmod, modprobe); a
-#: user's PATH often lacks them
-SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 #: recipe files of package images only (pytest_netlab.package_image): not in the default image's hash
 PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "package-hook.sh", "harness.txt"})
@@ -150,12 +147,6 @@ def variant_for(modules: Iterable[str] = ()) -> str:
     if any(_norm(m) in GENERIC_ONLY_MODULES for m in modules):
         return "generic"
     return DEFAULT_VARIANT
-
-
-def build_path(path: str) -> str:
-    """*path* (a ``PATH`` value) with the :data:`SBIN_DIRS` it lacks appended."""
-    dirs = [d for d in path.split(os.pathsep) if d]
-    return os.pathsep.join(dirs + [d for d in SBIN_DIRS if d not in dirs])
 
 
 def _packages(recipe: Path) -> list[str]:
@@ -343,7 +334,7 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     images = _images_dir()
     for stale in images.glob(f".tmp-{variant}-{digest}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a build that died; we hold the lock
-    path = build_path(os.environ.get("PATH", os.defpath))
+    path = os.environ.get("PATH", os.defpath)  # the recipe adds the sbin directories itself
     if shutil.which("bash", path=path) is None:
         raise ImageError(
             f"cannot build the guest image: bash not found in PATH={path} (apt-get install bash)"

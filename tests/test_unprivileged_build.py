@@ -183,9 +183,10 @@ class User:
     home: Path
 
     def run(self, command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-        """*command* as this user, in a clean environment, with umask 002 (Debian's for a
-        user with a group of its own: the image must not depend on it)."""
-        base = {"HOME": str(self.home), "LC_ALL": "C.UTF-8", "PATH": image.build_path("/usr/bin:/bin")}
+        """*command* as this user, in a clean environment (a PATH without the sbin
+        directories: the recipes add them), with umask 002 (Debian's for a user with a group
+        of its own: the image must not depend on it)."""
+        base = {"HOME": str(self.home), "LC_ALL": "C.UTF-8", "PATH": "/usr/bin:/bin"}
         return subprocess.run(
             ["runuser", "-u", self.name, "--", "env", "-i", *(f"{k}={v}" for k, v in {**base, **env}.items()),
              "sh", "-c", 'umask 002 && exec "$@"', "sh", *command],
