@@ -262,9 +262,7 @@ USED_MARKER = "last-used"  # touched at each use of a cached image; pruning goes
 def mark_used(path: Path) -> None:
     """Record that the cached image in *path* is used now (pruning goes by last use, not by
     build time: a long-lived checkout's image must not vanish under a running test)."""
-    marker = path / USED_MARKER
-    marker.touch()
-    os.utime(marker)
+    (path / USED_MARKER).touch()  # sets the times of an existing marker to now too
 
 
 def last_used(path: Path) -> float:

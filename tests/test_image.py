@@ -496,7 +496,9 @@ def test_guest_images_are_pruned_by_last_use_not_by_build_time(tmp_path: Path, m
     for path in (in_use, unused, keep):
         path.mkdir(parents=True)
         os.utime(path, (month_ago, month_ago))  # all built a month ago
-    image.mark_used(in_use)  # a long-lived checkout's image, used now
+    image.mark_used(in_use)  # a long-lived checkout's image, used a month ago...
+    os.utime(in_use / image.USED_MARKER, (month_ago, month_ago))
+    image.mark_used(in_use)  # ...and now again: the existing marker is now's
     image.mark_used(unused)
     os.utime(unused / image.USED_MARKER, (month_ago, month_ago))  # last used a month ago
     image._prune("cloud", keep=keep)
