@@ -39,6 +39,7 @@ from filelock import FileLock
 from .errors import ConfigError, ImageError
 from .guest_protocol import OVERLAY_ROOT
 from .image import (
+    PACKAGE_RECIPE_FILES,
     PRUNE_AFTER_DAYS,
     GuestImage,
     cache_root,
@@ -65,9 +66,9 @@ _FORMAT = 1
 _INFO = "netlab-image.json"
 _DISK = "rootfs.sqfs"
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-_RECIPE_FILES = (
-    "build-packages.sh", "package-hook.sh", "harness.txt", "init", "reseed.c", "udhcpc.script", "fstab",
-)
+#: what of the recipe a package image's key hashes: the other files (init, reseed.c...)
+#: are in the base image's hash (image.recipe_hash), which the key has too
+_RECIPE_FILES = tuple(sorted(PACKAGE_RECIPE_FILES))
 _APT_LISTS = Path("/var/lib/apt/lists")
 
 
@@ -97,9 +98,14 @@ def harness_packages() -> list[str]:
 
 
 def _recipe_digest() -> str:
+    return _digest_of(recipe_dir())
+
+
+@functools.cache
+def _digest_of(recipe: Path) -> str:
     digest = hashlib.sha256()
     for name in _RECIPE_FILES:
-        digest.update(name.encode() + b"\0" + (recipe_dir() / name).read_bytes() + b"\0")
+        digest.update(name.encode() + b"\0" + (recipe / name).read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -306,6 +306,15 @@ def test_a_package_image_built_by_an_ordinary_user_has_root_owned_files(user: Us
     assert all(f == str(scratch) or f.startswith(f"{scratch}/") for f in user.files_in_tmp())
 
 
-def test_the_package_recipe_files_do_not_change_the_default_image() -> None:
-    assert {"build-packages.sh", "package-hook.sh", "harness.txt"} <= image.PACKAGE_RECIPE_FILES
-    assert {"build-packages.sh", "package-hook.sh"} <= set(pi._RECIPE_FILES)
+@pytest.mark.parametrize("name", ["build-packages.sh", "package-hook.sh", "harness.txt"])
+def test_a_package_recipe_file_changes_package_images_only(
+    name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    default, package = image.recipe_hash(), pi._recipe_digest()
+    copy = tmp_path / "images"
+    shutil.copytree(image.recipe_dir(), copy, ignore=shutil.ignore_patterns("__pycache__"))
+    (copy / name).write_text((copy / name).read_text() + "\n# changed\n")
+    monkeypatch.setattr(image, "recipe_dir", lambda: copy)
+    monkeypatch.setattr(pi, "recipe_dir", lambda: copy)
+    assert image.recipe_hash() == default
+    assert pi._recipe_digest() != package
