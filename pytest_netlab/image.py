@@ -51,9 +51,6 @@ GENERIC_ONLY_MODULES: frozenset[str] = frozenset(
 )
 #: environment variable that forces one variant for every guest
 VARIANT_ENV = "NETLAB_IMAGE_VARIANT"
-#: where Debian keeps the administrator's tools the recipe runs (depmod, modprobe); a
-#: user's PATH often lacks them
-SBIN_DIRS = ("/usr/local/sbin", "/usr/sbin", "/sbin")
 
 #: recipe files of package images only (pytest_netlab.package_image): not in the default image's hash
 PACKAGE_RECIPE_FILES = frozenset({"build-packages.sh", "package-hook.sh", "harness.txt"})
@@ -154,12 +151,6 @@ def variant_for(modules: Iterable[str] = ()) -> str:
     if any(_norm(m) in GENERIC_ONLY_MODULES for m in modules):
         return "generic"
     return DEFAULT_VARIANT
-
-
-def build_path(path: str) -> str:
-    """*path* (a ``PATH`` value) with the :data:`SBIN_DIRS` it lacks appended."""
-    dirs = [d for d in path.split(os.pathsep) if d]
-    return os.pathsep.join(dirs + [d for d in SBIN_DIRS if d not in dirs])
 
 
 def _packages(recipe: Path) -> list[str]:
@@ -275,9 +266,7 @@ USED_MARKER = "last-used"  # touched at each use of a cached image; pruning goes
 def mark_used(path: Path) -> None:
     """Record that the cached image in *path* is used now (pruning goes by last use, not by
     build time: a long-lived checkout's image must not vanish under a running test)."""
-    marker = path / USED_MARKER
-    marker.touch()
-    os.utime(marker)
+    (path / USED_MARKER).touch()  # sets the times of an existing marker to now too
 
 
 def last_used(path: Path) -> float:
@@ -347,7 +336,7 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     images = _images_dir()
     for stale in images.glob(f".tmp-{variant}-{digest}-*"):
         shutil.rmtree(stale, ignore_errors=True)  # left by a build that died; we hold the lock
-    path = build_path(os.environ.get("PATH", os.defpath))
+    path = os.environ.get("PATH", os.defpath)  # the recipe adds the sbin directories itself
     if shutil.which("bash", path=path) is None:
         raise ImageError(
             f"cannot build the guest image: bash not found in PATH={path} (apt-get install bash)"
@@ -362,33 +351,15 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
     env = dict(os.environ, PATH=path, NETLAB_KERNEL_PKG=VARIANTS[variant], NETLAB_DEB_CACHE=str(debs))
     say(progress, f"building the {variant} guest image {digest} (takes about a minute)")
     started = time.monotonic()
-    tail: deque[str] = deque(maxlen=40)
     try:
-        with subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            errors="replace",
-            env=env,
-            cwd=tmp,
-        ) as proc:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                tail.append(line)
-                log.debug("build.sh: %s", line)
-                if progress is not None and line.startswith("build.sh: "):
-                    progress(line)
-            status = proc.wait()
+        status, tail = run_recipe(command, env, tmp, "build.sh: ", progress)
         if status != 0:
-            raise ImageError(_failure(command, status, list(tail)))
+            raise ImageError(recipe_failure("the guest image", command, status, tail, _PACKAGES_HINT))
         missing = [name for name in _REQUIRED_FILES if not (out / name).is_file()]
         if missing:
             raise ImageError(
                 f"{' '.join(command)} exited 0 but made no {', '.join(missing)}: "
-                f"last output: {' | '.join(list(tail)[-3:])}"
+                f"last output: {' | '.join(tail[-3:])}"
             )
         seconds = time.monotonic() - started
         manifest = _manifest(out)
@@ -410,13 +381,36 @@ def _build(variant: str, digest: str, final: Path, progress: Callable[[str], Non
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _failure(command: list[str], status: int, tail: list[str]) -> str:
+def run_recipe(
+    command: list[str], env: dict[str, str], cwd: Path, prefix: str, progress: Callable[[str], None] | None
+) -> tuple[int, list[str]]:
+    """Run a recipe's *command*; each line it logs about a step (starting with *prefix*)
+    goes to *progress*. Return its exit status and its last 40 lines of output."""
+    tail: deque[str] = deque(maxlen=40)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        text=True, errors="replace", env=env, cwd=cwd,
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            tail.append(line)
+            if line.startswith(prefix):
+                say(progress, line)
+            else:
+                log.debug("%s", line)
+        return proc.wait(), list(tail)
+
+
+_PACKAGES_HINT = " (see images/packages.txt for what the build host needs; apt-get update first)"
+
+
+def recipe_failure(what: str, command: list[str], status: int, tail: list[str], hint: str = "") -> str:
+    """The message of a failed build of *what* by *command*: its first ``error:`` line,
+    else its last lines and *hint*."""
     errors = [ln for ln in tail if "error:" in ln]
-    detail = errors[0] if errors else " | ".join(ln for ln in tail[-3:] if ln.strip())
-    hint = ""
-    if not errors:
-        hint = " (see images/packages.txt for what the build host needs; apt-get update first)"
-    return f"building the guest image failed: {' '.join(command)} exited with status {status}: {detail}{hint}"
+    detail = errors[0] if errors else " | ".join(ln for ln in tail[-3:] if ln.strip()) + hint
+    return f"building {what} failed: {' '.join(command)} exited with status {status}: {detail}"
 
 
 def _prune(variant: str, keep: Path) -> None:

@@ -30,16 +30,16 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
 from .errors import ConfigError, ImageError
 from .guest_protocol import OVERLAY_ROOT
 from .image import (
+    PACKAGE_RECIPE_FILES,
     PRUNE_AFTER_DAYS,
     GuestImage,
     cache_root,
@@ -47,10 +47,12 @@ from .image import (
     last_used,
     mark_used,
     recipe_dir,
+    recipe_failure,
+    run_recipe,
     say,
     writable_images_dir,
 )
-from .locks import acquire_build_lock
+from .locks import acquire_build_lock, unless_locked
 from .subids import current_user, unshare_missing
 from .trust import verify_debs
 
@@ -64,9 +66,9 @@ _FORMAT = 1
 _INFO = "netlab-image.json"
 _DISK = "rootfs.sqfs"
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]+")
-_RECIPE_FILES = (
-    "build-packages.sh", "package-hook.sh", "harness.txt", "init", "reseed.c", "udhcpc.script", "fstab",
-)
+#: what of the recipe a package image's key hashes: the other files (init, reseed.c...)
+#: are in the base image's hash (image.recipe_hash), which the key has too
+_RECIPE_FILES = tuple(sorted(PACKAGE_RECIPE_FILES))
 _APT_LISTS = Path("/var/lib/apt/lists")
 
 
@@ -96,9 +98,14 @@ def harness_packages() -> list[str]:
 
 
 def _recipe_digest() -> str:
+    return _digest_of(recipe_dir())
+
+
+@functools.cache
+def _digest_of(recipe: Path) -> str:
     digest = hashlib.sha256()
     for name in _RECIPE_FILES:
-        digest.update(name.encode() + b"\0" + (recipe_dir() / name).read_bytes() + b"\0")
+        digest.update(name.encode() + b"\0" + (recipe / name).read_bytes() + b"\0")
     return digest.hexdigest()
 
 
@@ -143,15 +150,15 @@ def _images_dir() -> Path:
     return cache_root() / "images"
 
 
-def _lock(image_id: str) -> FileLock:
-    return FileLock(str(_images_dir() / f".{PREFIX}{image_id}.lock"))
+def _lock(images: Path, image_id: str) -> FileLock:
+    return FileLock(str(images / f".{PREFIX}{image_id}.lock"))
 
 
-def _index_file(packages: tuple[str, ...], base: GuestImage) -> Path:
+def _index_file(images: Path, packages: tuple[str, ...], base: GuestImage) -> Path:
     key = hashlib.sha256(
         json.dumps([_FORMAT, packages, base.hash, _recipe_digest(), _apt_fingerprint()]).encode()
     ).hexdigest()[:24]
-    return _images_dir() / ".pkg-index" / key
+    return images / ".pkg-index" / key
 
 
 def _image_id(packages: tuple[str, ...], base: GuestImage, versions: list[str]) -> str:
@@ -176,9 +183,10 @@ def package_image(
     names = parse_packages(packages)
     if base is None or base.disk is not None:  # built on the plain default image only
         base = default_image(progress=progress)
-    index = _index_file(names, base)
+    images = _images_dir()
+    index = _index_file(images, names, base)
     try:
-        known = _images_dir() / index.read_text().strip()
+        known = images / index.read_text().strip()
     except OSError:
         known = None
     if known is not None and _is_complete(known):
@@ -186,7 +194,7 @@ def package_image(
         return _load(known, base)
     say(progress, f"resolving the Debian packages {' '.join(names)}")
     image_id = _image_id(names, base, resolve(names))
-    path = _images_dir() / f"{PREFIX}{image_id}"
+    path = images / f"{PREFIX}{image_id}"
     if not _is_complete(path):
         _refuse_unbuildable(names)
         _build_locked(names, base, image_id, path, progress)
@@ -215,8 +223,7 @@ def _refuse_unbuildable(names: tuple[str, ...]) -> None:
 def _build_locked(
     names: tuple[str, ...], base: GuestImage, image_id: str, path: Path, progress: Progress | None
 ) -> None:
-    writable_images_dir()
-    lock = _lock(image_id)
+    lock = _lock(writable_images_dir(), image_id)
     acquire_build_lock(
         lock, f"waiting for another process to build the package image {path.name}",
         lambda line: say(progress, line),
@@ -264,13 +271,9 @@ def _build(
     say(progress, f"building the package image {final.name} ({' '.join(names)}); takes a minute or two")
     started = time.monotonic()
     try:
-        status, tail = _run(command, env, tmp, progress)
+        status, tail = run_recipe(command, env, tmp, "build-packages.sh: ", progress)
         if status != 0 or not (out / _DISK).is_file():
-            errors = [ln for ln in tail if "error:" in ln]
-            raise ImageError(
-                f"building the package image ({' '.join(names)}) failed: {' '.join(command)} "
-                f"exited with status {status}: {errors[0] if errors else ' | '.join(tail[-3:])}"
-            )
+            raise ImageError(recipe_failure(f"the package image ({' '.join(names)})", command, status, tail))
         seconds = time.monotonic() - started
         info = {
             "id": image_id, "packages": list(names), "base": base.hash, "built_at": time.time(),
@@ -283,26 +286,6 @@ def _build(
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _run(
-    command: list[str], env: dict[str, str], cwd: Path, progress: Progress | None
-) -> tuple[int, list[str]]:
-    """Run *command*; each line it logs about a step goes to *progress*."""
-    tail: deque[str] = deque(maxlen=40)
-    with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-        text=True, errors="replace", env=env, cwd=cwd,
-    ) as proc:
-        assert proc.stdout is not None
-        for raw in proc.stdout:
-            line = raw.rstrip("\n")
-            tail.append(line)
-            if line.startswith("build-packages.sh: "):
-                say(progress, line)
-            else:
-                log.debug("%s", line)
-        return proc.wait(), list(tail)
-
-
 @functools.cache
 def _prune_once() -> None:
     """Prune at the first lookup of a process too, not only after a build."""
@@ -312,7 +295,7 @@ def _prune_once() -> None:
 def list_images() -> list[dict[str, object]]:
     """Every cached package image: its packages, size, last use and path."""
     found = []
-    for path in sorted(_images_dir().glob(f"{PREFIX}*")) if _images_dir().is_dir() else []:
+    for path in sorted(_images_dir().glob(f"{PREFIX}*")):
         if not _is_complete(path):
             continue
         info = json.loads((path / _INFO).read_text())
@@ -328,29 +311,17 @@ def prune(older_than_days: float = PRUNE_AFTER_DAYS) -> list[Path]:
     """Remove the package images unused for *older_than_days* (0: all of them), except
     those being built; return what was removed."""
     too_old = time.time() - older_than_days * 86400
-    removed = []
-    for path in sorted(_images_dir().glob(f"{PREFIX}*")) if _images_dir().is_dir() else []:
-        if not path.is_dir() or last_used(path) > too_old:
-            continue
-        if _remove_unlocked(path, path.name.removeprefix(PREFIX)):
-            removed.append(path)
+    images = _images_dir()
+    old = [(p, p.name.removeprefix(PREFIX)) for p in sorted(images.glob(f"{PREFIX}*"))
+           if p.is_dir() and last_used(p) <= too_old]
     # a build that was killed leaves its temporary directory; one whose lock is free is dead
-    for path in sorted(_images_dir().glob(f".tmp-{PREFIX}*")) if _images_dir().is_dir() else []:
-        if _remove_unlocked(path, path.name.removeprefix(f".tmp-{PREFIX}").split("-")[0]):
-            removed.append(path)
+    dead = [(p, p.name.removeprefix(f".tmp-{PREFIX}").split("-")[0])
+            for p in sorted(images.glob(f".tmp-{PREFIX}*"))]
+    removed = []
+    for path, image_id in old + dead:
+        with unless_locked(_lock(images, image_id)) as held:
+            if held:
+                log.info("removing %s", path)
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
     return removed
-
-
-def _remove_unlocked(path: Path, image_id: str) -> bool:
-    """Remove *path* unless a build of *image_id* holds its lock."""
-    lock = _lock(image_id)
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        return False
-    try:
-        log.info("removing %s", path)
-        shutil.rmtree(path, ignore_errors=True)
-        return True
-    finally:
-        lock.release()

@@ -110,33 +110,6 @@ def test_a_failed_build_names_the_command_and_the_fix(
     assert leftovers == []
 
 
-NEEDS_DEPMOD = """#!/bin/bash
-# the recipe's first steps: depmod must be found, as build.sh's need() looks for it
-command -v depmod > /dev/null || { echo "build.sh: error: 'depmod' not found in PATH=$PATH" >&2; exit 1; }
-mkdir -p "$1" && cd "$1" && touch vmlinux vmlinuz initrd.img
-echo 'console=ttyS0' > cmdline && echo 6.1.0-test > kernel-version && echo 'modules=' > manifest.txt
-"""
-
-
-def test_the_build_finds_sbin_tools_when_path_lacks_sbin(
-    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> None:
-    # a Debian user's default PATH: depmod (kmod) is installed, but in /usr/sbin
-    copy = tmp_path / "images"
-    shutil.copytree(image.recipe_dir(), copy)
-    (copy / "build.sh").write_text(NEEDS_DEPMOD)
-    monkeypatch.setattr(image, "recipe_dir", lambda: copy)
-    monkeypatch.setenv("NETLAB_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("PATH", "/usr/local/bin:/usr/bin:/bin")
-    monkeypatch.delenv(image.VARIANT_ENV, raising=False)
-    assert (image.default_image().root / "vmlinux").is_file()
-
-
-def test_build_path_adds_the_sbin_dirs_it_lacks() -> None:
-    assert image.build_path("/usr/bin:/bin") == "/usr/bin:/bin:/usr/local/sbin:/usr/sbin:/sbin"
-    assert image.build_path("/usr/sbin:/usr/bin") == "/usr/sbin:/usr/bin:/usr/local/sbin:/sbin"
-
-
 def _run_recipe(tmp_path: Path, path: str, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["/bin/bash", str(image.recipe_dir() / "build.sh"), str(tmp_path / "out")],
@@ -523,7 +496,9 @@ def test_guest_images_are_pruned_by_last_use_not_by_build_time(tmp_path: Path, m
     for path in (in_use, unused, keep):
         path.mkdir(parents=True)
         os.utime(path, (month_ago, month_ago))  # all built a month ago
-    image.mark_used(in_use)  # a long-lived checkout's image, used now
+    image.mark_used(in_use)  # a long-lived checkout's image, used a month ago...
+    os.utime(in_use / image.USED_MARKER, (month_ago, month_ago))
+    image.mark_used(in_use)  # ...and now again: the existing marker is now's
     image.mark_used(unused)
     os.utime(unused / image.USED_MARKER, (month_ago, month_ago))  # last used a month ago
     image._prune("cloud", keep=keep)

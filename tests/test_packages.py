@@ -83,7 +83,7 @@ def test_images_unused_for_a_week_and_dead_builds_are_pruned(tmp_path: Path, mon
     listed = {Path(str(e["path"])).name: e for e in pi.list_images()}
     assert set(listed) == {"pkg-0ld", "pkg-recent", "pkg-busy"}
     assert listed["pkg-recent"]["packages"] == ["frr"] and listed["pkg-recent"]["size_bytes"] == 10
-    with pi._lock("busy"):  # a build of it holds the lock
+    with pi._lock(images, "busy"):  # a build of it holds the lock
         removed = pi.prune()
     assert sorted(p.name for p in removed) == [".tmp-pkg-dead-abc123", "pkg-0ld"]
     assert recent.is_dir() and busy.is_dir() and not old.exists() and not dead.exists()
